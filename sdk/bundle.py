@@ -1,0 +1,206 @@
+"""Bundles: a directory with an `edgesight.json` manifest and the files it lists with sha256.
+
+Loading verifies every hash before a file is handed to a backend; writing happens in a temporary
+sibling directory that is renamed into place, so a failed export never leaves half a bundle.
+Only safetensors, ONNX, GGUF, JSON and text files are ever read: nothing is unpickled.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import BundleError, BundleNotFoundError, IntegrityError
+
+MANIFEST = "edgesight.json"
+SCHEMA = 1
+FORMATS = ("onnx", "gguf", "torch")
+# Files a bundle may carry. Pickle-based formats (.bin, .pt, .pth, .pkl) are refused outright.
+ALLOWED_SUFFIXES = {".onnx", ".data", ".gguf", ".safetensors", ".json", ".txt", ".model", ".npy", ".jinja", ".csv", ".jsonl"}
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """A verified bundle on disk. `manifest` is the parsed edgesight.json."""
+
+    path: Path
+    manifest: dict = field(repr=False)
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def format(self) -> str:
+        return self.manifest["format"]
+
+    @property
+    def precision(self) -> str:
+        return self.manifest.get("precision", "fp32")
+
+    @property
+    def kind(self) -> str:
+        """Model kind: causal-lm, seq2seq, token-classifier, image-encoder, blip, ..."""
+        return self.manifest.get("kind", "")
+
+    def get(self, key: str, default=None):
+        return self.manifest.get(key, default)
+
+    def file(self, role: str) -> Path:
+        """Path of the file playing `role` (e.g. "model", "tokenizer")."""
+        try:
+            return self.path / self.manifest["components"][role]
+        except KeyError:
+            raise BundleError(f"{self.path}: manifest has no '{role}' component "
+                              f"(has: {', '.join(self.manifest.get('components', {}))})") from None
+
+    def has(self, role: str) -> bool:
+        return role in self.manifest.get("components", {})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, verify: bool = True) -> "Bundle":
+        path = Path(path)
+        mpath = path / MANIFEST
+        if not mpath.is_file():
+            raise BundleNotFoundError(f"{path}: not an edgesight bundle (no {MANIFEST}); "
+                                      "create one with `edgesight export` or pass a bundle directory")
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{mpath}: manifest is not valid JSON ({exc}); re-export the bundle") from None
+        for key in ("schema", "task", "format", "files", "components"):
+            if key not in manifest:
+                raise BundleError(f"{mpath}: manifest lacks '{key}'; re-export the bundle")
+        if manifest["schema"] > SCHEMA:
+            raise BundleError(f"{mpath}: schema {manifest['schema']} is newer than this edgesight "
+                              f"understands ({SCHEMA}); upgrade edgesight")
+        bundle = cls(path, manifest)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    def verify(self) -> None:
+        """Check every listed file exists, has an allowed type, and matches its sha256."""
+        for rel, meta in self.manifest["files"].items():
+            fpath = self.path / rel
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                raise BundleError(f"{self.path}: manifest lists a path outside the bundle: {rel}")
+            if fpath.suffix not in ALLOWED_SUFFIXES:
+                raise BundleError(f"{fpath}: file type {fpath.suffix or '(none)'} is not allowed in a bundle "
+                                  "(pickle-based weights are never loaded; use safetensors, ONNX or GGUF)")
+            if not fpath.is_file():
+                raise BundleError(f"{fpath}: listed in the manifest but missing; re-export the bundle")
+            if fpath.stat().st_size != meta["bytes"]:
+                raise IntegrityError(fpath, meta["sha256"], f"size {fpath.stat().st_size} != {meta['bytes']}")
+            actual = sha256_file(fpath)
+            if actual != meta["sha256"]:
+                raise IntegrityError(fpath, meta["sha256"], actual)
+        for role, rel in self.manifest["components"].items():
+            if rel not in self.manifest["files"] and not (self.path / rel).is_dir():
+                raise BundleError(f"{self.path}: component '{role}' -> {rel} is not a listed file")
+
+    def size_bytes(self) -> int:
+        return sum(meta["bytes"] for meta in self.manifest["files"].values())
+
+
+class BundleWriter:
+    """Build a bundle in a temporary sibling directory; `commit()` hashes, writes the manifest
+    and renames it into place (replacing an older bundle only once the new one is complete).
+
+        with BundleWriter(out, task="keywords", format="gguf", precision="q8_0", kind="causal-lm") as w:
+            w.add_file(src, "model.gguf", role="model")
+            w.manifest["generation"] = {...}
+        # on success the bundle exists at `out`; on any exception nothing is left behind
+    """
+
+    def __init__(self, out: str | os.PathLike, *, task: str, format: str, precision: str, kind: str, **fields):
+        if format not in FORMATS:
+            raise BundleError(f"unknown bundle format {format!r}; expected one of {FORMATS}")
+        self.out = Path(out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        self.manifest = {"schema": SCHEMA, "task": task, "format": format, "precision": precision,
+                         "kind": kind, "components": {}, "files": {}, **fields}
+
+    @property
+    def dir(self) -> Path:
+        return self.tmp
+
+    def add_file(self, src: str | os.PathLike, name: str | None = None, role: str | None = None, move: bool = False) -> Path:
+        src = Path(src)
+        dst = self.tmp / (name or src.name)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.resolve() != dst.resolve():
+            (shutil.move if move else shutil.copy2)(src, dst)
+        if role:
+            self.manifest["components"][role] = str(dst.relative_to(self.tmp))
+        return dst
+
+    def add_json(self, obj, name: str, role: str | None = None) -> Path:
+        dst = self.tmp / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_text(json.dumps(obj, indent=2, ensure_ascii=False), encoding="utf-8")
+        if role:
+            self.manifest["components"][role] = name
+        return dst
+
+    def set_role(self, role: str, name: str) -> None:
+        self.manifest["components"][role] = name
+
+    def commit(self) -> Bundle:
+        files = {}
+        for p in sorted(self.tmp.rglob("*")):
+            if p.is_file() and p.name != MANIFEST:
+                rel = str(p.relative_to(self.tmp))
+                files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        self.manifest["files"] = files
+        self.manifest.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        (self.tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old-{os.getpid()}")
+            os.rename(self.out, old)
+        os.rename(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return Bundle(self.out, self.manifest)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> "BundleWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+        return False
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file through a temporary sibling and rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

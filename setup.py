@@ -1,0 +1,36 @@
+"""edgesight: edge-optimized, quantized inference for four vision-language tasks.
+
+One import namespace, three source folders (see DESIGN): sdk/ -> edgesight,
+export/ -> edgesight.export, training/ -> edgesight.training.
+"""
+from setuptools import setup
+
+TORCH = ["torch==2.13.0"]  # pinned: an unpinned torch pulls gigabytes of CUDA wheels
+HF = ["transformers>=4.46,<4.58", "safetensors>=0.4", "peft>=0.13", "sentencepiece>=0.2", "protobuf>=4"]
+
+extras = {
+    "gguf": ["llama-cpp-python==0.3.36"],
+    "export": TORCH + HF + ["optimum>=2.0", "optimum-onnx[onnxruntime]>=0.1", "onnx>=1.17"],
+    "train": TORCH + HF + ["accelerate>=1.0"],
+    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
+    "ocr": ["rapidocr-onnxruntime==1.4.4"],
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "matplotlib>=3.8", "scikit-image>=0.24", "httpx>=0.27", "psutil>=5.9"],
+}
+extras["all"] = sorted({req for reqs in extras.values() for req in reqs})
+
+setup(
+    name="edgesight",
+    version="0.1.0",
+    description="Edge-optimized, quantized inference SDK for keyword extraction, descriptions, captioning and product recognition",
+    python_requires=">=3.10",
+    package_dir={
+        "edgesight": "sdk",
+        "edgesight.export": "export",
+        "edgesight.training": "training",
+    },
+    packages=["edgesight", "edgesight.backends", "edgesight.tasks", "edgesight.export", "edgesight.training"],
+    package_data={"edgesight": ["data/*", "adapters/*/*"]},
+    install_requires=["numpy>=1.26", "pillow>=10", "onnxruntime>=1.18", "tokenizers>=0.19", "tqdm>=4.66"],
+    extras_require=extras,
+    entry_points={"console_scripts": ["edgesight=edgesight.cli:main"]},
+)
