@@ -1,0 +1,138 @@
+"""Image loading shared by the image tasks: one function, `load_image`, that turns a path, encoded
+bytes, a PIL image or a numpy array into an upright RGB PIL image, or raises ImageError saying why.
+
+Guards: the pixel count is checked from the header *before* decoding (decompression-bomb safe),
+truncated or corrupt files are reported instead of half-decoded, EXIF orientation is applied so a
+phone photo is upright, and any mode (L, P, RGBA, CMYK, 16-bit, ...) comes out as RGB.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: larger than any phone photo, far below a decompression bomb
+
+
+def max_pixels_default() -> int:
+    """The pixel limit: EDGESIGHT_MAX_IMAGE_PIXELS if set, else 40 MP."""
+    value = os.environ.get("EDGESIGHT_MAX_IMAGE_PIXELS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_PIXELS
+
+
+def load_image(image, *, max_pixels: int | None = None) -> Image.Image:
+    """Path, bytes, PIL image or numpy array (HxW, HxWx1/3/4; uint8, or float in [0, 1]) -> RGB PIL image."""
+    limit = max_pixels or max_pixels_default()
+    if isinstance(image, Image.Image):
+        _check_size(image.size, limit, "image")
+        img = image
+    elif isinstance(image, np.ndarray):
+        img = _from_array(image, limit)
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        if not len(image):
+            raise ImageError("image bytes are empty; send the encoded file (JPEG, PNG, ...)")
+        img = _decode(io.BytesIO(bytes(image)), limit, "image bytes")
+    elif isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        try:
+            exists = path.is_file()
+        except (OSError, ValueError):  # e.g. base64 text passed as a path: name too long
+            exists = False
+        if not exists:
+            raise ImageError(f"{str(path)[:200]}: no such image file; pass an existing path, bytes, "
+                             "a PIL image or a numpy array (base64 text: decode it first)")
+        with open(path, "rb") as f:
+            img = _decode(f, limit, str(path))
+    else:
+        raise ImageError(f"unsupported image input of type {type(image).__name__}; "
+                         "pass a file path, encoded bytes, a PIL image or a numpy array")
+    return _to_rgb(ImageOps.exif_transpose(img))
+
+
+def decode_base64(text: str, *, what: str = "image") -> bytes:
+    """Base64 (optionally a `data:image/...;base64,` URL) -> bytes, or ImageError saying it is not base64."""
+    if not isinstance(text, str) or not text.strip():
+        raise ImageError(f"'{what}' must be a non-empty base64 string")
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageError(f"'{what}' is not valid base64 ({exc}); send the file's bytes base64-encoded") from None
+    if not data:
+        raise ImageError(f"'{what}' decodes to zero bytes; send a non-empty image")
+    return data
+
+
+def _check_size(size: tuple[int, int], limit: int, what: str) -> None:
+    w, h = size
+    if w < 1 or h < 1:
+        raise ImageError(f"{what} is empty ({w}x{h} pixels)")
+    if w * h > limit:
+        raise ImageError(f"{what} has {w}x{h} = {w * h / 1e6:.1f} MP, over the {limit / 1e6:.0f} MP limit; "
+                         "downscale it first or raise max_pixels / EDGESIGHT_MAX_IMAGE_PIXELS")
+
+
+def _decode(fp, limit: int, what: str) -> Image.Image:
+    """Read the header, check the pixel count, then decode fully (so truncation surfaces here)."""
+    try:
+        with warnings.catch_warnings():
+            # Our own limit applies; PIL's global bomb warning would only add noise (its hard error still counts).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+            _check_size(img.size, limit, what)
+            img.load()
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{what}: not a recognised image format (JPEG, PNG, WebP, BMP, GIF, TIFF, ...)") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{what}: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{what}: corrupt or truncated image data ({exc}); re-encode or re-upload the file") from None
+    return img
+
+
+def _from_array(arr: np.ndarray, limit: int) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ImageError(f"numpy image must be HxW, HxWx1, HxWx3 or HxWx4 (channels last), got shape {arr.shape}"
+                         + ("; transpose channels-first arrays with arr.transpose(1, 2, 0)" if arr.ndim == 3 else ""))
+    _check_size((arr.shape[1], arr.shape[0]), limit, "numpy image")
+    if arr.dtype == np.uint8:
+        pass
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+            raise ImageError("float numpy images must hold values in [0, 1]; scale them or pass uint8")
+        arr = np.round(arr * 255).astype(np.uint8)
+    elif arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    else:
+        raise ImageError(f"numpy image dtype {arr.dtype} is not supported; pass uint8 (0-255) or float (0-1)")
+    return Image.fromarray(np.ascontiguousarray(arr))
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # convert("RGB") would clip 16-bit values at 255 (a white image); rescale to 8 bits instead.
+        arr = np.asarray(img, dtype=np.float64)
+        top = float(arr.max()) if arr.size else 0.0
+        if img.mode == "F" and top <= 1.0:
+            arr = arr * 255.0          # float image in [0, 1]
+        elif top > 255:
+            arr = arr / 257.0          # 16-bit range -> 8-bit
+        img = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8))
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")  # avoids PIL's warning; alpha is then dropped like the HF processors do
+    return img.convert("RGB")
