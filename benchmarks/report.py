@@ -1,0 +1,120 @@
+"""The run's record: JSON (stable schema, machine, versions, git commit), a Markdown table, a PNG plot."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+from edgesight.bundle import atomic_write_bytes
+
+from . import SCHEMA
+from .runner import REPO
+
+PACKAGES = ("edgesight", "numpy", "onnxruntime", "tokenizers", "llama-cpp-python", "torch", "transformers",
+            "optimum", "optimum-onnx", "peft", "onnx")
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    mem = next((int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")), None) if Path("/proc/meminfo").exists() else None
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)), "mem_total_mb": mem,
+            "loadavg": list(os.getloadavg())}
+
+
+def versions() -> dict:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def git() -> dict:
+    def out(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+    return {"commit": out("rev-parse", "HEAD") or None, "dirty": bool(out("status", "--porcelain", "--untracked-files=no"))}
+
+
+def header(mode: str, settings: dict) -> dict:
+    return {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "mode": mode,
+            "settings": settings, "machine": machine(), "versions": versions(), "git": git()}
+
+
+def write_json(run: dict, path: Path) -> None:
+    atomic_write_bytes(path, (json.dumps(run, indent=1) + "\n").encode())
+
+
+def _fmt(value, spec: str = ".1f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def _quality(q: dict | None) -> str:
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in (q or {}).items()) or "–"
+
+
+def markdown(run: dict) -> str:
+    m, s = run["machine"], run["settings"]
+    lines = [f"Run {run['created']} ({run['mode']}), commit {(run['git']['commit'] or '?')[:10]}"
+             f"{' (dirty)' if run['git']['dirty'] else ''}; {m['cpu']}, {m['usable_cores']} usable cores, "
+             f"**{s['threads']} thread(s)**; load average {m['loadavg'][0]:.2f} at start, "
+             f"{run.get('loadavg_end', [0])[0]:.2f} at end; {s['rounds']} interleaved rounds after {s['warmup']} warm-up calls.", ""]
+    lines += ["| case | size MB | load s | first ms | median ms | p95 ms | batch items/s | peak RSS MB | quality |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for c in run["cases"]:
+        if c["status"] != "ok":
+            lines.append(f"| {c['id']} | {_fmt(c.get('artifact_mb'))} | {c['status']}: {c['reason'][:120]} ||||||| ")
+            continue
+        lines.append(f"| {c['id']} | {_fmt(c.get('artifact_mb'))} | {_fmt(c.get('load_s'), '.2f')} | {_fmt(c.get('first_call_ms'))} "
+                     f"| {_fmt(c.get('median_ms'))} | {_fmt(c.get('p95_ms'))} | {_fmt(c.get('batch_items_per_s'), '.2f')} "
+                     f"| {_fmt(c.get('peak_rss_mb'), '.0f')} | {_quality(c.get('quality'))} |")
+    lines += ["", "| ratio (a / b, median of per-round ratios) | value | 95% CI |", "|---|---:|---|"]
+    for r in run["ratios"]:
+        if r["status"] == "ok":
+            lines.append(f"| `{r['key']}`: {r['what']} | {r['ratio']:.3f} | {r['ci95'][0]:.3f}–{r['ci95'][1]:.3f} |")
+        else:
+            lines.append(f"| `{r['key']}`: {r['what']} | skipped | {r['reason'][:120]} |")
+    if run.get("notes"):
+        lines += [""] + [f"- {n}" for n in run["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(run: dict, path: Path) -> bool:
+    """Median latency against artifact size, one colour per format, one panel per task."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [c for c in run["cases"] if c["status"] == "ok" and c.get("artifact_mb") and c.get("median_ms")]
+    tasks = sorted({c["task"] for c in points})
+    if not tasks:
+        return False
+    formats = sorted({c["format"] for c in points})
+    colours = dict(zip(formats, plt.cm.tab10.colors))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for c in (c for c in points if c["task"] == task):
+            marker = "o" if c["impl"] == "edgesight" else "x"
+            ax.scatter(c["artifact_mb"], c["median_ms"], color=colours[c["format"]], marker=marker, s=50)
+            ax.annotate(f"{c['format']}\n{c['impl']}", (c["artifact_mb"], c["median_ms"]), fontsize=6,
+                        xytext=(4, 2), textcoords="offset points")
+        ax.set(title=task, xlabel="artifact size (MB)", ylabel="median latency (ms)", xscale="log")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"edgesight {run['mode']} run, {run['settings']['threads']} thread(s) (o = edgesight, x = peer)", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
