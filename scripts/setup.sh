@@ -26,7 +26,7 @@ if ! ls "$WHEELS"/llama_cpp_python-$LLAMA_VER-*.whl >/dev/null 2>&1; then
 fi
 
 # 2. The GGUF converter lives only in the sdist (vendor/llama.cpp); fetch and unpack it once.
-SRC=$CACHE/llama-cpp-python-$LLAMA_VER
+SRC=$CACHE/llama_cpp_python-$LLAMA_VER   # the sdist unpacks with underscores
 if [ ! -f "$SRC/vendor/llama.cpp/convert_hf_to_gguf.py" ]; then
   echo "[setup] fetching the llama.cpp GGUF converter (llama-cpp-python sdist)"
   TMP=$(mktemp -d)
