@@ -1,0 +1,140 @@
+"""GGUF backend: llama.cpp through llama-cpp-python (decoder-only models).
+
+    model = load_text_model(bundle, threads=2)              # bundle format "gguf"
+    model.generate(["<prompt>"], GenerationConfig())        # [["continuation"]]
+
+Greedy decoding is top_k=1 / temp=0 / repeat_penalty=1; sampling is seeded. A GBNF grammar
+(`GenerationConfig.grammar`) constrains the output. A "gguf-lora" bundle carries the base GGUF
+plus a LoRA GGUF adapter applied at load time. The KV cache of the previous prompt is kept:
+llama-cpp-python's `generate()` re-evaluates only the part after the longest common prefix, so
+prompts that share an instruction prefix pay only for their own text.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from .._optional import require
+from ..errors import BackendError, InputError
+from ..generation import GenerationConfig
+
+
+class GGUFTextModel:
+    backend = "gguf"
+
+    def __init__(self, model_path, *, threads: int, lora_path=None, n_ctx: int = 2048,
+                 eos_token_ids: Sequence[int] = ()):
+        llama_cpp = require("llama_cpp", "gguf")
+        if not os.path.isfile(model_path):
+            raise BackendError(f"{model_path}: GGUF file not found")
+        # Explicit threads for both decode and prompt batches: llama.cpp otherwise sizes its pool from
+        # host cores, which collapses on a shared 2-core machine.
+        self.llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads,
+                                   n_threads_batch=threads, lora_path=str(lora_path) if lora_path else None,
+                                   verbose=False)
+        self._llama_cpp = llama_cpp
+        self._eos = set(int(t) for t in eos_token_ids)
+        self._grammars: dict[str, object] = {}
+
+    # -- protocol -------------------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        return self.llm.n_ctx()
+
+    def encode(self, text: str) -> list[int]:
+        """Ids as the model's own tokenizer makes them: BOS per the GGUF metadata, special tokens parsed."""
+        if not isinstance(text, str):
+            raise InputError(f"prompt must be a string, got {type(text).__name__}")
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        # Special tokens are dropped; the leading space llama.cpp keeps (HF decode drops it) is stripped.
+        return self.llm.detokenize(list(ids)).decode("utf-8", errors="ignore").strip()
+
+    def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[str]]:
+        return [[self.decode(seq) for seq in seqs] for seqs in self.generate_ids(prompts, config)]
+
+    def generate_ids(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[list[int]]]:
+        """Per prompt, `config.num_return_sequences` continuations as token ids (eos excluded)."""
+        if isinstance(prompts, str):
+            raise InputError("generate() takes a list of prompts; wrap a single prompt in a list")
+        return [self._continuations(self.encode(p), config) for p in prompts]
+
+    def _continuations(self, prompt_ids: list[int], config: GenerationConfig) -> list[list[int]]:
+        self._check(config, len(prompt_ids))
+        grammar = self._grammar(config.grammar)
+        eos = set(config.eos_token_ids) or self._eos
+        outs = []
+        for i in range(max(1, config.num_return_sequences)):
+            if config.do_sample:
+                # seed None -> a fresh random seed per call; seed s -> s, s+1, ... per returned sequence
+                self.llm.set_seed(int.from_bytes(os.urandom(4), "little") if config.seed is None else config.seed + i)
+                kw = dict(temp=max(config.temperature, 1e-5), top_k=config.top_k, top_p=config.top_p)
+            else:
+                kw = dict(temp=0.0, top_k=1, top_p=1.0)
+            ids = []
+            for tok in self.llm.generate(prompt_ids, min_p=0.0, typical_p=1.0,
+                                         repeat_penalty=config.repetition_penalty, grammar=grammar, **kw):
+                if tok in eos or self._llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, tok):
+                    break
+                ids.append(tok)
+                if len(ids) >= config.max_new_tokens:
+                    break
+            outs.append(ids)
+        return outs
+
+    def next_token_logits(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        """Logits of the token after `prompt_ids` (float32, vocab-sized; the export validation compares them)."""
+        self.llm.reset()
+        self.llm.eval(list(prompt_ids))
+        ptr = self._llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).astype(np.float32).copy()
+
+    def _check(self, config: GenerationConfig, n_prompt: int) -> None:
+        if config.num_beams > 1:
+            raise BackendError("beam search is not available on the gguf backend (llama.cpp samples greedily "
+                               "or stochastically); use num_beams=1 or run an onnx bundle")
+        if config.no_repeat_ngram_size:
+            raise BackendError("no_repeat_ngram_size is not available on the gguf backend; use "
+                               "repetition_penalty instead or run an onnx bundle")
+        if n_prompt + config.max_new_tokens > self.context_length:
+            raise InputError(f"prompt of {n_prompt} tokens + {config.max_new_tokens} new tokens exceeds the "
+                             f"context of {self.context_length}; shorten the input or lower max_new_tokens")
+
+    def _grammar(self, text: str | None):
+        if not text:
+            return None
+        if text not in self._grammars:
+            from llama_cpp import LlamaGrammar
+
+            # from_string does not parse, and a NULL sampler would crash the chain: parse it here first.
+            lc = self._llama_cpp
+            probe = lc.llama_sampler_init_grammar(self.llm._model.vocab, text.encode("utf-8"), b"root")
+            if not probe:
+                raise InputError("the GBNF grammar does not parse; check it against llama.cpp's "
+                                 "grammars/README.md (it needs a `root ::= ...` rule)")
+            lc.llama_sampler_free(probe)
+            grammar = LlamaGrammar.from_string(text, verbose=False)
+            self._grammars[text] = grammar
+        return self._grammars[text]
+
+
+def load_text_model(bundle, threads: int | None = None, lora_path=None, n_ctx: int | None = None, **_) -> GGUFTextModel:
+    """Open a "gguf" bundle: component "model" (GGUF), optional "lora" (GGUF adapter; `lora_path`
+    overrides it), eos ids from the manifest's "tokens"."""
+    from ..tasks.base import default_threads
+
+    if bundle.format != "gguf":
+        raise BackendError(f"{bundle.path}: a {bundle.format} bundle cannot run on the gguf backend")
+    if lora_path is None and bundle.has("lora"):
+        lora_path = bundle.file("lora")
+    tokens = bundle.get("tokens") or {}
+    eos = tokens.get("eos") or []   # {"eos": [ids], "pad", "bos", "decoder_start"} (export/onnx.special_tokens)
+    eos = [eos] if isinstance(eos, int) else eos
+    return GGUFTextModel(bundle.file("model"), threads=default_threads(threads), lora_path=lora_path,
+                         n_ctx=n_ctx or int(bundle.get("context_length", 2048)), eos_token_ids=eos)

@@ -1,0 +1,129 @@
+"""Torch backend: the transformers reference (causal LMs and seq2seq), optionally with a peft adapter.
+
+Used for parity checks (the export validation's reference), for the seeds' path in benchmarks and
+on GPUs (`device="cuda"`). Weights are read with use_safetensors=True only.
+
+    model = load_text_model(bundle, threads=2)               # bundle format "torch": an HF dir inside
+    model = TorchTextModel("merged/", threads=1)              # or any HF directory directly
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .._optional import require
+from ..errors import BackendError, InputError
+from ..generation import GenerationConfig
+
+
+class TorchTextModel:
+    backend = "torch"
+
+    def __init__(self, model_dir, *, threads: int, adapter_dir=None, device: str = "cpu"):
+        torch = require("torch", "export")
+        transformers = require("transformers", "export")
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise BackendError(f"{model_dir}: not a Hugging Face model directory (no config.json)")
+        if device == "cpu":
+            torch.set_num_threads(threads)
+        elif device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendError(f"device={device!r} was asked for but torch sees no CUDA device; use device='cpu'")
+        config = transformers.AutoConfig.from_pretrained(model_dir)
+        self.kind = "seq2seq" if config.is_encoder_decoder else "causal-lm"
+        cls = transformers.AutoModelForSeq2SeqLM if self.kind == "seq2seq" else transformers.AutoModelForCausalLM
+        model = cls.from_pretrained(model_dir, use_safetensors=True, dtype=torch.float32)
+        if adapter_dir is not None:
+            peft = require("peft", "export")
+            model = peft.PeftModel.from_pretrained(model, adapter_dir, is_trainable=False)
+        self.model = model.to(device).eval()
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+        self.device, self._torch = device, torch
+
+    @property
+    def context_length(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 512)
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise InputError(f"prompt must be a string, got {type(text).__name__}")
+        return self.tokenizer(text)["input_ids"]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[str]]:
+        return [[self.decode(seq) for seq in seqs] for seqs in self.generate_ids(prompts, config)]
+
+    def generate_ids(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[list[int]]]:
+        """Per prompt, `config.num_return_sequences` continuations as token ids (decoder start, eos, pad removed).
+        Prompts run one at a time: no padding, so outputs do not depend on the batch."""
+        if isinstance(prompts, str):
+            raise InputError("generate() takes a list of prompts; wrap a single prompt in a list")
+        return [self._continuations(self.encode(p), config) for p in prompts]
+
+    def _continuations(self, prompt_ids: list[int], config: GenerationConfig) -> list[list[int]]:
+        torch = self._torch
+        if config.grammar:
+            raise BackendError("GBNF grammars run on the gguf backend only; drop `grammar` or use a gguf bundle")
+        if self.kind == "causal-lm" and len(prompt_ids) + config.max_new_tokens > self.context_length:
+            raise InputError(f"prompt of {len(prompt_ids)} tokens + {config.max_new_tokens} new tokens exceeds "
+                             f"the context of {self.context_length}; shorten the input")
+        if config.seed is not None:
+            torch.manual_seed(config.seed)
+        gen = self.model.generation_config
+        eos = list(config.eos_token_ids) or _as_list(gen.eos_token_id)
+        pad = gen.pad_token_id if gen.pad_token_id is not None else (eos[0] if eos else 0)
+        kwargs = dict(max_new_tokens=config.max_new_tokens, num_beams=config.num_beams, do_sample=config.do_sample,
+                      num_return_sequences=config.num_return_sequences, no_repeat_ngram_size=config.no_repeat_ngram_size,
+                      length_penalty=config.length_penalty, early_stopping=config.early_stopping,
+                      repetition_penalty=config.repetition_penalty, eos_token_id=eos or None, pad_token_id=pad)
+        if config.do_sample:
+            kwargs.update(temperature=config.temperature, top_k=config.top_k or None, top_p=config.top_p)
+        else:  # no sampling knobs: transformers warns about them otherwise
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+        ids = torch.tensor([list(prompt_ids)], device=self.device)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+        start = 1 if self.kind == "seq2seq" else len(prompt_ids)  # seq2seq outputs begin with decoder_start
+        drop = set(eos) | {pad}
+        return [_until(row[start:].tolist(), drop) for row in out]
+
+    def next_token_logits(self, prompt_ids: Sequence[int]) -> np.ndarray:
+        torch = self._torch
+        ids = torch.tensor([list(prompt_ids)], device=self.device)
+        kwargs = {}
+        if self.kind == "seq2seq":
+            start = self.model.generation_config.decoder_start_token_id
+            kwargs["decoder_input_ids"] = torch.tensor([[start]], device=self.device)
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids, **kwargs).logits[0, -1]
+        return logits.float().cpu().numpy()
+
+
+def _as_list(value) -> list[int]:
+    return [] if value is None else [value] if isinstance(value, int) else list(value)
+
+
+def _until(ids: list[int], stop: set[int]) -> list[int]:
+    for i, t in enumerate(ids):
+        if t in stop:
+            return ids[:i]
+    return ids
+
+
+def load_text_model(bundle, threads: int | None = None, adapter_dir=None, device: str = "cpu", **_) -> TorchTextModel:
+    """Open a "torch" bundle: component "model" is an HF directory, optional "adapter" a peft directory."""
+    from ..tasks.base import default_threads
+
+    if bundle.format != "torch":
+        raise BackendError(f"{bundle.path}: a {bundle.format} bundle cannot run on the torch backend")
+    if adapter_dir is None and bundle.has("adapter"):
+        adapter_dir = bundle.file("adapter")
+    return TorchTextModel(bundle.file("model"), threads=default_threads(threads), adapter_dir=adapter_dir, device=device)
