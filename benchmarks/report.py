@@ -74,7 +74,7 @@ def markdown(run: dict) -> str:
               "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for c in run["cases"]:
         if c["status"] != "ok":
-            lines.append(f"| {c['id']} | {_fmt(c.get('artifact_mb'))} | {c['status']}: {c['reason'][:120]} ||||||| ")
+            lines.append(f"| {c['id']} | {_fmt(c.get('artifact_mb'))} |{' – |' * 6} {c['status']}: {c['reason'][:160]} |")
             continue
         lines.append(f"| {c['id']} | {_fmt(c.get('artifact_mb'))} | {_fmt(c.get('load_s'), '.2f')} | {_fmt(c.get('first_call_ms'))} "
                      f"| {_fmt(c.get('median_ms'))} | {_fmt(c.get('p95_ms'))} | {_fmt(c.get('batch_items_per_s'), '.2f')} "

@@ -12,19 +12,23 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import resource
 import sys
 import time
 import traceback
 
 
+def _status_mb(field: str) -> float:
+    # VmHWM is this process's own peak: ru_maxrss would carry the parent's peak across fork+exec.
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+
+
 def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return _status_mb("VmRSS:")
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return _status_mb("VmHWM:")
 
 
 def main() -> None:
