@@ -10,7 +10,7 @@ HF = ["transformers>=4.46,<4.58", "safetensors>=0.4", "peft>=0.13", "sentencepie
 
 extras = {
     "gguf": ["llama-cpp-python==0.3.36"],
-    "export": TORCH + HF + ["optimum>=2.0", "optimum-onnx[onnxruntime]>=0.1", "onnx>=1.17"],
+    "export": TORCH + HF + ["optimum>=2.0", "optimum-onnx[onnxruntime]>=0.1", "onnx>=1.17", "onnx-ir>=0.1"],  # onnx-ir: int4 MatMulNBitsQuantizer
     "train": TORCH + HF + ["accelerate>=1.0", "gguf>=0.10"],  # gguf: transformers reads GGUF bases
     "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
     "ocr": ["rapidocr-onnxruntime==1.4.4"],
