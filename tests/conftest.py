@@ -9,3 +9,29 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("EDGESIGHT_PROGRESS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+import pytest  # noqa: E402
+
+
+# --- vision-language models (tests/kit_vision.py): captioning and the HTTP service ---------------
+@pytest.fixture(scope="session")
+def tiny_blip_dir(tmp_path_factory):
+    """A tiny BLIP captioner HF directory (ViT 64 px + BERT decoder, WordPiece, random weights)."""
+    from kit_vision import tiny_blip
+    return tiny_blip(tmp_path_factory.mktemp("tiny-blip") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory):
+    """A tiny CLIP HF directory (ViT 32 px + text transformer, byte-level BPE, random weights)."""
+    from kit_vision import tiny_clip
+    return tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "model")
+
+
+@pytest.fixture(scope="session")
+def blip_bundle(tiny_blip_dir, tiny_clip_dir, tmp_path_factory):
+    """tiny BLIP + tiny CLIP exported fp32 by edgesight.export.captioning (validated against torch)."""
+    from edgesight.export.captioning import export_blip
+    return export_blip(tiny_blip_dir, tmp_path_factory.mktemp("blip-fp32") / "bundle", clip_dir=tiny_clip_dir,
+                       precision="fp32", max_new_tokens=12, threads=1, progress=False)
