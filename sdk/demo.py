@@ -1,0 +1,40 @@
+"""`edgesight demo`: run every registered task on its sample inputs with the default bundles."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from .errors import EdgesightError
+from .registry import TASKS
+
+
+def add_cli_arguments(parser) -> None:
+    parser.add_argument("--threads", type=int, default=None, help="inference threads (default: usable cores)")
+    parser.add_argument("--task", choices=list(TASKS), action="append", help="only these tasks (repeatable)")
+
+
+def main(args) -> None:
+    failed = []
+    for spec in TASKS.values():
+        if args.task and spec.name not in args.task:
+            continue
+        print(f"== {spec.name}: {spec.summary}")
+        try:
+            module = spec.load_module()
+            t0 = time.perf_counter()
+            task = spec.load_class().from_pretrained(None, threads=args.threads)
+            print(f"   loaded {task.bundle.path} ({task.backend}) in {time.perf_counter() - t0:.2f} s")
+            for sample in module.SAMPLE_INPUTS:
+                t0 = time.perf_counter()
+                result = task(sample)
+                ms = (time.perf_counter() - t0) * 1000
+                shown = sample if isinstance(sample, (str, dict)) else str(sample)
+                out = result.to_dict() if hasattr(result, "to_dict") else result
+                print(f"   {json.dumps(shown, ensure_ascii=False)[:120]}\n     -> {json.dumps(out, ensure_ascii=False)[:300]}  [{ms:.0f} ms]")
+        except (EdgesightError, ImportError) as exc:
+            print(f"   FAILED: {exc}")
+            failed.append(spec.name)
+    if failed:
+        print(f"demo: {len(failed)} task(s) failed: {', '.join(failed)}", file=sys.stderr)
+        raise SystemExit(1)
