@@ -21,7 +21,8 @@ MANIFEST = "edgesight.json"
 SCHEMA = 1
 FORMATS = ("onnx", "gguf", "torch")
 # Files a bundle may carry. Pickle-based formats (.bin, .pt, .pth, .pkl) are refused outright.
-ALLOWED_SUFFIXES = {".onnx", ".data", ".gguf", ".safetensors", ".json", ".txt", ".model", ".npy", ".jinja", ".csv", ".jsonl"}
+ALLOWED_SUFFIXES = {".onnx", ".data", ".gguf", ".safetensors", ".json", ".txt", ".model", ".npy", ".jinja", ".csv", ".jsonl",
+                    ".png", ".jpg"}  # images: sample inputs and catalogue photos (decoded by PIL, never unpickled)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -1,0 +1,256 @@
+"""A product catalogue as a search index: unit embeddings (numpy matrix) + JSON metadata per item.
+
+Recognition is a nearest-neighbour search, so adding a product or changing a price is an index
+update, never a retraining. Ingestion reads the seeds' CSV shape (title, category3_code or category,
+full_price, local_image_path; extra columns are kept) and reports bad rows instead of failing on them.
+Saved as a bundle (embeddings.npy + items.json, sha256-verified, no pickle) tied to the encoder that
+made the embeddings: searching with another encoder would silently return nonsense, so it is refused.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import Bundle, BundleWriter, sha256_file
+from .errors import BundleError, CatalogError
+
+TITLE_COLUMNS = ("title", "name", "product")
+CATEGORY_COLUMNS = ("category3_code", "category", "category_code")
+PRICE_COLUMNS = ("full_price", "price")
+IMAGE_COLUMNS = ("local_image_path", "image_path", "image")
+
+
+def encoder_fingerprint(model_path, manifest: dict) -> dict:
+    """What ties a catalogue index to the encoder that embedded it (the ONNX file's sha256)."""
+    return {"name": manifest.get("name"), "precision": manifest.get("precision"), "sha256": sha256_file(Path(model_path)),
+            "dim": manifest.get("outputs", {}).get("embedding")}
+
+
+@dataclass
+class Product:
+    title: str
+    category: str | None
+    price: float | None
+    image: str | None = None            # path of the catalogue photo (absolute, or as given)
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RowIssue:
+    row: int          # 1-based line in the CSV (header = line 1)
+    title: str
+    problem: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class IngestReport:
+    rows: int
+    added: int
+    issues: list[RowIssue]
+
+    def to_dict(self) -> dict:
+        return {"rows": self.rows, "added": self.added, "issues": [i.to_dict() for i in self.issues]}
+
+
+def parse_price(value) -> float | None:
+    """'$1,299.00', '1299', 12.5 -> float; '' or None -> None; anything else -> ValueError."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, (int, float)):
+        price = float(value)
+    else:
+        text = re.sub(r"[^\d.,\-]", "", value.strip())
+        if text.count(",") and text.count("."):
+            text = text.replace(",", "")                   # 1,299.00
+        elif text.count(",") == 1 and len(text.split(",")[1]) == 2:
+            text = text.replace(",", ".")                  # 12,50 (decimal comma)
+        else:
+            text = text.replace(",", "")
+        price = float(text)
+    if not math.isfinite(price) or price < 0:
+        raise ValueError(f"{value!r} is not a non-negative price")
+    return price
+
+
+def _column(header: list[str], names: tuple[str, ...]) -> str | None:
+    lower = {h.strip().lower(): h for h in header}
+    return next((lower[n] for n in names if n in lower), None)
+
+
+def read_catalog_csv(path, *, require_image: bool = True) -> tuple[list[Product], IngestReport]:
+    """Valid products of a catalogue CSV + a report of the rows skipped and why (never fatal per row).
+
+    Image paths are resolved against the CSV's folder. Raises CatalogError only when the file itself
+    is unusable (missing, no title column) or no row survives."""
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"{path}: catalogue CSV not found; pass a CSV with columns title, category, full_price, local_image_path")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        cols = {k: _column(header, names) for k, names in
+                (("title", TITLE_COLUMNS), ("category", CATEGORY_COLUMNS), ("price", PRICE_COLUMNS), ("image", IMAGE_COLUMNS))}
+        if cols["title"] is None:
+            raise CatalogError(f"{path}: no title column (header: {', '.join(header) or 'empty'}); "
+                               f"expected one of {', '.join(TITLE_COLUMNS)}")
+        if require_image and cols["image"] is None:
+            raise CatalogError(f"{path}: no image column; expected one of {', '.join(IMAGE_COLUMNS)} "
+                               "(a path to each product's photo, relative to the CSV)")
+        products, issues, first_row, rows = [], [], {}, 0
+        for line, row in enumerate(reader, start=2):
+            rows += 1
+            title = (row.get(cols["title"]) or "").strip()
+            if not title:
+                issues.append(RowIssue(line, "", "empty title; every product needs a title"))
+                continue
+            if title in first_row:
+                issues.append(RowIssue(line, title, f"duplicate title (first at line {first_row[title]}); kept the first — "
+                                                    "make titles unique (add size, colour or SKU) or merge the rows"))
+                continue
+            try:
+                price = parse_price(row.get(cols["price"])) if cols["price"] else None
+            except ValueError:
+                issues.append(RowIssue(line, title, f"bad price {row.get(cols['price'])!r}; use a number such as 129.99"))
+                continue
+            image = (row.get(cols["image"]) or "").strip() if cols["image"] else ""
+            if image:
+                image_path = Path(image) if Path(image).is_absolute() else path.parent / image
+                if not image_path.is_file():
+                    issues.append(RowIssue(line, title, f"image not found on disk: {image_path}; fix the path or add the file"))
+                    continue
+                image = str(image_path)
+            elif require_image:
+                issues.append(RowIssue(line, title, "no image path; the product cannot be recognised without a photo"))
+                continue
+            first_row[title] = line
+            used = {c for c in cols.values() if c}
+            extra = {k: v for k, v in row.items() if k not in used and k is not None}
+            category = (row.get(cols["category"]) or "").strip() or None if cols["category"] else None
+            products.append(Product(title, category, price, image or None, extra))
+    report = IngestReport(rows, len(products), issues)
+    if not products:
+        detail = "; ".join(f"line {i.row}: {i.problem}" for i in issues[:3])
+        raise CatalogError(f"{path}: the catalogue is empty ({rows} rows, none usable{': ' + detail if detail else ''}); "
+                           "add rows with a title, a price and an existing image")
+    return products, report
+
+
+class CatalogIndex:
+    """Unit embeddings (N, dim) float32 + one metadata dict per row; search is one matrix-vector product."""
+
+    def __init__(self, embeddings: np.ndarray, products: list[Product], encoder: dict):
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2 or len(embeddings) != len(products):
+            raise CatalogError(f"{len(products)} products but embeddings of shape {embeddings.shape}")
+        self.embeddings, self.products, self.encoder = embeddings, list(products), dict(encoder)
+        self._rows = {p.title: i for i, p in enumerate(self.products)}
+        if len(self._rows) != len(self.products):
+            dupes = sorted({p.title for p in self.products if sum(q.title == p.title for q in self.products) > 1})
+            raise CatalogError(f"duplicate titles in the catalogue: {', '.join(dupes[:5])}; make titles unique")
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    @property
+    def dim(self) -> int:
+        return self.embeddings.shape[1]
+
+    def __contains__(self, title: str) -> bool:
+        return title in self._rows
+
+    def get(self, title: str) -> Product:
+        return self.products[self._row(title)]
+
+    def _row(self, title: str) -> int:
+        try:
+            return self._rows[title]
+        except KeyError:
+            raise CatalogError(f"no product titled {title!r} in the catalogue ({len(self)} products)") from None
+
+    def search(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k rows by cosine similarity for unit query rows (Q, dim): (indices (Q, k), similarities (Q, k)).
+        One BLAS matrix product + argpartition (O(N) selection, only the k winners are sorted)."""
+        if not len(self):
+            raise CatalogError("the catalogue is empty; add products before searching")
+        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if queries.shape[1] != self.dim:
+            raise CatalogError(f"query embedding has {queries.shape[1]} dims, the catalogue {self.dim}: "
+                               "it was built with another encoder; rebuild the index with this one")
+        sims = queries @ self.embeddings.T
+        k = min(k, len(self))
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < len(self) else np.tile(np.arange(len(self)), (len(sims), 1))
+        order = np.take_along_axis(sims, top, 1).argsort(axis=1)[:, ::-1]
+        idx = np.take_along_axis(top, order, 1)
+        return idx, np.take_along_axis(sims, idx, 1)
+
+    # -- updates: no retraining, just rows --------------------------------------------------------
+    def add(self, product: Product, embedding: np.ndarray, *, replace: bool = False) -> None:
+        """Add a product (or replace one with the same title when replace=True)."""
+        emb = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
+        if emb.shape[1] != self.dim:
+            raise CatalogError(f"embedding has {emb.shape[1]} dims, the catalogue {self.dim}")
+        emb /= max(float(np.linalg.norm(emb)), 1e-12)
+        if product.title in self._rows:
+            if not replace:
+                raise CatalogError(f"a product titled {product.title!r} already exists; pass replace=True to update it "
+                                   "or give the new product a distinct title")
+            row = self._rows[product.title]
+            self.products[row], self.embeddings[row] = product, emb[0]
+            return
+        self._rows[product.title] = len(self.products)
+        self.products.append(product)
+        self.embeddings = np.concatenate([self.embeddings, emb])
+
+    def set_price(self, title: str, price) -> None:
+        try:
+            self.products[self._row(title)].price = parse_price(price)
+        except ValueError as exc:
+            raise CatalogError(f"bad price for {title!r}: {exc}") from None
+
+    def remove(self, title: str) -> None:
+        row = self._row(title)
+        del self.products[row]
+        self.embeddings = np.delete(self.embeddings, row, axis=0)
+        self._rows = {p.title: i for i, p in enumerate(self.products)}
+
+    # -- persistence --------------------------------------------------------------------------------
+    def save(self, out, *, source: str | None = None) -> Bundle:
+        """Write the index as a bundle directory (atomic; replaces an older index only when complete)."""
+        with BundleWriter(out, task="products", format="onnx", precision=self.encoder.get("precision", "fp32"),
+                          kind="catalog-index", encoder=self.encoder, items=len(self), source=source) as w:
+            self.write_into(w)
+        return Bundle.load(out)
+
+    def write_into(self, w: BundleWriter, prefix: str = "") -> None:
+        """Add embeddings.npy + items.json to a bundle being written (roles catalog_embeddings, catalog_items)."""
+        path = w.dir / f"{prefix}embeddings.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, self.embeddings, allow_pickle=False)
+        w.set_role("catalog_embeddings", f"{prefix}embeddings.npy")
+        w.add_json({"encoder": self.encoder, "products": [p.to_dict() for p in self.products]},
+                   f"{prefix}items.json", role="catalog_items")
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> "CatalogIndex":
+        import json
+
+        if not (bundle.has("catalog_embeddings") and bundle.has("catalog_items")):
+            raise BundleError(f"{bundle.path}: bundle carries no catalogue index; pass catalog=CSV or an index directory")
+        emb = np.load(bundle.file("catalog_embeddings"), allow_pickle=False)
+        meta = json.loads(bundle.file("catalog_items").read_text(encoding="utf-8"))
+        return cls(emb, [Product(**p) for p in meta["products"]], meta["encoder"])
+
+    @classmethod
+    def load(cls, path) -> "CatalogIndex":
+        return cls.from_bundle(Bundle.load(path))

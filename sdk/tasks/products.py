@@ -1,0 +1,348 @@
+"""Product recognition: photo -> title, category, price, by image-embedding search in a catalogue.
+
+Instead of a 4B-parameter VLM fine-tuned to memorise a catalogue (seeds 002/004), an image encoder
+(EfficientNet-Lite0 ONNX, int8) embeds the photo and the nearest catalogue items answer. A new product
+or a price change is an index update, not a retraining; a photo that matches nothing well enough is
+reported `unknown` rather than as a confident wrong answer. Optional OCR (RapidOCR: PP-OCR ONNX
+models) reads the label: matches whose title shares the printed brand/name move up, and a price
+printed in the photo is reported next to (never instead of) the catalogue price.
+
+    pr = ProductRecognizer.from_pretrained(None, catalog="catalog.csv")   # None = default encoder
+    r = pr("photo.jpg")        # ProductResult(title=..., category=..., price=..., score=..., matches=[...])
+    pr.add_product("NORDA Red Cola", "beverages/soft-drinks", 1.49, "cola.png")
+    pr.set_price("NORDA Red Cola", 1.29)
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import defaults
+from ..catalog import CatalogIndex, IngestReport, Product, encoder_fingerprint, parse_price, read_catalog_csv
+from ..encoder import ImageEncoder
+from ..errors import CatalogError, InputError
+from ..images import decode_base64, load_image
+from ..progress import bar
+from .base import Task
+
+DEFAULT_THRESHOLD = 0.55   # cosine below which a photo is `unknown`; bundles carry their calibrated value
+OCR_WEIGHT = 0.15          # how much a label-text match adds to the visual similarity when re-ranking
+RERANK_POOL = 20           # OCR re-ranks only the visual top-20: search stays one matrix product
+
+
+@dataclass
+class Match:
+    title: str
+    category: str | None
+    price: float | None
+    similarity: float              # cosine between photo and catalogue image
+    score: float                   # similarity (+ OCR text bonus when OCR ran): the ranking key
+    text_score: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PriceEstimate:
+    """Similarity-weighted price over the nearest catalogue items, with the range they span."""
+    value: float
+    low: float
+    high: float
+    neighbours: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class OcrReading:
+    text: list[str]                # lines read from the photo
+    price: float | None            # a price printed in the photo (shelf tag / label), not the catalogue's
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ProductResult:
+    title: str | None              # None when unknown
+    category: str | None
+    price: float | None            # catalogue price of the recognised product
+    score: float                   # ranking score of the best match
+    unknown: bool
+    matches: list[Match]
+    price_estimate: PriceEstimate | None = None
+    ocr: OcrReading | None = None
+
+    def to_dict(self) -> dict:
+        return {"title": self.title, "category": self.category, "price": self.price, "score": self.score,
+                "unknown": self.unknown, "matches": [m.to_dict() for m in self.matches],
+                "price_estimate": self.price_estimate.to_dict() if self.price_estimate else None,
+                "ocr": self.ocr.to_dict() if self.ocr else None}
+
+
+class ProductRecognizer(Task):
+    name = "products"
+
+    def __init__(self, bundle, backend=None, threads=None, catalog=None, ocr: bool = False,
+                 threshold: float | None = None, top_k: int = 5, progress: bool | None = None):
+        super().__init__(bundle, backend, threads)
+        self.encoder = ImageEncoder.from_bundle(bundle, self.threads)
+        self.threshold = float(threshold if threshold is not None else bundle.get("unknown_threshold", DEFAULT_THRESHOLD))
+        self.top_k, self.use_ocr, self.progress = int(top_k), bool(ocr), progress
+        self._ocr_engine = None
+        self.report: IngestReport | None = None
+        self.catalog: CatalogIndex | None = None
+        if catalog is not None:
+            self.set_catalog(catalog)
+        elif bundle.has("catalog_embeddings"):
+            self.catalog = CatalogIndex.from_bundle(bundle)   # the bundle's sample catalogue
+            for p in self.catalog.products:
+                if p.image and not Path(p.image).is_absolute():
+                    p.image = str(bundle.path / p.image)
+
+    # -- catalogue ----------------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> dict:
+        m = self.bundle.manifest
+        return {"name": m.get("name"), "precision": self.bundle.precision, "dim": self.encoder.dim,
+                "sha256": m["files"][m["components"]["model"]]["sha256"]}
+
+    def set_catalog(self, catalog) -> IngestReport | None:
+        """Use a CatalogIndex, a saved index directory, or a catalogue CSV (embedded now, bad rows reported)."""
+        if isinstance(catalog, CatalogIndex):
+            index = catalog
+        elif Path(catalog).is_dir():
+            index = CatalogIndex.load(catalog)
+        elif Path(catalog).suffix.lower() == ".csv":
+            products, self.report = read_catalog_csv(catalog)
+            index = CatalogIndex(self.embed_files([p.image for p in products]), products, self.fingerprint)
+        else:
+            raise CatalogError(f"{catalog}: not a catalogue CSV or index directory; pass a .csv "
+                               "(title, category, full_price, local_image_path) or a directory saved by index.save()")
+        if index.encoder.get("sha256") != self.fingerprint["sha256"]:
+            raise CatalogError(f"the catalogue index was embedded with encoder {index.encoder.get('name')} "
+                               f"({str(index.encoder.get('sha256'))[:12]}…), not this bundle's "
+                               f"({self.fingerprint['sha256'][:12]}…); rebuild it from the CSV with this encoder")
+        self.catalog = index
+        return self.report
+
+    def embed_files(self, paths: list, batch: int = 16) -> np.ndarray:
+        out = []
+        for i in bar(range(0, len(paths), batch), desc="embedding catalogue", progress=self.progress):
+            out.append(self.encoder.embed([load_image(p) for p in paths[i:i + batch]]))
+        return np.concatenate(out) if out else np.zeros((0, self.encoder.dim), np.float32)
+
+    def add_product(self, title: str, category: str | None, price, image, *, replace: bool = False, **extra) -> None:
+        """Add (or with replace=True update) one product: one embedding, no retraining."""
+        try:
+            price = parse_price(price)
+        except ValueError as exc:
+            raise CatalogError(f"bad price for {title!r}: {exc}") from None
+        path = str(image) if isinstance(image, (str, Path)) else None
+        self._require_catalog(allow_empty=True).add(Product(title, category, price, path, extra),
+                                                    self.encoder.embed([load_image(image)])[0], replace=replace)
+
+    def set_price(self, title: str, price) -> None:
+        self._require_catalog().set_price(title, price)
+
+    def _require_catalog(self, allow_empty: bool = False) -> CatalogIndex:
+        if self.catalog is None:
+            if not allow_empty:
+                raise CatalogError("no catalogue loaded; pass catalog=CSV or index directory to from_pretrained()")
+            self.catalog = CatalogIndex(np.zeros((0, self.encoder.dim), np.float32), [], self.fingerprint)
+        if not allow_empty and not len(self.catalog):
+            raise CatalogError("the catalogue is empty; add products (add_product or a CSV) before recognising photos")
+        return self.catalog
+
+    # -- recognition --------------------------------------------------------------------------------
+    def _run_batch(self, inputs: list, top_k: int | None = None, ocr: bool | None = None) -> list[ProductResult]:
+        catalog = self._require_catalog()
+        images = [load_image(x) for x in inputs]
+        k = max(1, int(top_k or self.top_k))
+        use_ocr = self.use_ocr if ocr is None else ocr
+        idx, sims = catalog.search(self.encoder.embed(images), RERANK_POOL if use_ocr else k)
+        return [self._result(catalog, row_idx, row_sims, self._read(img) if use_ocr else None, k)
+                for img, row_idx, row_sims in zip(images, idx, sims)]
+
+    def _result(self, catalog, idx, sims, reading: OcrReading | None, k: int) -> ProductResult:
+        matches = []
+        for i, s in zip(idx, sims):
+            p = catalog.products[i]
+            text = text_match(reading.text, p) if reading else None
+            matches.append(Match(p.title, p.category, p.price, round(float(s), 4),
+                                 round(float(s) + OCR_WEIGHT * (text or 0.0), 4), None if text is None else round(text, 3),
+                                 p.extra))
+        matches.sort(key=lambda m: -m.score)
+        matches = matches[:k]
+        best = matches[0]
+        unknown = best.similarity < self.threshold
+        return ProductResult(None if unknown else best.title, None if unknown else best.category,
+                             None if unknown else best.price, best.score, unknown, matches,
+                             estimate_price(matches), reading)
+
+    # -- OCR ----------------------------------------------------------------------------------------
+    def _read(self, image) -> OcrReading:
+        if self._ocr_engine is None:
+            from .._optional import require
+            engine = require("rapidocr_onnxruntime", "ocr").RapidOCR
+            # No angle classifier: it "corrects" upright labels (MOXI read as IXOW); shop photos are roughly upright.
+            self._ocr_engine = engine(use_cls=False, intra_op_num_threads=self.threads, inter_op_num_threads=1,
+                                      print_verbose=False)
+        result, _ = self._ocr_engine(np.asarray(image))
+        lines = [text for _, text, conf in (result or []) if float(conf) >= 0.5]
+        return OcrReading(lines, read_price(lines))
+
+
+def _words(text: str) -> list[str]:
+    return [w for w in re.findall(r"[a-z0-9]+", text.lower()) if len(w) >= 3 and not w.isdigit()]
+
+
+def text_match(lines: list[str], product: Product) -> float:
+    """How well the label text read from the photo names this product: the best fuzzy match between a
+    word read and a word of its title (or brand column), 0 when nothing is close (ratio < 0.75)."""
+    read = _words(" ".join(lines))
+    names = _words(" ".join([product.title] + [str(v) for k, v in product.extra.items() if k.lower() in ("brand", "name")]))
+    best = max((difflib.SequenceMatcher(None, a, b).ratio() for a in read for b in names), default=0.0)
+    return best if best >= 0.75 else 0.0
+
+
+_PRICE = re.compile(r"(?:[$€£]\s?(\d{1,5}(?:[.,]\d{2})?))|(\d{1,5}[.,]\d{2})(?:\s?[$€£])?")
+
+
+def read_price(lines: list[str]) -> float | None:
+    """A price printed in the photo: a currency-marked amount first, else an amount with two decimals."""
+    marked = [m.group(1) for line in lines for m in _PRICE.finditer(line) if m.group(1)]
+    plain = [m.group(2) for line in lines for m in _PRICE.finditer(line) if m.group(2)]
+    for text in marked + plain:
+        return float(text.replace(",", "."))
+    return None
+
+
+def estimate_price(matches: list[Match], temperature: float = 0.03) -> PriceEstimate | None:
+    """Softmax(similarity / T)-weighted mean price of the neighbours; the range spans those that carry
+    at least 10 % of the top weight (a clear winner gives a narrow range, a tie a wide one)."""
+    priced = [m for m in matches if m.price is not None]
+    if not priced:
+        return None
+    s = np.array([m.score for m in priced])
+    w = np.exp((s - s.max()) / temperature)
+    prices = np.array([m.price for m in priced])
+    near = prices[w >= 0.1]
+    return PriceEstimate(round(float((w * prices).sum() / w.sum()), 2), float(near.min()), float(near.max()), int(len(near)))
+
+
+# -- CLI, HTTP, demo, eval hooks --------------------------------------------------------------------
+def _sample_inputs() -> list[str]:
+    sample = defaults.default_bundle_dir("products") / "samples" / "query.jpg"
+    return [str(sample)]
+
+
+SAMPLE_INPUTS = _sample_inputs()
+
+
+def from_json(payload) -> bytes:
+    """HTTP body {"image": base64} -> image bytes (the catalogue is the server's loaded one)."""
+    if not isinstance(payload, dict) or "image" not in payload:
+        raise InputError('products request must be a JSON object {"image": "<base64 of the photo>"}')
+    return decode_base64(payload["image"])
+
+
+def add_cli_arguments(p) -> None:
+    p.add_argument("images", nargs="*", help="product photo(s)")
+    p.add_argument("--catalog", default=None, help="catalogue CSV or saved index directory (default: the bundle's sample)")
+    p.add_argument("--save-index", default=None, help="write the catalogue index (embeddings + metadata) to this directory")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--ocr", action="store_true", help="read label text and prices (needs edgesight[ocr])")
+    p.add_argument("--threshold", type=float, default=None, help="similarity below which a photo is 'unknown'")
+
+
+def run_cli(task: ProductRecognizer, args):
+    if args.threshold is not None:
+        task.threshold = args.threshold
+    out = {}
+    if args.catalog:
+        report = task.set_catalog(args.catalog)
+        out["catalog"] = {"items": len(task.catalog), **(report.to_dict() if report else {})}
+    if args.save_index:
+        task._require_catalog().save(args.save_index, source=args.catalog)
+        out["index"] = args.save_index
+    if args.images:
+        results = task(list(args.images), top_k=args.top_k, ocr=args.ocr)
+        out["results"] = [dict(image=str(i), **r.to_dict()) for i, r in zip(args.images, results)]
+    if not out:
+        raise InputError("nothing to do: give photo paths, --catalog CSV and/or --save-index DIR")
+    return out
+
+
+def add_eval_arguments(p) -> None:
+    p.add_argument("--model", action="append", default=None,
+                   help="encoder bundle(s) to compare (repeatable; default: the embedded default)")
+    p.add_argument("--products", type=int, default=40, help="synthetic catalogue size")
+    p.add_argument("--views", type=int, default=3, help="augmented query photos per product")
+    p.add_argument("--holdout", type=int, default=8, help="extra products left out of the catalogue (should be 'unknown')")
+    p.add_argument("--ocr", choices=["off", "on", "both"], default="both")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threshold", type=float, default=None)
+
+
+def evaluate(task: ProductRecognizer, known: list, unknown: list = (), ocr: bool = False) -> dict:
+    """Metrics on (photo, truth) pairs whose truth has .title .category .price; `unknown` pairs are
+    products absent from the catalogue (the right answer is `unknown`)."""
+    import time
+
+    results, times = [], []
+    for image, _ in known + list(unknown):
+        t0 = time.perf_counter()
+        results.append(task(image, ocr=ocr))
+        times.append(time.perf_counter() - t0)
+    res_known, res_unknown = results[:len(known)], results[len(known):]
+    truth = [t for _, t in known]
+    top1 = np.mean([r.matches[0].title == t.title for r, t in zip(res_known, truth)])
+    answered = np.mean([r.title == t.title for r, t in zip(res_known, truth)])
+    category = np.mean([r.matches[0].category == t.category for r, t in zip(res_known, truth)])
+    price_err = [abs((r.price if r.price is not None else r.price_estimate.value) - t.price) for r, t in zip(res_known, truth)]
+    out = {"queries": len(known), "ocr": ocr, "top1_title_accuracy": round(float(top1), 4),
+           "accuracy_with_unknown": round(float(answered), 4), "category_accuracy": round(float(category), 4),
+           "price_mae": round(float(np.mean(price_err)), 3), "false_unknown_rate": round(float(np.mean([r.unknown for r in res_known])), 4),
+           "median_ms": round(float(np.median(times)) * 1000, 1),
+           "similarity_correct_median": round(float(np.median([r.matches[0].similarity for r in res_known])), 4)}
+    if unknown:
+        out["unknown_queries"] = len(unknown)
+        out["unknown_detected_rate"] = round(float(np.mean([r.unknown for r in res_unknown])), 4)
+        out["similarity_unknown_median"] = round(float(np.median([r.matches[0].similarity for r in res_unknown])), 4)
+    if ocr:
+        out["ocr_price_read_accuracy"] = round(float(np.mean([r.ocr.price is not None and abs(r.ocr.price - t.price) < 0.005
+                                                              for r, t in zip(res_known, truth)])), 4)
+    return out
+
+
+def run_eval(args) -> dict:
+    """Render a synthetic catalogue (PIL), query it with augmented photos, report per model and OCR setting."""
+    import tempfile
+
+    from ..export.default_products import catalog_products, queries, write_catalog
+
+    products = catalog_products(args.products + args.holdout, seed=args.seed)
+    listed, held_out = products[:args.products], products[args.products:]
+    known = queries(listed, views=args.views, seed=args.seed + 1000)
+    unknown = queries(held_out, views=1, seed=args.seed + 2000)
+    ocr_settings = {"off": [False], "on": [True], "both": [False, True]}[args.ocr]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        csv_path = write_catalog(tmp, listed)
+        for model in args.model or [None]:
+            task = ProductRecognizer.from_pretrained(model, threads=args.threads, catalog=csv_path, threshold=args.threshold)
+            for ocr in ocr_settings:
+                rows.append({"model": str(model or "default"), "encoder": task.bundle.get("name"),
+                             "precision": task.bundle.precision, "threshold": task.threshold,
+                             **evaluate(task, known, unknown, ocr=ocr)})
+    return {"catalogue": {"products": len(listed), "views": args.views, "held_out": len(held_out), "seed": args.seed},
+            "results": rows}

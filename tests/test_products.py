@@ -1,0 +1,234 @@
+"""Product recognition end to end on real parts: the real EfficientNet-Lite0 exported to ONNX (fp32 and
+static int8) once per session, a PIL-rendered catalogue, augmented query photos, real onnxruntime,
+real RapidOCR, the real CLI."""
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+
+from catalog_kit import broken_catalog, make_catalog, photo_queries, real_photo, render
+from edgesight.catalog import CatalogIndex, Product, read_catalog_csv
+from edgesight.errors import CatalogError, ImageError, InputError
+from edgesight.tasks.products import (Match, ProductRecognizer, estimate_price, evaluate, from_json, read_price,
+                                      text_match)
+
+
+@pytest.fixture(scope="session")
+def default_bundle(tmp_path_factory):
+    """The default products bundle as `edgesight build-defaults` makes it (int8 + sample catalogue)."""
+    from edgesight.export.default_products import build
+    return build(tmp_path_factory.mktemp("bundles") / "products", threads=1, progress=False).path
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(tmp_path_factory):
+    from edgesight.export.image_encoder import efficientnet_lite0, export_image_encoder
+    return export_image_encoder(efficientnet_lite0(), tmp_path_factory.mktemp("bundles") / "enc-fp32", precision="fp32",
+                                calibration=[real_photo("chelsea"), real_photo("coffee")], progress=False).path
+
+
+@pytest.fixture(scope="session")
+def catalog(tmp_path_factory):
+    return make_catalog(tmp_path_factory.mktemp("catalog"), n=16, holdout=4)
+
+
+@pytest.fixture(scope="session")
+def recognizer(default_bundle, catalog):
+    return ProductRecognizer.from_pretrained(default_bundle, catalog=catalog[0], threads=1)
+
+
+def test_encoder_bundle_classifies_real_photos_and_records_fidelity(fp32_bundle, default_bundle):
+    from edgesight.bundle import Bundle
+    from edgesight.encoder import ImageEncoder
+
+    for path in (fp32_bundle, default_bundle):
+        bundle = Bundle.load(path)
+        enc = ImageEncoder.from_bundle(bundle, threads=1)
+        top = enc.classify([real_photo("chelsea"), real_photo("coffee")], top_k=3)
+        assert top[0][0][0] in ("Egyptian cat", "tabby", "tiger cat"), top[0]
+        assert top[1][0][0] == "espresso", top[1]
+        assert bundle.manifest["preprocessing"]["size"] == 224 and bundle.manifest["outputs"] == {"embedding": 1280, "logits": 1000}
+        fid = bundle.manifest["fidelity"]
+        assert fid["embedding_cosine_min"] > (0.999 if bundle.precision == "fp32" else 0.9), fid
+    assert Bundle.load(default_bundle).manifest["int8_mode"] == "static"
+
+
+def test_default_bundle_recognises_its_sample_query(default_bundle):
+    from edgesight.export.default_products import catalog_products
+
+    pr = ProductRecognizer.from_pretrained(default_bundle, threads=1)
+    result = pr(str(default_bundle / "samples" / "query.jpg"))
+    assert not result.unknown and result.title == catalog_products(24, seed=0)[0].title
+    assert result.price == result.matches[0].price and result.category == result.matches[0].category
+    json.dumps(result.to_dict())  # JSON-able all the way down
+
+
+def test_augmented_photos_are_recognised(recognizer, catalog):
+    _, listed, _ = catalog
+    metrics = evaluate(recognizer, photo_queries(listed, views=1, seed=5))
+    assert metrics["top1_title_accuracy"] >= 0.75, metrics
+    assert metrics["category_accuracy"] >= metrics["top1_title_accuracy"] - 1e-9
+    assert metrics["price_mae"] < 2.0, metrics
+
+
+def test_out_of_catalogue_photo_is_unknown_not_a_confident_wrong_answer(recognizer):
+    for name in ("chelsea", "coffee"):
+        result = recognizer(real_photo(name))
+        assert result.unknown and result.title is None and result.price is None, result.matches[0]
+        assert result.matches and result.price_estimate is not None  # neighbours are still shown
+
+
+def test_batch_gives_one_result_per_photo(recognizer, catalog):
+    _, listed, _ = catalog
+    photos = [render(p) for p in listed[:3]]
+    results = recognizer(photos, top_k=2)
+    assert [r.title for r in results] == [p.title for p in listed[:3]]
+    assert all(len(r.matches) == 2 for r in results)
+
+
+def test_ingestion_reports_bad_rows_and_keeps_the_good_ones(catalog, tmp_path):
+    csv_path, listed, _ = catalog
+    products, report = read_catalog_csv(broken_catalog(tmp_path, csv_path))
+    assert [p.title for p in products] == [p.title for p in listed]
+    problems = {i.title: i.problem for i in report.issues}
+    assert "image not found" in problems["ZZZ Missing photo"]
+    assert "bad price" in problems["ZZZ Bad price"] and "bad price" in problems["ZZZ Negative"]
+    assert "duplicate title" in problems[listed[1].title] and "first at line 3" in problems[listed[1].title]
+    assert "empty title" in problems[""]
+    assert report.rows == len(listed) + 5 and report.added == len(listed)
+    assert products[0].extra == {"brand": listed[0].brand}  # extra columns are kept
+
+
+def test_empty_or_unusable_catalogue_is_a_clear_error(recognizer, tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("title,category,full_price,local_image_path\n")
+    with pytest.raises(CatalogError, match="catalogue is empty"):
+        read_catalog_csv(empty)
+    missing = tmp_path / "missing.csv"
+    missing.write_text("title,category,full_price,local_image_path\nA,b,1.0,nowhere.png\n")
+    with pytest.raises(CatalogError, match="image not found on disk"):
+        recognizer.set_catalog(missing)
+    (tmp_path / "x.csv").write_text("name_of_thing,price\nA,1\n")
+    with pytest.raises(CatalogError, match="no title column"):
+        read_catalog_csv(tmp_path / "x.csv")
+    with pytest.raises(CatalogError, match="not found"):
+        read_catalog_csv(tmp_path / "absent.csv")
+    index = CatalogIndex(np.zeros((0, 8), np.float32), [], {})
+    with pytest.raises(CatalogError, match="empty"):
+        index.search(np.ones(8, np.float32))
+
+
+def test_unreadable_photo_is_an_image_error(recognizer, tmp_path):
+    junk = tmp_path / "junk.jpg"
+    junk.write_bytes(b"not an image at all")
+    with pytest.raises(ImageError, match="not a recognised image format"):
+        recognizer(str(junk))
+    with pytest.raises(ImageError, match="no such image file"):
+        recognizer(str(tmp_path / "absent.jpg"))
+    with pytest.raises(InputError, match="base64"):
+        from_json({"image": "@@@"})
+
+
+def test_add_and_reprice_without_retraining(default_bundle, catalog):
+    csv_path, _, held_out = catalog
+    pr = ProductRecognizer.from_pretrained(default_bundle, catalog=csv_path, threads=1)
+    new = held_out[0]
+    photo = photo_queries([new], seed=9)[0][0]
+    assert pr(photo).title != new.title
+    pr.add_product(new.title, new.category, f"${new.price}", render(new), brand=new.brand)
+    assert pr(photo).title == new.title and pr(photo).price == new.price
+    pr.set_price(new.title, "1,299.00")
+    assert pr(photo).price == 1299.0
+    with pytest.raises(CatalogError, match="already exists"):
+        pr.add_product(new.title, new.category, 1.0, render(new))
+    with pytest.raises(CatalogError, match="bad price"):
+        pr.set_price(new.title, "free")
+    pr.catalog.remove(new.title)
+    assert new.title not in pr.catalog and pr(photo).title != new.title
+
+
+def test_index_saves_as_a_bundle_and_refuses_another_encoder(recognizer, fp32_bundle, default_bundle, tmp_path):
+    saved = recognizer.catalog.save(tmp_path / "index")
+    assert saved.kind == "catalog-index" and (tmp_path / "index" / "embeddings.npy").is_file()
+    again = ProductRecognizer.from_pretrained(default_bundle, catalog=tmp_path / "index", threads=1)
+    assert [p.title for p in again.catalog.products] == [p.title for p in recognizer.catalog.products]
+    np.testing.assert_array_equal(again.catalog.embeddings, recognizer.catalog.embeddings)
+    with pytest.raises(CatalogError, match="rebuild it from the CSV"):
+        ProductRecognizer.from_pretrained(fp32_bundle, catalog=tmp_path / "index", threads=1)
+
+
+def test_search_matches_brute_force_on_a_large_random_index():
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((20_000, 64)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    index = CatalogIndex(emb, [Product(f"p{i}", None, 1.0) for i in range(len(emb))], {})
+    q = emb[[7, 19_999]] + 0.01 * rng.standard_normal((2, 64)).astype(np.float32)
+    idx, sims = index.search(q / np.linalg.norm(q, axis=1, keepdims=True), k=5)
+    brute = np.argsort(-(q / np.linalg.norm(q, axis=1, keepdims=True)) @ emb.T, axis=1)[:, :5]
+    np.testing.assert_array_equal(idx, brute)
+    assert idx[0, 0] == 7 and idx[1, 0] == 19_999 and np.all(np.diff(sims, axis=1) <= 0)
+
+
+def test_price_helpers():
+    assert read_price(["NORDA", "$4.99"]) == 4.99 and read_price(["12,50 €"]) == 12.5 and read_price(["NORDA"]) is None
+    tie = [Match("a", "c", 10.0, 0.9, 0.9), Match("b", "c", 20.0, 0.9, 0.9)]
+    assert (estimate_price(tie).value, estimate_price(tie).low, estimate_price(tie).high) == (15.0, 10.0, 20.0)
+    clear = [Match("a", "c", 10.0, 0.95, 0.95), Match("b", "c", 20.0, 0.7, 0.7)]
+    assert estimate_price(clear).value == pytest.approx(10.0, abs=0.01) and estimate_price(clear).high == 10.0
+    p = Product("NORDA Red Cola", "x", 1.0, extra={"brand": "NORDA"})
+    assert text_match(["N0RDA", "$1.49"], p) >= 0.75 and text_match(["KIVO"], p) == 0.0
+
+
+def test_ocr_reads_label_and_price_and_reranks_look_alikes(default_bundle, catalog):
+    pytest.importorskip("rapidocr_onnxruntime", reason="OCR extra not installed: pip install 'edgesight[ocr]'")
+    csv_path, listed, _ = catalog
+    pr = ProductRecognizer.from_pretrained(default_bundle, catalog=csv_path, threads=1, ocr=True)
+    product = listed[2]
+    result = pr(render(product))
+    assert product.brand in " ".join(result.ocr.text).upper(), result.ocr
+    assert result.ocr.price == product.price
+    assert result.title == product.title and result.matches[0].text_score >= 0.75
+    assert result.matches[0].score > result.matches[0].similarity  # the text bonus is what re-ranked
+
+
+def test_cli_recognises_and_saves_an_index(default_bundle, catalog, tmp_path, capsys):
+    from edgesight.cli import main
+
+    csv_path, listed, _ = catalog
+    photo = tmp_path / "q.jpg"
+    render(listed[3]).save(photo)
+    assert main(["products", str(photo), "--model", str(default_bundle), "--catalog", str(csv_path),
+                 "--save-index", str(tmp_path / "idx"), "--threads", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["results"][0]["title"] == listed[3].title and out["catalog"]["items"] == len(listed)
+    assert (tmp_path / "idx" / "edgesight.json").is_file()
+    assert main(["products", str(tmp_path / "nope.jpg"), "--model", str(default_bundle), "--threads", "1"]) == 2
+    assert "no such image file" in capsys.readouterr().err
+
+
+def test_http_payload_decodes_to_the_same_result(recognizer, catalog):
+    _, listed, _ = catalog
+    buf = io.BytesIO()
+    render(listed[4]).save(buf, "PNG")
+    image = from_json({"image": base64.b64encode(buf.getvalue()).decode()})
+    assert recognizer(image).title == listed[4].title
+
+
+def test_clip_image_tower_exports_as_an_encoder_bundle(tmp_path):
+    """A user's CLIP image tower takes the same path (tiny CLIP from a config: same code, random weights)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from edgesight.encoder import ImageEncoder
+    from edgesight.export.image_encoder import clip_preprocessing, clip_vision, export_image_encoder
+
+    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8, projection_dim=16)
+    CLIPVisionModelWithProjection(cfg).save_pretrained(tmp_path / "clip")
+    bundle = export_image_encoder(clip_vision(tmp_path / "clip"), tmp_path / "clip-enc", name="clip",
+                                  preprocessing=clip_preprocessing(32), calibration=[real_photo("coffee")], progress=False)
+    assert bundle.manifest["outputs"]["embedding"] == 16 and not bundle.has("labels")
+    assert bundle.manifest["fidelity"]["embedding_cosine_min"] > 0.999
+    emb = ImageEncoder.from_bundle(bundle).embed([real_photo("coffee"), real_photo("chelsea")])
+    assert emb.shape == (2, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
