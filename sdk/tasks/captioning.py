@@ -281,7 +281,7 @@ class Captioner(Task):
     def info(self) -> dict:
         return super().info() | {"model": self.bundle.kind, "tag_scorer": "clip" if self.clip else
                                  ("classifier" if self.bundle.kind == "image-encoder" else "caption-frequency"),
-                                 "num_samples": self.num_samples}
+                                 "num_samples": self.num_samples, **({"note": self.bundle.get("note")} if self.bundle.get("note") else {})}
 
 
 # ----------------------------------------------------------------------------- CLI, demo, HTTP hooks
