@@ -35,3 +35,35 @@ def blip_bundle(tiny_blip_dir, tiny_clip_dir, tmp_path_factory):
     from edgesight.export.captioning import export_blip
     return export_blip(tiny_blip_dir, tmp_path_factory.mktemp("blip-fp32") / "bundle", clip_dir=tiny_clip_dir,
                        precision="fp32", max_new_tokens=12, threads=1, progress=False)
+
+
+# --- tiny real text models (tests/kit.py), built once per session ---------------------------------
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A tiny Llama HF directory (sentencepiece BPE, ChatML, eos <|im_end|>)."""
+    from kit import tiny_llama
+    return tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory):
+    """A tiny T5 HF directory (sentencepiece unigram)."""
+    from kit import tiny_t5
+    return tiny_t5(tmp_path_factory.mktemp("tiny-t5") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_onnx(tiny_llama_dir, tmp_path_factory):
+    """tiny_llama exported to ONNX (text-generation-with-past) and wrapped in a causal-lm bundle."""
+    from kit import onnx_text_bundle
+    return onnx_text_bundle(tiny_llama_dir, tmp_path_factory.mktemp("tiny-llama-onnx"), "causal-lm")
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_onnx(tiny_t5_dir, tmp_path_factory):
+    """tiny_t5 exported to ONNX (text2text-generation-with-past) and wrapped in a seq2seq bundle."""
+    from kit import onnx_text_bundle
+    return onnx_text_bundle(tiny_t5_dir, tmp_path_factory.mktemp("tiny-t5-onnx"), "seq2seq")
