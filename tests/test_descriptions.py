@@ -138,7 +138,8 @@ def test_template_fallback_always_passes_the_guard():
 
 def test_first_sentence_cuts_run_on_generation():
     assert first_sentence(" There is 1 can. I can see more.\nfoo") == "There is 1 can."
-    assert first_sentence("There are 2.5 cans") == "There are 2.5 cans"
+    assert first_sentence("There are 2.5 cans") == "There are 2.5 cans."
+    assert first_sentence("  ") == ""
 
 
 # ----------------------------------------------------------------------------- data builder

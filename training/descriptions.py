@@ -197,3 +197,38 @@ def train_main(args) -> dict:
     (Path(report.adapter_dir) / "vocab.json").write_text(json.dumps(vocab.to_dict(), indent=2), encoding="utf-8")
     return {"adapter": report.adapter_dir, "steps": report.steps, "final": report.final_metrics,
             "timings": report.timings}
+
+
+# ----------------------------------------------------------------------------- the seed's PyTorch path
+
+def seed_path(base, adapter, *, kind: str = "causal", threads: int = 1, prompt: dict | None = None):
+    """The prototype's way to run the model, for latency/quality comparisons in the same run:
+    transformers fp32 + PeftModel (same base and adapter), `generate()` per input (beam search as the
+    seed for seq2seq, greedy for causal). Returns describe(payloads) -> sentences."""
+    import torch
+    from peft import PeftModel
+
+    from ..tasks.descriptions import default_generation, first_sentence
+    from .trainer import chat_parts, load_base
+    torch.set_num_threads(threads)
+    auto, where, kw, tok = load_base(base, kind)
+    model = PeftModel.from_pretrained(auto.from_pretrained(where, **kw, torch_dtype=torch.float32), str(adapter)).eval()
+    recipe_path = Path(adapter) / "recipe.json"
+    recipe = json.loads(recipe_path.read_text(encoding="utf-8")) if recipe_path.is_file() else {}
+    chat = kind == "causal" and recipe.get("chat_template", bool(getattr(tok, "chat_template", None)))
+    gen = default_generation("seq2seq" if kind == "seq2seq" else "causal-lm")
+    eos = tok.convert_tokens_to_ids("<|im_end|>") if chat and "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
+
+    def describe(payloads) -> list[str]:
+        out = []
+        for payload in payloads:
+            text = PROMPT.replace("{input}", render_facts(parse_input(payload)))
+            if chat:
+                text = chat_parts(tok, text, "", recipe.get("system"))[0]
+            ids = tok(text, return_tensors="pt", add_special_tokens=not chat)
+            with torch.no_grad():
+                seq = model.generate(**ids, **gen, do_sample=False, eos_token_id=eos, pad_token_id=tok.pad_token_id or eos)
+            new = seq[0] if kind == "seq2seq" else seq[0, ids["input_ids"].shape[1]:]
+            out.append(first_sentence(tok.decode(new, skip_special_tokens=True)))
+        return out
+    return describe

@@ -249,10 +249,11 @@ def template_sentence(facts: Facts, vocab: Vocabulary) -> str:
 
 
 def first_sentence(text: str) -> str:
-    """Models may run on after the sentence: keep the first line up to its first full stop."""
+    """Models may run on after the sentence: keep the first line up to its first full stop. Bundles
+    that stop generating at "." (an end token) return the sentence without it: put it back."""
     text = text.strip().split("\n")[0].strip()
     m = re.search(r"[.!?](\s|$)", text)
-    return text[: m.start() + 1] if m else text
+    return text[: m.start() + 1] if m else (text + "." if text else text)
 
 
 # ----------------------------------------------------------------------------- faithfulness guard
@@ -438,7 +439,7 @@ class Describer(Task):
         self.min_confidence = _confidence(min_confidence, "min_confidence")
         self.scene_threshold = _confidence(scene_threshold, "scene_threshold")
         self.guard = guard
-        self.vocab = Vocabulary.from_dict(bundle.get("vocab"))
+        self.vocab = Vocabulary.from_dict(bundle.get("vocab") or (bundle.get("prompt") or {}).get("vocab"))
         self.prompt_template = _prompt_template(bundle)
         self.generation = GenerationConfig.from_dict(default_generation(bundle.kind) | (bundle.get("generation") or {}))
         self.model = open_text_model(bundle, self.backend, self.threads)
@@ -451,6 +452,11 @@ class Describer(Task):
                    guard: bool | None = None) -> list[Description]:
         facts = [self.facts(x, min_confidence, scene_threshold) for x in inputs]  # validate all before any work
         prompts = [self.prompt_template.replace("{input}", render_facts(f)) for f in facts]
+        limit = self.model.context_length - self.generation.max_new_tokens
+        for p in prompts:
+            if self.model.count_tokens(p) > limit:
+                raise InputError(f"the input lists too many distinct labels for this model ({self.model.count_tokens(p)} "
+                                 f"prompt tokens, limit {limit}); split the detections or raise min_confidence")
         outputs = self.model.generate(prompts, self.generation)
         return [self.finish(f, first_sentence(out[0]), self.guard if guard is None else guard)
                 for f, out in zip(facts, outputs)]
@@ -470,11 +476,10 @@ def default_generation(kind: str) -> dict:
 
 
 def _prompt_template(bundle) -> str:
-    """The text around the compact facts: the bundle's prompt (chat template rendered at export with
-    an "{input}" hole), else the seq2seq instruction the data builder trains with."""
-    prompt = bundle.get("prompt")
-    template = prompt.get("template") if isinstance(prompt, dict) else prompt
-    return template or bundle.get("prompt_template") or PROMPT
+    """The full model input with an "{input}" hole: the bundle's chat-template prefix and suffix
+    (recorded at export, as for keywords) around the instruction the data builder trains with."""
+    prompt = bundle.get("prompt") or {}
+    return prompt.get("prefix", "") + PROMPT + prompt.get("suffix", "")
 
 
 PROMPT = "Describe: {input}"
@@ -531,3 +536,84 @@ def run_cli(task: Describer, args):
     if not args.json and len(results) == 1:
         return results[0].text
     return [r.to_dict() for r in results]
+
+
+# ----------------------------------------------------------------------------- `edgesight eval descriptions`
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", nargs="+", default=[None], help="bundle directories (default: the embedded default)")
+    p.add_argument("--backend", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--inputs", default=None, help="held-out detector outputs (.jsonl / .json / directory); "
+                                                  "default: the synthetic held-out set (a seed training never uses)")
+    p.add_argument("-n", "--n", type=int, default=200, help="held-out inputs to evaluate")
+    p.add_argument("--latency-n", type=int, default=40, help="inputs timed one at a time (median, p90)")
+    p.add_argument("--seed-path", action="store_true",
+                   help="also run the seed's path (transformers fp32 + PeftModel, same base and adapter) "
+                        "on the --latency-n inputs, for the speed-up in the same run")
+    p.add_argument("--base", default=None, help="base model for --seed-path (default: the SmolLM2 GGUF)")
+    p.add_argument("--adapter", default=None, help="adapter for --seed-path (default: the bundle's shipped adapter)")
+
+
+def score_descriptions(inputs: list, results: list[Description], vocab: Vocabulary, **thresholds) -> dict:
+    """Rule pass rates of the model's sentences (before fallback), the fallback rate, and the rate
+    of final texts that pass every rule (must be 1.0: the fallback never lies)."""
+    n = len(results)
+    rules = {rule: round(sum(r.checks[rule] for r in results) / n, 4) for rule in results[0].checks}
+    final = [check_sentence(r.text, parse_input(x, **thresholds), vocab).passed for x, r in zip(inputs, results)]
+    return {"n": n, "pass_before_fallback": round(sum(all(r.checks.values()) for r in results) / n, 4),
+            "rules": rules, "fallback_rate": round(sum(r.fallback for r in results) / n, 4),
+            "pass_after_fallback": round(sum(final) / n, 4),
+            "failures": [{"input": render_facts(parse_input(x, **thresholds)), "generated": r.generated, "problems": r.problems}
+                         for x, r in zip(inputs, results) if r.fallback][:12]}
+
+
+def _timed(fn, inputs) -> tuple[list, dict]:
+    import time
+    import statistics
+    fn(inputs[:1])                                   # warm-up: load, prefix cache
+    outs, ms = [], []
+    for x in inputs:
+        t0 = time.perf_counter()
+        outs += fn([x])
+        ms.append((time.perf_counter() - t0) * 1000)
+    ms.sort()
+    return outs, {"n": len(ms), "median_ms": round(statistics.median(ms), 1), "p90_ms": round(ms[int(0.9 * (len(ms) - 1))], 1)}
+
+
+def run_eval(args) -> dict:
+    from ..training.descriptions import heldout_inputs, load_inputs
+    inputs = (load_inputs(args.inputs) if args.inputs else heldout_inputs(args.n))[: args.n]
+    timed = inputs[: args.latency_n]
+    report: dict = {"inputs": len(inputs), "source": args.inputs or "synthetic held-out (seed 10007)", "bundles": []}
+    task = None
+    for path in args.model:
+        task = Describer.from_pretrained(path, backend=args.backend, threads=args.threads)
+        results = task(inputs)                       # one batch: quality
+        _, latency = _timed(task, timed)             # one at a time: latency
+        report["bundles"].append({"model": task.info(), **score_descriptions(inputs, results, task.vocab),
+                                  "latency": latency})
+    if args.seed_path and task is not None:
+        from ..training.descriptions import seed_path
+        prov = task.bundle.get("provenance") or {}
+        base = args.base or prov.get("base_path")
+        if base is None:
+            from ..export.weights import smollm2_gguf
+            base = str(smollm2_gguf())
+        adapter = args.adapter or prov.get("adapter_path") or _shipped_adapter()
+        describe = seed_path(base, adapter, kind="seq2seq" if task.bundle.kind == "seq2seq" else "causal", threads=task.threads)
+        sentences, latency = _timed(describe, timed)
+        ref = [task.finish(parse_input(x), s) for x, s in zip(timed, sentences)]
+        report["seed_path"] = {"base": str(base), "adapter": str(adapter), **score_descriptions(timed, ref, task.vocab),
+                               "latency": latency}
+        report["speedup_vs_seed_path"] = {b["model"]["bundle"]: round(latency["median_ms"] / b["latency"]["median_ms"], 2)
+                                          for b in report["bundles"]}
+    return report
+
+
+def _shipped_adapter() -> str:
+    from ..defaults import ADAPTERS_DIR
+    found = sorted(ADAPTERS_DIR.glob("describe-*"))
+    if not found:
+        raise InputError("no shipped describe adapter; pass --adapter for --seed-path")
+    return str(found[0])
