@@ -75,7 +75,7 @@ def torch_text(params: dict) -> Runner:
     torch.set_num_threads(params["threads"])
     kw = {"gguf_file": params["gguf_file"]} if params.get("gguf_file") else {}
     tok = AutoTokenizer.from_pretrained(params["hf_dir"], **kw)
-    model = AutoModelForCausalLM.from_pretrained(params["hf_dir"], torch_dtype=torch.float32, **kw).eval()
+    model = AutoModelForCausalLM.from_pretrained(params["hf_dir"], dtype=torch.float32, **kw).eval()
     if params.get("adapter"):
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, params["adapter"]).eval()

@@ -70,14 +70,15 @@ def markdown(run: dict) -> str:
              f"{' (dirty)' if run['git']['dirty'] else ''}; {m['cpu']}, {m['usable_cores']} usable cores, "
              f"**{s['threads']} thread(s)**; load average {m['loadavg'][0]:.2f} at start, "
              f"{run.get('loadavg_end', [0])[0]:.2f} at end; {s['rounds']} interleaved rounds after {s['warmup']} warm-up calls.", ""]
-    lines += ["| case | size MB | load s | first ms | median ms | p95 ms | batch items/s | peak RSS MB | quality |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["| case | size MB | load s | first ms | median ms | p95 ms | items/call | batch items/s | peak RSS MB | quality |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for c in run["cases"]:
         if c["status"] != "ok":
-            lines.append(f"| {c['id']} | {_fmt(c.get('artifact_mb'))} |{' – |' * 6} {c['status']}: {c['reason'][:160]} |")
+            lines.append(f"| {c['id']} | {_fmt(c.get('artifact_mb'))} |{' – |' * 7} {c['status']}: {c['reason'][:160]} |")
             continue
         lines.append(f"| {c['id']} | {_fmt(c.get('artifact_mb'))} | {_fmt(c.get('load_s'), '.2f')} | {_fmt(c.get('first_call_ms'))} "
-                     f"| {_fmt(c.get('median_ms'))} | {_fmt(c.get('p95_ms'))} | {_fmt(c.get('batch_items_per_s'), '.2f')} "
+                     f"| {_fmt(c.get('median_ms'))} | {_fmt(c.get('p95_ms'))} | {_fmt(c.get('items_per_call'), '.0f')} "
+                     f"| {_fmt(c.get('batch_items_per_s'), '.2f')} "
                      f"| {_fmt(c.get('peak_rss_mb'), '.0f')} | {_quality(c.get('quality'))} |")
     lines += ["", "| ratio (a / b, median of per-round ratios) | value | 95% CI |", "|---|---:|---|"]
     for r in run["ratios"]:
