@@ -2,51 +2,19 @@
 shapes, the task routes, /health, and bad requests answered 4xx while the server keeps serving."""
 import base64
 import io
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 
 import httpx
 import pytest
 from PIL import Image
 from skimage import data
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchmarks.serve_load import run_load, start_server as _start, stop_server as stop
 
 
-def start_server(home, *args, env=None, timeout=120):
-    """Run `edgesight serve` with EDGESIGHT_HOME=home; return (process, base URL) once /health answers."""
-    port = _free_port()
-    full_env = {**os.environ, "EDGESIGHT_HOME": str(home), **(env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "edgesight.cli", "serve", "--port", str(port), *args],
-                            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {proc.stdout.read().decode()[-2000:]}")
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not answer /health in time")
-
-
-def stop(proc):
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+def start_server(home, *args, env=None):
+    """`edgesight serve` with EDGESIGHT_HOME=home (so only the bundles we pass are there)."""
+    return _start(list(args), env={"EDGESIGHT_HOME": str(home), **(env or {})})
 
 
 def b64_image(array, fmt="JPEG") -> str:
@@ -145,3 +113,20 @@ def test_settings_from_environment(blip_bundle, tmp_path):
         assert httpx.get(url + "/health").json()["limits"]["queue"] == 7
     finally:
         stop(proc)
+
+
+@pytest.mark.slow
+def test_load_default_model_no_errors_flat_memory(tmp_path):
+    """8 concurrent clients on the embedded default captioner (the real EfficientNet-Lite0), bounded
+    in count and time; the full 8 x 500 run is benchmarks/serve_load.py (figures in docs/captioning.md)."""
+    from edgesight.export.default_caption import build
+
+    build(tmp_path / "bundles" / "caption", threads=1, progress=False)
+    proc, url = start_server(tmp_path, "--threads", "1")
+    try:
+        r = run_load(url, proc.pid, clients=8, requests=40, max_seconds=240, warmup=40)
+    finally:
+        stop(proc)
+    assert r["errors"] == 0, r["first_errors"]
+    assert r["completed"] >= 8 * 10 and r["latency_ms"]["p50"] <= r["latency_ms"]["p95"]
+    assert r["rss_growth_pct"] < 10, r["rss_mb"]
