@@ -1,0 +1,215 @@
+"""LoRA fine-tuning of BLIP's text decoder for captioning (optionally also the vision attention).
+
+    edgesight train caption --base blip_dir --images photos/ --captions captions.csv --out runs/cap
+    # -> runs/cap/adapter (peft), runs/cap/merged (HF dir), runs/cap/bundle (validated ONNX bundle)
+
+Data: an image folder plus a captions file, CSV with columns `image,caption` or JSONL with
+{"image": ..., "caption": ...} (image paths relative to the folder; several captions per image are
+several rows). Images go through edgesight.images.load_image, so bad files fail with their name.
+
+The shared trainer (training/trainer.py) encodes text-only examples, so this module runs its own
+loop with the same features, reusing the trainer's pieces: TrainConfig knobs, batches drawn from a
+generator seeded by (seed, step), linear warm-up then decay, gradient accumulation, validation loss,
+safetensors checkpoints with resume, report.json. The decoder input starts with BLIP's [DEC] token
+(as generate() does) instead of [CLS].
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TrainingError
+from ..progress import bar
+from .trainer import TrainConfig, TrainReport, _load_checkpoint, _save_checkpoint, _versions, data_fingerprint
+
+TEXT_TARGETS = ["query", "key", "value", "dense"]      # BERT-style names in BLIP's text decoder
+VISION_TARGETS = ["qkv", "projection"]                   # BLIP vision attention
+
+
+def read_captions(images_dir, captions_file) -> list[dict]:
+    """[{"image": absolute path, "caption": str}, ...] from a CSV (image,caption) or JSONL file."""
+    images_dir, captions_file = Path(images_dir), Path(captions_file)
+    if not captions_file.is_file():
+        raise TrainingError(f"{captions_file}: captions file not found (CSV image,caption or JSONL)")
+    text = captions_file.read_text(encoding="utf-8")
+    if captions_file.suffix == ".jsonl":
+        try:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise TrainingError(f"{captions_file}: bad JSONL ({exc})") from None
+    else:
+        rows = list(csv.DictReader(text.splitlines()))
+    examples = []
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or not str(row.get("image") or "").strip() or not str(row.get("caption") or "").strip():
+            raise TrainingError(f"{captions_file}: row {n} needs non-empty 'image' and 'caption' fields")
+        path = images_dir / row["image"]
+        if not path.is_file():
+            raise TrainingError(f"{captions_file}: row {n}: image {path} not found")
+        examples.append({"image": str(path), "caption": row["caption"].strip()})
+    if not examples:
+        raise TrainingError(f"{captions_file}: no captions")
+    return examples
+
+
+def train_captioning(base, train_examples, *, out_dir, config: TrainConfig | None = None, val_examples=None,
+                     vision_lora: bool = False, progress: bool | None = None) -> TrainReport:
+    """Train a LoRA adapter on BLIP (HF directory `base`); writes out_dir/adapter and report.json."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    from ..images import load_image
+
+    config = config or TrainConfig(steps=100, lr=1e-4)
+    if not train_examples:
+        raise TrainingError("no training examples; pass an image folder and a captions file")
+    if config.steps < 1 or config.batch_size < 1 or config.grad_accum < 1:
+        raise TrainingError("steps, batch_size and grad_accum must be >= 1")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out, t0 = Path(out_dir), time.perf_counter()
+    ckpt = out / "checkpoint"
+    torch.manual_seed(config.seed)
+    proc = BlipProcessor.from_pretrained(str(base))
+    model = BlipForConditionalGeneration.from_pretrained(str(base), dtype=torch.float32)
+    targets = config.target_modules or TEXT_TARGETS + (VISION_TARGETS if vision_lora else [])
+    # LoRA only inside the text decoder (and the vision encoder if asked); not the text/vision heads
+    scope = r".*text_decoder\.bert\.encoder.*\.(" + "|".join(TEXT_TARGETS) + ")"
+    if vision_lora:
+        scope = f"({scope})|(.*vision_model\\.encoder.*\\.({'|'.join(VISION_TARGETS)}))"
+    if config.target_modules:
+        scope = config.target_modules
+    model = get_peft_model(model, LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                                             target_modules=scope))
+    bos = model.config.text_config.bos_token_id
+
+    def encode(examples):
+        return [{"pixels": proc(images=load_image(ex["image"]), return_tensors="pt").pixel_values[0],
+                 "ids": proc.tokenizer(ex["caption"], truncation=True, max_length=config.max_length).input_ids}
+                for ex in examples]
+
+    def collate(rows):
+        width = max(len(r["ids"]) for r in rows)
+        ids = torch.full((len(rows), width), proc.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, :len(r["ids"])], mask[i, :len(r["ids"])] = torch.tensor(r["ids"]), 1
+        ids[:, 0] = bos                                  # decode from [DEC], as generate() does
+        labels = ids.masked_fill(mask == 0, -100)
+        return {"pixel_values": torch.stack([r["pixels"] for r in rows]), "input_ids": ids,
+                "attention_mask": mask, "labels": labels}
+
+    train = encode(train_examples)
+    val = encode(list(val_examples or [])[: config.val_limit])
+    load_s = time.perf_counter() - t0
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    recipe = {"seed": config.seed, "steps": config.steps, "kind": "blip-caption", "base": str(base),
+              "train_examples": len(train_examples), "train_fingerprint": data_fingerprint(train_examples),
+              "val_examples": len(val), "vision_lora": vision_lora, "config": config.to_dict(), "versions": _versions()}
+    report = TrainReport(str(out), str(out / "adapter"), "blip-caption", str(base), config.steps, recipe=recipe)
+    start = 0
+    if (ckpt / "trainer_state.json").is_file():
+        state = _load_checkpoint(ckpt, model, optimizer)
+        if state["recipe"]["train_fingerprint"] != recipe["train_fingerprint"]:
+            raise TrainingError(f"{ckpt} was trained on other data; delete it or use another out_dir")
+        start = report.resumed_from = state["step"]
+        report.loss_curve, report.validation = state["loss_curve"], state["validation"]
+    warmup = config.warmup_steps if config.warmup_steps is not None else max(1, config.steps // 20)
+
+    def validate(step):
+        if val:
+            model.eval()
+            with torch.no_grad():
+                losses = [model(**collate(val[i:i + config.batch_size])).loss.item() for i in range(0, len(val), config.batch_size)]
+            model.train()
+            report.validation.append({"step": step, "loss": float(np.mean(losses))})
+
+    def save(step):
+        _save_checkpoint(ckpt, model, optimizer, {"step": step, "recipe": recipe, "loss_curve": report.loss_curve,
+                                                  "validation": report.validation})
+
+    t1 = time.perf_counter()
+    model.train()
+    for step in bar(range(start, config.steps), desc="LoRA caption", total=config.steps - start, progress=progress):
+        lr = config.lr * (step + 1) / warmup if step < warmup else \
+            config.lr * (1.0 - 0.9 * (step - warmup) / max(1, config.steps - warmup))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        rng = np.random.default_rng([config.seed, step])   # a resumed run sees the same batches
+        idx = rng.choice(len(train), size=config.batch_size * config.grad_accum, replace=len(train) < config.batch_size * config.grad_accum)
+        total = 0.0
+        for m in range(config.grad_accum):
+            loss = model(**collate([train[i] for i in idx[m * config.batch_size:(m + 1) * config.batch_size]])).loss
+            (loss / config.grad_accum).backward()
+            total += loss.item() / config.grad_accum
+        optimizer.step()
+        optimizer.zero_grad()
+        if not math.isfinite(total):
+            raise TrainingError(f"loss became {total} at step {step + 1}; lower the learning rate (now {config.lr})")
+        report.loss_curve.append([step + 1, round(total, 5)])
+        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
+            validate(step + 1)
+        if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
+            save(step + 1)
+    train_s = time.perf_counter() - t1
+    if not report.validation or report.validation[-1]["step"] != config.steps:
+        validate(config.steps)
+    save(config.steps)
+    model.save_pretrained(out / "adapter")
+    (out / "adapter" / "recipe.json").write_text(json.dumps(recipe, indent=2), encoding="utf-8")
+    done = config.steps - start
+    report.timings = {"load_s": round(load_s, 2), "train_s": round(train_s, 2),
+                      "s_per_step": round(train_s / done, 3) if done else None}
+    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+    return report
+
+
+def merge(base, adapter_dir, out_dir) -> Path:
+    """base + LoRA adapter -> a plain BLIP HF directory (what export_blip takes)."""
+    from peft import PeftModel
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    model = PeftModel.from_pretrained(BlipForConditionalGeneration.from_pretrained(str(base)), str(adapter_dir))
+    merged = model.merge_and_unload()
+    merged.save_pretrained(out_dir, safe_serialization=True)
+    BlipProcessor.from_pretrained(str(base)).save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+# ----------------------------------------------------------------------------- `edgesight train caption`
+def add_train_arguments(p) -> None:
+    from .cli import add_config_arguments
+
+    p.add_argument("--base", required=True, help="BLIP HF directory (BlipForConditionalGeneration)")
+    p.add_argument("--images", required=True, help="image folder")
+    p.add_argument("--captions", required=True, help="CSV (image,caption) or JSONL file")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--vision-lora", action="store_true", help="also adapt the vision attention")
+    p.add_argument("--clip", default=None, help="CLIP HF directory for tag scores in the exported bundle")
+    p.add_argument("--precision", default="int4", choices=["fp32", "int8", "int4"])
+    add_config_arguments(p, steps=100, lr=1e-4, batch_size=4)
+
+
+def train_main(args) -> dict:
+    from ..export.captioning import export_blip
+    from .cli import config_from_args
+
+    examples = read_captions(args.images, args.captions)
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(examples))
+    n_val = int(len(examples) * args.val_fraction)
+    val, train = [examples[i] for i in order[:n_val]], [examples[i] for i in order[n_val:]]
+    out = Path(args.out)
+    report = train_captioning(args.base, train, out_dir=out, config=config_from_args(args), val_examples=val,
+                              vision_lora=args.vision_lora, progress=not args.no_progress and None)
+    merged = merge(args.base, out / "adapter", out / "merged")
+    bundle = export_blip(merged, out / "bundle", clip_dir=args.clip, precision=args.precision,
+                         threads=args.threads or 1, progress=not args.no_progress and None)
+    return {"report": report.to_dict(), "bundle": str(bundle.path), "fidelity": bundle.get("fidelity")}
