@@ -154,3 +154,23 @@ def onnx_text_bundle(model_dir, work_dir, kind: str, *, precision: str = "fp32",
         w.add_file(onnx_dir / "tokenizer.json", role="tokenizer")
         w.add_file(onnx_dir / "tokenizer_config.json")
     return work_dir / "bundle"
+
+
+def hf_generate(model, tok, prompt: str, cfg, eos, pad, seq2seq: bool = False) -> list[list[int]]:
+    """transformers' generate() for one prompt with the settings of an edgesight GenerationConfig
+    (greedy or beam): the new token ids of each returned sequence, up to and including the first eos."""
+    import torch
+
+    enc = tok(prompt, return_tensors="pt")
+    kwargs = dict(max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, do_sample=False,
+                  length_penalty=cfg.length_penalty, early_stopping=cfg.early_stopping,
+                  no_repeat_ngram_size=cfg.no_repeat_ngram_size, num_return_sequences=cfg.num_return_sequences,
+                  repetition_penalty=cfg.repetition_penalty, eos_token_id=list(eos), pad_token_id=pad)
+    with torch.no_grad():
+        out = model.generate(**enc, **kwargs)
+    start = 1 if seq2seq else enc["input_ids"].shape[1]
+    result = []
+    for row in out[:, start:].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        result.append(row[:cut])
+    return result

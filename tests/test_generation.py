@@ -9,6 +9,7 @@ import pytest
 
 from edgesight.errors import InputError
 from edgesight.generation import GenerationConfig, generate_ids
+from kit import hf_generate
 
 torch = pytest.importorskip("torch")
 
@@ -58,23 +59,6 @@ class TorchDecoder:
             out = self.model(input_ids=torch.from_numpy(s["ids"]), attention_mask=mask,
                              decoder_input_ids=torch.from_numpy(s["dec"]))
         return out.logits[:, -1].float().numpy()
-
-
-def hf_generate(model, tok, prompt, cfg: GenerationConfig, eos, pad, seq2seq=False):
-    """transformers' token ids for one prompt: new tokens up to and including the first eos."""
-    enc = tok(prompt, return_tensors="pt")
-    kwargs = dict(max_new_tokens=cfg.max_new_tokens, num_beams=cfg.num_beams, do_sample=False,
-                  length_penalty=cfg.length_penalty, early_stopping=cfg.early_stopping,
-                  no_repeat_ngram_size=cfg.no_repeat_ngram_size, num_return_sequences=cfg.num_return_sequences,
-                  repetition_penalty=cfg.repetition_penalty, eos_token_id=list(eos), pad_token_id=pad)
-    with torch.no_grad():
-        out = model.generate(**enc, **kwargs)
-    start = 1 if seq2seq else enc["input_ids"].shape[1]
-    result = []
-    for row in out[:, start:].tolist():
-        cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-        result.append(row[:cut])
-    return result
 
 
 @pytest.fixture(scope="module")
