@@ -123,3 +123,25 @@ def build(out_dir, *, threads: int = 1, progress: bool | None = None) -> Path:
     if not (ADAPTER / "adapter_model.safetensors").is_file():
         raise ExportError(f"{ADAPTER}: the shipped keywords adapter is missing; reinstall edgesight")
     return export_tagger(minilm_dir(), ADAPTER, out_dir, precision="int8", threads=threads, progress=progress)
+
+
+def export_generative(adapter_dir, out, *, formats=("gguf-f16", "gguf-q8_0", "gguf-q4_k_m"), base=None,
+                      threads: int = 1, progress: bool | None = None):
+    """The generative family through the shared export stage: SmolLM2 (GGUF) + the causal LoRA ->
+    GGUF/ONNX bundles under OUT/<format>, whose manifests carry the training chat prompt split into
+    prefix/suffix (identical prefix for every prompt: the backends cache its KV)."""
+    from edgesight.training.keywords import SYSTEM
+
+    from . import export
+    from .weights import smollm2_gguf
+    adapter_dir = Path(adapter_dir)
+    recipe = json.loads((adapter_dir / "recipe.json").read_text())
+    template = recipe.get("prompt_example")
+    if not template or "{input}" not in template[0]:
+        raise ExportError(f"{adapter_dir}: recipe.json has no chat prompt; was it trained with kind='causal'?")
+    prefix, suffix = template[0].split("{input}")
+    probes = [prefix + p + suffix for p in CHECK_PROMPTS]
+    gen = {"max_new_tokens": 24, "eos_token_ids": []}
+    return export(base or smollm2_gguf(), adapter_dir, task="keywords", out=out, formats=list(formats),
+                  probes=probes, max_new_tokens=16, prompt={"prefix": prefix, "suffix": suffix, "system": SYSTEM},
+                  generation=gen, threads=threads, progress=progress)

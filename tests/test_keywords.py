@@ -33,6 +33,7 @@ def test_canonical_names(raw, want):
     ("Cat, Dog", ["Cat", "Dog"]), ("cats, dogs, cats", ["Cat", "Dog"]), ("None", []), ("none.", []),
     ('["cat", "dog"]', ["Cat", "Dog"]), ("- Cat\n- Dog", ["Cat", "Dog"]), ("Cat and Dog<|im_end|>junk", ["Cat", "Dog"]),
     ("", []), (None, []), (42, []), ("]]]][[[,,,;;", []), ("x" * 500, []), ("Cat, Dog, ", ["Cat", "Dog"]),
+    ("Cat, Dog\nuser\nSegment the cars", ["Cat", "Dog"]), ("1. cats\n2. dogs", ["Cat", "Dog"]),
 ])
 def test_parser_is_defensive(text, want):
     assert parse_generated(text) == want

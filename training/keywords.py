@@ -21,7 +21,7 @@ from pathlib import Path
 from ..tasks.keywords import (ACRONYMS, FORMS, INVARIANT, IRREGULAR, PLURAL_ONLY, canonical, dedupe,
                               objects365)
 
-DATA_VERSION = "kw-data-1"
+DATA_VERSION = "kw-data-2"
 SYSTEM = "List the objects to segment."
 LABELS = ["O", "B-OBJ", "I-OBJ"]
 
@@ -57,6 +57,12 @@ TEMPLATES = {
         "Mask {K} but leave {X} untouched.", "Skip {X}, we only care about {K}.", "Nothing except {K}, please.",
         "Don't mask {X}, mask {K}.", "Get {K}, leave {X}.", "I don't care about {X}, just segment {K}.",
         "Segment {K} and not {X}.", "Everything except {X}, please.", "Not {X}. Segment {K}.",
+        "Find {K} rather than {X}.", "Segment {K} in place of {X}.", "Rather than {X}, outline {K}.",
+        "Instead of {X}, I want {K}.", "Disregard anything that isn't {K}.", "Leave out everything that is not {K}.",
+        "Don't segment anything other than {K}.", "Do not mask anything except {K}.", "Nothing but {K}.",
+        "Mask nothing besides {K}.", "Neither {X} nor {X2}, please.", "I want neither {X} nor {X2} but {K}.",
+        "Both {K} and {K2}.", "Not just {K}, also {K2}.", "Segment {K} as well as {K2}.",
+        "Don't forget {K}.", "Make sure you don't miss {K}.", "Never mind {X}; segment {K}.",
     ],
     "action": [
         "Draw a box around {K}.", "Highlight the area containing {K}.", "Outline the exact shape of {K}.",
@@ -98,6 +104,9 @@ TEMPLATES = {
         "what about {K}?", "Segment {K}. Thanks!", "For my robotics project, locate {K}.", "{K}, nothing else.",
         "Nothing to segment here, just testing.", "Hello!", "What a beautiful day.", "Can you help me with the image?",
         "ok so basically i want {K} highlighted", "{K}!!!", "Could you please, if possible, segment {K}?",
+        "What a lovely sunset.", "Thanks, that's all for now.", "The weather in the picture looks nice.",
+        "Is this photo from last summer?", "Good morning, how are you?", "Test test 123", "No objects this time.",
+        "Tell me a joke about the weekend.", "segment please", "Can you describe the mood of the scene?",
     ],
 }
 ADJECTIVES = ["red", "blue", "white", "black", "green", "yellow", "small", "large", "big", "old", "wooden",
@@ -176,8 +185,19 @@ def _render_list(items: list[str], rng: random.Random, misspell: float, bare: bo
     return text, spans
 
 
+# Context that names things which are not objects to segment (places, people, times, scene parts).
+CONTEXTS = [" in the photo I took in Paris last summer", " from my holiday pictures", " near the river",
+            " on the left side of the frame", " for my school project", " in the image my friend sent yesterday",
+            " on the road", " under the bright sky", " in the kitchen", " at the beach", " in the living room",
+            " on the statue", " by the window", " in this shot from the parking lot", " at my grandmother's house",
+            " from the video my brother recorded", " in the background", " on the street"]
+
+
 def make_example(template: str, labels: list[str], rng: random.Random, misspell: float = 0.0) -> dict:
     """Fill one template with objects drawn from `labels`; returns input, output, spans."""
+    if "{K" in template and rng.random() < 0.25:
+        stem = template.rstrip(".!?")
+        template = stem + rng.choice(CONTEXTS) + template[len(stem):]
     slots = re.findall(r"\{(K2?|X2?)\}", template)
     need = {s: rng.choice([1, 1, 2, 2, 3, 4]) if s == "K" else rng.choice([1, 1, 2]) for s in slots}
     if "X2" in need:
@@ -338,3 +358,90 @@ def evaluate_generative(model, tok, examples, limit: int = 60) -> dict:
             out = model.generate(**ids, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id)
         preds.append(parse_generated(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)))
     return {k: v for k, v in score(preds, [ex["output"] for ex in examples[:limit]]).to_dict().items() if k != "n"}
+
+
+# ----------------------------------------------------------------------------- latency benchmark
+
+def benchmark(bundles: dict, prompts: list[str], *, seed_adapter=None, threads: int = 2, rounds: int = 3) -> dict:
+    """Median ms per prompt of each bundle (KeywordExtractor, one prompt per call) and, with
+    `seed_adapter`, of the seed's path: transformers + PeftModel fp32 `generate` on the same base
+    and adapter. Cases run round-robin in one process so machine drift hits them alike; compare
+    the ratios, not the absolute numbers."""
+    import statistics
+    import time
+
+    from ..tasks.keywords import KeywordExtractor
+    runners = {name: KeywordExtractor.from_pretrained(path, threads=threads) for name, path in bundles.items()}
+    if seed_adapter is not None:
+        runners["seed: transformers+peft fp32"] = _seed_path(seed_adapter, threads)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for name, run in runners.items():  # warm-up: first call pays for lazy initialisation
+        run(prompts[0])
+    for _ in range(rounds):
+        for p in prompts:
+            for name, run in runners.items():
+                t0 = time.perf_counter()
+                run(p)
+                times[name].append((time.perf_counter() - t0) * 1000)
+    return {name: {"median_ms": round(statistics.median(ts), 2), "p90_ms": round(sorted(ts)[int(0.9 * len(ts))], 2),
+                   "n": len(ts)} for name, ts in times.items()}
+
+
+def _seed_path(adapter_dir, threads: int):
+    """The prototype's inference: base + PeftModel in fp32, chat prompt, `generate`, parse the text."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..export.weights import smollm2_gguf
+    from ..tasks.keywords import parse_generated
+    from .trainer import chat_parts
+    torch.set_num_threads(threads)
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, adapter_dir).eval()
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+
+    def run(prompt: str) -> list[str]:
+        ids = tok(chat_parts(tok, prompt, "", SYSTEM)[0], add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=24, do_sample=False, eos_token_id=im_end,
+                                 pad_token_id=im_end)
+        return parse_generated(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    return run
+
+
+def _main(argv=None) -> None:
+    """python -m edgesight.training.keywords bench --bundle NAME=DIR ... [--seed-adapter DIR] --threads 2"""
+    import argparse
+
+    from ..tasks.keywords import read_jsonl
+    p = argparse.ArgumentParser(prog="python -m edgesight.training.keywords")
+    p.add_argument("command", choices=["bench", "data"])
+    p.add_argument("--bundle", action="append", default=[], help="NAME=DIR (repeatable)")
+    p.add_argument("--seed-adapter", default=None)
+    p.add_argument("--prompts", default=str(Path(__file__).resolve().parents[1] / "tests/data/keywords_handwritten.jsonl"))
+    p.add_argument("--limit", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="bench: JSON report; data: directory for train/val JSONL")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.command == "data":
+        data = build(seed=args.seed)
+        for split in ("train", "val"):
+            write_jsonl(data[split], Path(args.out or ".") / f"keywords_{split}.jsonl")
+        print(json.dumps(data["meta"]))
+        return
+    prompts = [r["input"] for r in read_jsonl(args.prompts)][: args.limit]
+    result = benchmark(dict(b.split("=", 1) for b in args.bundle), prompts, seed_adapter=args.seed_adapter,
+                       threads=args.threads, rounds=args.rounds)
+    text = json.dumps({"threads": args.threads, "prompts": len(prompts), "results": result}, indent=2)
+    if args.out:
+        write_jsonl([json.loads(text)], args.out)
+    print(text)
+
+
+if __name__ == "__main__":
+    _main()

@@ -226,8 +226,12 @@ def parse_generated(text) -> list[str]:
     """'Cat, Dog' / '["cat", "dogs"]' / '- Cat\\n- Dog' / 'None' -> canonical names. Never raises."""
     if not isinstance(text, str):
         return []
-    text = text.split("<|im_end|>")[0].strip()
-    if text.lower().rstrip(".!") in ("none", "nothing", "[]", "no objects", ""):
+    text = re.split(r"<\|im_(?:end|start)\|>|\n\s*\n", text)[0].strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    bullets = [ln for ln in lines if re.match(r"\s*([-*\u2022]|\d+[.)])\s", ln)]
+    # a bullet list spans lines; anything else is one line and what follows is the model rambling on
+    text = "\n".join(bullets) if len(bullets) > 1 else (lines[0] if lines else "")
+    if text.lower().strip().rstrip(".!") in ("none", "nothing", "[]", "no objects", ""):
         return []
     parts = re.split(r"[,\n;|]+|\band\b", text)
     names = []
@@ -321,24 +325,29 @@ class _Tagger:
         return [spans_to_names(p, self._spans(e, tags[i])) for i, (p, e) in enumerate(zip(prompts, encs))]
 
     def _spans(self, enc, tags) -> list[tuple[int, int]]:
+        """Word-level spans: a word takes the tag of its first sub-token; B- starts an object,
+        I- (or B- right after a tagged word of the same object) extends it."""
         spans: list[list[int]] = []
-        prev_end = -1
+        prev_word, prev_tagged = None, False
         for j, ((s, e), t) in enumerate(zip(enc.offsets, tags)):
-            if s == e or enc.special_tokens_mask[j]:
-                prev_end = -1
+            word = enc.word_ids[j]
+            if word is None or s == e:
+                prev_word, prev_tagged = None, False
+                continue
+            if word == prev_word:            # later sub-token: follows its word
+                if prev_tagged:
+                    spans[-1][1] = e
                 continue
             label = self.labels[int(t)]
-            word_cont = enc.word_ids[j] is not None and j > 0 and enc.word_ids[j] == enc.word_ids[j - 1]
-            if label.startswith("B-") and not (word_cont and spans and spans[-1][1] == prev_end):
-                spans.append([s, e])
-            elif label != "O" and spans and spans[-1][1] == prev_end:
-                spans[-1][1] = e           # I- tag or a sub-word of a tagged word: extend
-            elif label.startswith("I-"):
-                spans.append([s, e])       # stray I- without B-: start a span anyway
+            if label == "O":
+                prev_tagged = False
+            elif label.startswith("I-") and prev_tagged:
+                spans[-1][1] = e
+                prev_tagged = True
             else:
-                prev_end = -1
-                continue
-            prev_end = e
+                spans.append([s, e])
+                prev_tagged = True
+            prev_word = word
         return [(s, e) for s, e in spans]
 
 
@@ -478,14 +487,13 @@ def read_jsonl(path) -> list[dict]:
 
 
 def run_eval(args) -> dict:
+    """Precision/recall/F1/exact-set and mean latency of a bundle, next to the baseline, per prompt set."""
     import time
-    from pathlib import Path
-    files = args.data or [str(p) for p in _default_eval_files()]
     task = KeywordExtractor.from_pretrained(args.model, backend=args.backend, threads=args.threads,
                                             vocabulary=_vocab_arg(args.vocabulary))
     report = {"model": task.info(), "sets": {}}
-    for f in files:
-        rows = read_jsonl(f)[: args.limit]
+    for name, rows in _eval_sets(args.data).items():
+        rows = rows[: args.limit]
         prompts, gold = [r["input"] for r in rows], [r["output"] for r in rows]
         t0 = time.perf_counter()
         preds = [task(p) for p in prompts]
@@ -496,12 +504,19 @@ def run_eval(args) -> dict:
         if not args.no_baseline:
             from ..training.keywords import baseline
             entry["baseline"] = score([baseline(p) for p in prompts], gold).to_dict()
-        report["sets"][Path(f).name] = entry
+        report["sets"][name] = entry
     return report
 
 
-def _default_eval_files():
+def _eval_sets(files) -> dict[str, list[dict]]:
+    """The given JSONL files, or the hand-written set (in a source checkout) + the validation split."""
     from pathlib import Path
-    root = Path(__file__).resolve().parents[2]
-    files = [root / "tests" / "data" / "keywords_handwritten.jsonl", root / "tests" / "data" / "keywords_val.jsonl"]
-    return [f for f in files if f.is_file()]
+    if files:
+        return {Path(f).name: read_jsonl(f) for f in files}
+    sets = {}
+    handwritten = Path(__file__).resolve().parents[2] / "tests" / "data" / "keywords_handwritten.jsonl"
+    if handwritten.is_file():
+        sets[handwritten.name] = read_jsonl(handwritten)
+    from ..training.keywords import DATA_VERSION, build
+    sets[f"validation ({DATA_VERSION}, seed 0)"] = build(0, 300, seed=0)["val"]
+    return sets
