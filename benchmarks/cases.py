@@ -117,16 +117,17 @@ def quick_group(work: Path, threads: int, *, max_new_tokens: int = 16, batch_siz
     cases = [case("torch-fp32", "transformers", "torch_text", hf, why_hf, hf_dir=str(hf))]
     for fmt in EXPORT_NAMES:
         b = bundles.get(fmt)
-        model = None
+        model, n_ctx = None, None
         if b:
             from edgesight.bundle import Bundle
-            model = Bundle.load(b, verify=False).file("model")
+            manifest = Bundle.load(b, verify=False)
+            model, n_ctx = manifest.file("model"), manifest.get("context_length")
         cases.append(case(fmt, SDK, "sdk_text", b, failed.get(fmt), bundle=str(b)))
         if fmt in ("onnx-fp32", "onnx-int8"):
             peer = _peer_dir(b, work / "peer" / fmt) if b else None
             cases.append(case(fmt, "optimum", "optimum_text", b, failed.get(fmt), onnx_dir=str(peer)))
         if fmt == "gguf-q8_0":
-            cases.append(case(fmt, "llama-cpp-python", "llama_text", b, failed.get(fmt), gguf=str(model)))
+            cases.append(case(fmt, "llama-cpp-python", "llama_text", b, failed.get(fmt), gguf=str(model), n_ctx=n_ctx))
     cid = lambda fmt, impl: f"{task}/{fmt}/{impl}"  # noqa: E731
     comps = [Comparison(f"{task}.{key}", cid(*a), cid(*b), what, metric) for key, a, b, what, metric in QUICK_COMPARISONS]
     return Group(task, cases, comps, agreement(cid(*TORCH)),

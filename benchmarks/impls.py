@@ -3,7 +3,7 @@
 A factory takes JSON params and returns a `Runner`: `call()` runs the next input (cycling through
 `inputs`, so prefix caches see realistic traffic, not one repeated prompt), `batch()` runs the first
 `batch_size` inputs through the implementation's list API (peers without one loop), `outputs()`
-runs the eval inputs. Peers are the seeds' path (transformers, + PeftModel when an adapter is
+runs the eval inputs. `items()` counts what the last call produced (tokens), outside the timing. Peers are the seeds' path (transformers, + PeftModel when an adapter is
 given), optimum's ORTModelForCausalLM on the same ONNX file, and raw llama-cpp-python on the same GGUF.
 """
 from __future__ import annotations
@@ -12,17 +12,23 @@ from typing import Callable
 
 
 class Runner:
-    def __init__(self, run: Callable[[list], tuple[list, int]], params: dict):
-        self.run = run  # inputs -> (outputs, generated items)
+    def __init__(self, run: Callable[[list], tuple[list, int | None]], params: dict,
+                 count: Callable[[list], int] = len):
+        self.run = run      # inputs -> (outputs, generated items, or None: count them from the outputs)
+        self.count = count  # e.g. len: one item per output (an image, a sentence)
         self.inputs = params["inputs"]
         self.eval_inputs = params.get("eval_inputs", self.inputs)
         self.batch_size = params.get("batch_size", 4)
-        self.i = 0
+        self.i, self.last = 0, ([], 0)
 
-    def call(self) -> int:
+    def call(self) -> None:
         x = self.inputs[self.i % len(self.inputs)]
         self.i += 1
-        return self.run([x])[1]
+        self.last = self.run([x])
+
+    def items(self) -> int:
+        outputs, n = self.last
+        return self.count(outputs) if n is None else n
 
     def batch(self) -> int:
         batch = (self.inputs * self.batch_size)[:self.batch_size]
@@ -44,9 +50,9 @@ def sdk_text(params: dict) -> Runner:
     model = open_text_model(Bundle.load(params["bundle"]), threads=params["threads"])
     config = GenerationConfig(max_new_tokens=params["max_new_tokens"])
 
-    def run(prompts):
-        texts = [outs[0] for outs in model.generate(prompts, config)]
-        return texts, sum(model.count_tokens(t) for t in texts)
+    def run(prompts):  # what TextModel.generate does, keeping the ids to count tokens
+        ids = [seqs[0] for seqs in model.generate_ids(prompts, config)]
+        return [model.decode(x) for x in ids], sum(map(len, ids))
     return Runner(run, params)
 
 
@@ -101,7 +107,7 @@ def llama_text(params: dict) -> Runner:
     from llama_cpp import Llama
 
     t = params["threads"]
-    llm = Llama(model_path=params["gguf"], n_threads=t, n_threads_batch=t, n_ctx=params.get("n_ctx", 1024),
+    llm = Llama(model_path=params["gguf"], n_threads=t, n_threads_batch=t, n_ctx=params.get("n_ctx") or 2048,
                 n_batch=512, verbose=False, seed=0)
     eos = llm.token_eos()
 

@@ -2,9 +2,9 @@
 
     python -m benchmarks.worker '{"factory": "benchmarks.impls:onnx_sdk", "params": {...}}'
 
-The factory (`module:function`, called with `params`) returns an object with `call() -> int`
-(one input; returns the number of generated items, e.g. tokens), `batch() -> int` (one batch;
-returns the number of inputs) and `outputs() -> list` (outputs on the eval inputs, for quality).
+The factory (`module:function`, called with `params`) returns an object with `call()` (one input),
+`items() -> int` (what that call generated, e.g. tokens; counted outside the timing), `batch() -> int`
+(one batch; returns the number of inputs) and `outputs() -> list` (outputs on the eval inputs).
 Commands: {"op": "call"|"batch"|"outputs"|"exit"}; every reply is one JSON line with "ok".
 """
 from __future__ import annotations
@@ -58,7 +58,8 @@ def main() -> None:
                 return
             t0 = time.perf_counter()
             value = {"call": case.call, "batch": case.batch, "outputs": case.outputs}[op]()
-            reply(ok=True, s=time.perf_counter() - t0, value=value)
+            seconds = time.perf_counter() - t0
+            reply(ok=True, s=seconds, value=case.items() if op == "call" else value)
         except Exception as exc:
             traceback.print_exc()
             reply(ok=False, error=f"{type(exc).__name__}: {exc}")
