@@ -274,6 +274,10 @@ def _build(fmt: str, ctx: _Context, w) -> dict | None:
             if (fp32 / name).is_file():
                 w.add_file(fp32 / name, name, role="tokenizer" if name == "tokenizer.json" else None)
         return ops or None
+    # GGUF bundles carry the tokenizer too: all backends then tokenize identically (see backends/gguf.py)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (ctx.merged / name).is_file():
+            w.add_file(ctx.merged / name, name, role="tokenizer" if name == "tokenizer.json" else None)
     if fmt == "gguf-lora":
         w.add_file(ctx.once("base-f16", lambda: gguf.convert_hf(ctx.base, ctx.work / "base.f16.gguf", "f16")),
                    "base.f16.gguf", role="model")

@@ -135,7 +135,7 @@ def check_adapter(model, adapter_dir: Path) -> None:
                                       f"{want} (different {what}); the adapter was trained on another base model")
                 break
         else:  # a full tensor (modules_to_save): must replace a base parameter of the same shape
-            target = name.replace(".modules_to_save.default", "")
+            target = name.replace(".modules_to_save.default", "").replace(".base_layer", "")
             base_param = params.get(target)
             if base_param is None:
                 raise ExportError(f"{adapter_dir}: the adapter carries {target!r}, which the base ({arch}) does not have")

@@ -5,13 +5,18 @@
 
 Greedy decoding is top_k=1 / temp=0 / repeat_penalty=1; sampling is seeded. A GBNF grammar
 (`GenerationConfig.grammar`) constrains the output. A "gguf-lora" bundle carries the base GGUF
-plus a LoRA GGUF adapter applied at load time. The KV cache of the previous prompt is kept:
+plus a LoRA GGUF adapter applied at load time. Bundles made by the export stage carry the model's
+tokenizer.json, which tokenizes and decodes here exactly as in the onnx and torch backends
+(llama.cpp's own sentencepiece tokenizer puts a "▁" after every special token, where transformers
+does not); without one, llama.cpp's tokenizer is used. The KV cache of the previous prompt is kept:
 llama-cpp-python's `generate()` re-evaluates only the part after the longest common prefix, so
 prompts that share an instruction prefix pay only for their own text.
 """
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -25,7 +30,7 @@ class GGUFTextModel:
     backend = "gguf"
 
     def __init__(self, model_path, *, threads: int, lora_path=None, n_ctx: int = 2048,
-                 eos_token_ids: Sequence[int] = ()):
+                 eos_token_ids: Sequence[int] = (), tokenizer_file=None):
         llama_cpp = require("llama_cpp", "gguf")
         if not os.path.isfile(model_path):
             raise BackendError(f"{model_path}: GGUF file not found")
@@ -37,6 +42,13 @@ class GGUFTextModel:
         self._llama_cpp = llama_cpp
         self._eos = set(int(t) for t in eos_token_ids)
         self._grammars: dict[str, object] = {}
+        self.tokenizer, self.clean_up_spaces = None, False
+        if tokenizer_file is not None:
+            from tokenizers import Tokenizer
+
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+            cfg = Path(tokenizer_file).with_name("tokenizer_config.json")   # transformers' decode clean-up
+            self.clean_up_spaces = cfg.is_file() and bool(json.loads(cfg.read_text()).get("clean_up_tokenization_spaces"))
 
     # -- protocol -------------------------------------------------------------------------------
     @property
@@ -44,16 +56,23 @@ class GGUFTextModel:
         return self.llm.n_ctx()
 
     def encode(self, text: str) -> list[int]:
-        """Ids as the model's own tokenizer makes them: BOS per the GGUF metadata, special tokens parsed."""
+        """Ids from the bundle's tokenizer.json, else from llama.cpp (BOS per the GGUF metadata)."""
         if not isinstance(text, str):
             raise InputError(f"prompt must be a string, got {type(text).__name__}")
+        if self.tokenizer is not None:
+            return self.tokenizer.encode(text).ids
         return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
 
     def decode(self, ids: Sequence[int]) -> str:
-        # Special tokens are dropped; the leading space llama.cpp keeps (HF decode drops it) is stripped.
+        if self.tokenizer is not None:
+            from .onnx import _clean_up
+
+            text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
+            return _clean_up(text) if self.clean_up_spaces else text
+        # llama.cpp keeps a leading space that transformers' decode drops
         return self.llm.detokenize(list(ids)).decode("utf-8", errors="ignore").strip()
 
     def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[str]]:
@@ -137,4 +156,5 @@ def load_text_model(bundle, threads: int | None = None, lora_path=None, n_ctx: i
     eos = tokens.get("eos") or []   # {"eos": [ids], "pad", "bos", "decoder_start"} (export/onnx.special_tokens)
     eos = [eos] if isinstance(eos, int) else eos
     return GGUFTextModel(bundle.file("model"), threads=default_threads(threads), lora_path=lora_path,
-                         n_ctx=n_ctx or int(bundle.get("context_length", 2048)), eos_token_ids=eos)
+                         n_ctx=n_ctx or int(bundle.get("context_length", 2048)), eos_token_ids=eos,
+                         tokenizer_file=bundle.file("tokenizer") if bundle.has("tokenizer") else None)

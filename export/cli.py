@@ -1,0 +1,76 @@
+"""`edgesight export`: merge an adapter into its base, export the formats, validate, print the table.
+
+    edgesight export --base SmolLM2.Q4_1.gguf --adapter runs/describe/adapter --task describe \
+        --formats onnx,onnx-int8,gguf-f16,gguf-q8_0,gguf-q4_k_m,gguf-lora --out bundles/describe
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from edgesight.errors import ExportError, InputError
+
+
+def add_cli_arguments(p) -> None:
+    from . import DEFAULT_FORMATS, FORMATS
+
+    p.add_argument("--base", required=True, help="base model: an HF directory or a .gguf file")
+    p.add_argument("--adapter", default=None, help="peft LoRA adapter directory (safetensors); omit to export the base")
+    p.add_argument("--task", required=True, help="task the bundles are for (edgesight.registry.TASKS)")
+    p.add_argument("--formats", default=",".join(DEFAULT_FORMATS),
+                   help=f"comma-separated, from: {', '.join(FORMATS)} (default: %(default)s)")
+    p.add_argument("--out", required=True, help="output directory: one bundle per format in OUT/<format>")
+    p.add_argument("--probes", default=None, help="validation prompts: a .json list or a text file, one per line "
+                                                 "(default: a few prompts for the task)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens compared per probe")
+    p.add_argument("--prompt", default=None, help="the task's prompt template (a .json/.txt file or the text), "
+                                                  "stored in the manifests")
+    p.add_argument("--per-channel", action="store_true", help="per-channel int8 weights for onnx-int8")
+    p.add_argument("--threads", type=int, default=None, help="threads for torch, onnxruntime and llama.cpp")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+
+
+def _read_probes(path: str | None) -> list[str] | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--probes {path}: no such file; pass a .json list of prompts or a text file")
+    if p.suffix == ".json":
+        probes = json.loads(p.read_text(encoding="utf-8"))
+        if not isinstance(probes, list) or not all(isinstance(x, str) for x in probes):
+            raise InputError(f"--probes {path}: expected a JSON list of strings")
+    else:
+        probes = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not probes:
+        raise InputError(f"--probes {path}: no prompts in the file")
+    return probes
+
+
+def _read_prompt(value: str | None):
+    if value is None or not Path(value).is_file():
+        return value
+    text = Path(value).read_text(encoding="utf-8")
+    return json.loads(text) if value.endswith(".json") else text
+
+
+def main(args):
+    from . import export
+
+    try:
+        report = export(args.base, args.adapter, task=args.task, out=args.out,
+                        formats=[f.strip() for f in args.formats.split(",") if f.strip()],
+                        probes=_read_probes(args.probes), max_new_tokens=args.max_new_tokens,
+                        prompt=_read_prompt(args.prompt), per_channel=args.per_channel, threads=args.threads,
+                        progress=False if args.no_progress else None)
+    except ExportError as exc:
+        report = getattr(exc, "report", None)
+        if report is not None and not args.json:
+            print(report.table())
+        raise
+    if args.json:
+        return report.to_dict()
+    print(report.table())
+    print(f"bundles in {args.out} (report: {Path(args.out) / 'export-report.json'})")
+    return None
