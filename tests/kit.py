@@ -87,8 +87,9 @@ def tiny_llama(out_dir, *, vocab_size: int = 2000, seed: int = 0) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     spm_file = out_dir / "tokenizer.model"
     _train_sentencepiece(spm_file, model_type="bpe", vocab_size=vocab_size, byte_fallback=True,
-                         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, user_defined_symbols=CHAT_TOKENS)
-    tok = LlamaTokenizerFast(vocab_file=str(spm_file), add_prefix_space=True, legacy=False,
+                         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, user_defined_symbols=CHAT_TOKENS,
+                         remove_extra_whitespaces=False)
+    tok = LlamaTokenizerFast(vocab_file=str(spm_file), add_prefix_space=True, legacy=True,
                              add_bos_token=False, add_eos_token=False, eos_token="<|im_end|>",
                              additional_special_tokens=CHAT_TOKENS)
     tok.chat_template = CHATML

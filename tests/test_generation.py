@@ -191,3 +191,27 @@ def test_zero_new_tokens_and_empty_batch(llama):
     model, tok, dec = llama
     assert generate_ids(dec, [[5, 6]], GenerationConfig(max_new_tokens=0), eos_token_ids=[2]) == [[[]]]
     assert generate_ids(dec, [], GenerationConfig(), eos_token_ids=[2]) == []
+
+
+def test_tiny_llama_converts_to_gguf_and_llama_cpp_agrees(tiny_llama_dir, llama, tmp_path):
+    """The kit's Llama is a valid llama.cpp model: same token ids (ChatML specials, leading spaces,
+    newlines) and the same greedy continuation as transformers."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from edgesight.export.gguf import convert_hf
+    model, tok, dec = llama
+    llm = llama_cpp.Llama(model_path=str(convert_hf(tiny_llama_dir, tmp_path / "m.gguf", "f32")),
+                          n_ctx=256, n_threads=1, verbose=False)
+    chat = tok.apply_chat_template([{"role": "user", "content": "Show me the cat."}], add_generation_prompt=True,
+                                   tokenize=False)
+    for text in PROMPTS + [" leading space", "two  spaces\nnewline", chat]:
+        assert llm.tokenize(text.encode(), add_bos=False, special=True) == tok(text, add_special_tokens=False).input_ids
+    assert llm.token_eos() == model.config.eos_token_id
+    for prompt in PROMPTS[:2]:
+        ids = tok(prompt).input_ids
+        ours = generate_ids(dec, [ids], GenerationConfig(max_new_tokens=8), eos_token_ids=[])[0][0]
+        theirs = []
+        for t in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+            theirs.append(t)
+            if len(theirs) == 8:
+                break
+        assert ours == theirs
