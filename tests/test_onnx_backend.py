@@ -219,3 +219,19 @@ def test_onnx_text_bundle_roundtrip_reexport(tiny_t5_dir, tmp_path):
     assert "stale.onnx" not in report["files"] and not (out / "stale.onnx").exists()
     assert {"encoder_model.onnx", "decoder_model_merged.onnx", "tokenizer.json"} <= set(report["files"])
     assert report["sizes"]["encoder_model.onnx"] > 100_000
+
+
+def test_seq2seq_split_decoders_equal_merged(t5, tiny_t5_onnx, tmp_path):
+    """A bundle with decoder + decoder_with_past (no If node) decodes like the merged decoder."""
+    merged = t5[2]
+    onnx_dir = tiny_t5_onnx.parent / "onnx"
+    with BundleWriter(tmp_path / "split", task="test", format="onnx", precision="fp32", kind="seq2seq",
+                      tokens=merged.tokens) as w:
+        w.add_file(onnx_dir / "encoder_model.onnx", role="encoder")
+        w.add_file(onnx_dir / "decoder_model.onnx", role="decoder")
+        w.add_file(onnx_dir / "decoder_with_past_model.onnx", role="decoder_with_past")
+        w.add_file(onnx_dir / "tokenizer.json", role="tokenizer")
+    split = open_text_model(Bundle.load(tmp_path / "split"), threads=1)
+    assert not split.merged and merged.merged
+    for cfg in (GenerationConfig(max_new_tokens=10), GenerationConfig(max_new_tokens=10, num_beams=3)):
+        assert split.generate_ids(PROMPTS, cfg) == merged.generate_ids(PROMPTS, cfg)
