@@ -223,3 +223,37 @@ def test_cli_exports_and_prints_the_table(tiny_llama_dir, tmp_path, capsys):
     rc = main(["export", "--base", str(tiny_llama_dir), "--task", "keywords", "--formats", "gguf-q9",
                "--out", str(tmp_path / "out")])
     assert rc == 2 and "unknown export format" in capsys.readouterr().err
+
+
+# --- build-defaults -----------------------------------------------------------------------------------
+
+def test_build_defaults_builds_then_skips_up_to_date_bundles(tmp_path, monkeypatch, capsys):
+    """The orchestration with a small real builder module standing in for export/default_products.py."""
+    import types
+
+    from edgesight.bundle import BundleWriter
+    from edgesight.defaults import default_bundle_dir
+    from edgesight.export import defaults
+
+    calls = []
+
+    def build(out_dir, *, threads, progress):
+        calls.append((str(out_dir), threads))
+        with BundleWriter(out_dir, task="products", format="onnx", precision="fp32", kind="image-encoder") as w:
+            w.add_json({"labels": ["a"]}, "labels.json", role="labels")
+
+    module = types.ModuleType("edgesight.export.default_products")
+    module.__file__ = str(tmp_path / "default_products.py")
+    (tmp_path / "default_products.py").write_text("# builder v1\n")
+    module.build = build
+    monkeypatch.setitem(__import__("sys").modules, "edgesight.export.default_products", module)
+    monkeypatch.setenv("EDGESIGHT_HOME", str(tmp_path / "home"))
+
+    rows = defaults.build_all(["products"], threads=1, progress=False)
+    assert [r["status"] for r in rows] == ["built"] and calls == [(str(default_bundle_dir("products")), 1)]
+    assert Bundle.load(default_bundle_dir("products")).task == "products"
+    assert defaults.build_all(["products"], threads=1)[0]["status"] == "up-to-date" and len(calls) == 1
+    (tmp_path / "default_products.py").write_text("# builder v2\n")      # the builder changed: rebuild
+    assert defaults.build_all(["products"], threads=1)[0]["status"] == "built" and len(calls) == 2
+    with pytest.raises(ExportError, match="unknown task"):
+        defaults.build_all(["nope"])

@@ -1,0 +1,110 @@
+"""`edgesight build-defaults`: build the embedded default bundles on this machine.
+
+For each task in the registry, `edgesight.export.default_<task>.build(out_dir, threads=, progress=)`
+writes the bundle into `edgesight.defaults.default_bundle_dir(task)`. A bundle is up to date when it
+verifies and its build stamp matches the fingerprint of what built it (the builder module, the shipped
+adapters and the edgesight version); those are skipped unless --force.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import time
+from pathlib import Path
+
+from edgesight.errors import EdgesightError, ExportError
+
+
+def add_cli_arguments(p) -> None:
+    p.add_argument("--tasks", default=None, help="comma-separated subset of tasks (default: all)")
+    p.add_argument("--force", action="store_true", help="rebuild bundles that are up to date")
+    p.add_argument("--threads", type=int, default=None, help="threads for the builds (default: usable cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def fingerprint(module) -> str:
+    """What a default bundle depends on: its builder's source, the shipped adapters, the version."""
+    from edgesight import __version__
+    from edgesight.defaults import ADAPTERS_DIR
+
+    h = hashlib.sha256(__version__.encode())
+    files = [Path(module.__file__)] + sorted(p for p in ADAPTERS_DIR.rglob("*") if p.is_file())
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _stamp(task: str) -> Path:
+    from edgesight.defaults import default_bundle_dir
+
+    out = default_bundle_dir(task)
+    return out.with_name(f".{out.name}.build.json")
+
+
+def up_to_date(task: str, key: str) -> bool:
+    from edgesight.bundle import Bundle
+    from edgesight.defaults import default_bundle_dir
+
+    stamp = _stamp(task)
+    try:
+        Bundle.load(default_bundle_dir(task))
+        return json.loads(stamp.read_text())["fingerprint"] == key
+    except (EdgesightError, OSError, ValueError, KeyError):
+        return False
+
+
+def build_all(tasks=None, *, force: bool = False, threads: int | None = None, progress: bool | None = None) -> list[dict]:
+    """Build the default bundles; one summary row per task (built, up-to-date, no-builder, failed)."""
+    from edgesight.bundle import atomic_write_bytes
+    from edgesight.defaults import default_bundle_dir
+    from edgesight.registry import TASKS
+    from edgesight.tasks.base import default_threads
+
+    names = list(TASKS) if not tasks else list(tasks)
+    unknown = [t for t in names if t not in TASKS]
+    if unknown:
+        raise ExportError(f"unknown task(s) {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
+    threads = default_threads(threads)
+    rows = []
+    for task in names:
+        row = {"task": task, "bundle": str(default_bundle_dir(task)), "status": "", "seconds": None, "error": None}
+        rows.append(row)
+        try:
+            module = importlib.import_module(f"edgesight.export.default_{task}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"edgesight.export.default_{task}":
+                raise
+            row["status"] = "no-builder"
+            continue
+        key = fingerprint(module)
+        if not force and up_to_date(task, key):
+            row["status"] = "up-to-date"
+            continue
+        start = time.perf_counter()
+        try:
+            module.build(out_dir=default_bundle_dir(task), threads=threads, progress=progress)
+            atomic_write_bytes(_stamp(task), json.dumps({"fingerprint": key, "built": time.time()}).encode())
+            row["status"] = "built"
+        except EdgesightError as exc:
+            row["status"], row["error"] = "failed", str(exc)
+        row["seconds"] = round(time.perf_counter() - start, 1)
+    return rows
+
+
+def main(args):
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    rows = build_all(tasks, force=args.force, threads=args.threads, progress=False if args.no_progress else None)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            secs = "" if r["seconds"] is None else f"{r['seconds']:>7.1f}s"
+            print(f"{r['task']:<10} {r['status']:<11} {secs:>8}  {r['bundle']}" + (f"\n    {r['error']}" if r["error"] else ""))
+    failed = [r["task"] for r in rows if r["status"] == "failed"]
+    if failed:
+        raise ExportError(f"default bundle(s) failed to build: {', '.join(failed)} (see above); fix and rerun "
+                          "`edgesight build-defaults` (built bundles are kept)")
+    return None
