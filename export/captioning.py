@@ -16,8 +16,6 @@ request encodes only the image (plus any word not in the vocabulary, cached by t
 """
 from __future__ import annotations
 
-import json
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -197,6 +195,62 @@ def _processor_settings(proc) -> dict:
             "mean": list(map(float, proc.image_mean)), "std": list(map(float, proc.image_std))}
 
 
+SCHEMES = {"fp32": (None, None), "int8": ("int8", "int8"), "int4": ("int8", "int4")}  # (encoder, decoder)
+GENERATION = {"beam": {"num_beams": 3}, "sample": {"do_sample": True, "top_p": 0.9, "top_k": 0, "num_return_sequences": 5, "seed": 0}}
+
+
+def _add_graphs(w: BundleWriter, tmp: Path, files: dict, precision: str) -> None:
+    """Quantize per role (encoders dynamic int8, decoders int8 or int4 weight-only) and add to the bundle."""
+    enc_scheme, dec_scheme = SCHEMES[precision]
+    for role, name in files.items():
+        src, scheme = tmp / name, enc_scheme if role == "encoder" else dec_scheme
+        if scheme:
+            src = quantize(src, tmp / f"{role}.{scheme}.onnx", scheme)
+        w.add_file(src, f"{role}.onnx", role=role)
+
+
+def _add_clip(w: BundleWriter, clip_dir, tmp: Path, vocab: list[str], precision: str) -> None:
+    from transformers import CLIPProcessor
+
+    clip = _export_clip(Path(clip_dir), tmp, vocab)
+    for name in ("clip_image", "clip_text"):
+        src = tmp / f"{name}.onnx"
+        if precision != "fp32" and name == "clip_image":   # one pass per request: dynamic int8 pays off
+            src = quantize(src, tmp / f"{name}.int8.onnx", "int8")
+        w.add_file(src, f"{name}.onnx", role=name)
+    w.add_file(clip["dir"] / "tokenizer.json", "clip_tokenizer.json", role="clip_tokenizer")
+    w.add_file(tmp / "tag_embeds.npy", "tag_embeds.npy", role="tag_embeds")
+    w.add_json(vocab, "tag_vocab.json", role="tag_vocab")
+    w.manifest["clip"] = {"logit_scale": clip["logit_scale"],
+                          "preprocess": _processor_settings(CLIPProcessor.from_pretrained(str(clip_dir)).image_processor)}
+
+
+def _export(kind: str, model_dir, out, write_graphs, reference, *, clip_dir, precision, tag_vocab, validation_images,
+            max_new_tokens, threads, progress, strict) -> Bundle:
+    """The flow both exporters share: graphs -> quantize -> CLIP -> validate against `reference(img, beams)`."""
+    if precision not in PRECISIONS:
+        raise ExportError(f"precision {precision!r} unknown; choose one of {', '.join(PRECISIONS)}")
+    t0 = time.perf_counter()
+    vocab = list(dict.fromkeys(tag_vocab or DEFAULT_TAG_VOCAB))
+    with tempfile.TemporaryDirectory(prefix=f"es-{kind}-") as tmp, \
+            BundleWriter(out, task="caption", format="onnx", precision=precision, kind=kind) as w:
+        tmp = Path(tmp)
+        pbar = bar(total=4, desc=f"export {kind} {precision}", progress=progress)
+        _add_graphs(w, tmp, write_graphs(w, tmp), precision)
+        pbar.update(2)
+        w.manifest["generation"] = {k: v | {"max_new_tokens": max_new_tokens} for k, v in GENERATION.items()}
+        if clip_dir is not None:
+            _add_clip(w, clip_dir, tmp, vocab, precision)
+        pbar.update()
+        # Validate in the same run: the bundle as the SDK will load it vs transformers' generate().
+        w.manifest["fidelity"] = validate(Bundle(w.dir, w.manifest | {"files": {}}), reference, validation_images,
+                                          max_new_tokens, threads, strict=precision == "fp32" if strict is None else strict)
+        pbar.update()
+        pbar.close()
+        w.manifest["export_seconds"] = round(time.perf_counter() - t0, 1)
+    return Bundle.load(out)
+
+
 def export_blip(model_dir, out, *, clip_dir=None, precision: str = "fp32", tag_vocab=None,
                 validation_images=None, max_new_tokens: int = 20, threads: int = 1, progress=None,
                 prompt: str = "", strict: bool | None = None) -> Bundle:
@@ -207,62 +261,61 @@ def export_blip(model_dir, out, *, clip_dir=None, precision: str = "fp32", tag_v
     variants record their agreement in the manifest's `fidelity` (strict=False: record only, e.g. for
     random-weight benchmarks whose near-flat logits make argmax ties).
     """
-    import torch
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    if precision not in PRECISIONS:
-        raise ExportError(f"precision {precision!r} unknown; choose one of {', '.join(PRECISIONS)}")
-    model_dir, t0 = Path(model_dir), time.perf_counter()
+    model_dir = Path(model_dir)
     blip = BlipForConditionalGeneration.from_pretrained(str(model_dir)).eval()
     proc = BlipProcessor.from_pretrained(str(model_dir))
-    image_size = blip.config.vision_config.image_size
-    vocab = list(dict.fromkeys(tag_vocab or DEFAULT_TAG_VOCAB))
-    steps = ["onnx graphs", "quantize", "clip", "validate"]
-    with tempfile.TemporaryDirectory(prefix="es-blip-") as tmp, \
-            BundleWriter(out, task="caption", format="onnx", precision=precision, kind="blip") as w:
-        tmp = Path(tmp)
-        pbar = bar(total=len(steps), desc="export blip", progress=progress)
-        meta = _export_blip_graphs(blip, tmp, image_size)
-        pbar.update()
-        enc_scheme, dec_scheme = {"fp32": (None, None), "int8": ("int8", "int8"), "int4": ("int8", "int4")}[precision]
-        for name, scheme in (("encoder", enc_scheme), ("decoder", dec_scheme)):
-            src = tmp / f"{name}.onnx"
-            if scheme:
-                src = quantize(src, tmp / f"{name}.{scheme}.onnx", scheme)
-            w.add_file(src, f"{name}.onnx", role=name)
-        pbar.update()
+
+    def write_graphs(w, tmp):
+        meta = _export_blip_graphs(blip, tmp, blip.config.vision_config.image_size)
         proc.tokenizer.backend_tokenizer.save(str(w.dir / "tokenizer.json"))
         w.set_role("tokenizer", "tokenizer.json")
         prompt_ids = proc.tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
-        w.manifest.update(blip=meta | {"prompt": prompt, "prompt_ids": prompt_ids}, preprocess=_processor_settings(proc.image_processor),
-                          generation={"beam": {"num_beams": 3, "max_new_tokens": max_new_tokens},
-                                      "sample": {"do_sample": True, "top_p": 0.9, "top_k": 0, "max_new_tokens": max_new_tokens,
-                                                 "num_return_sequences": 5, "seed": 0}},
+        w.manifest.update(blip=meta | {"prompt": prompt, "prompt_ids": prompt_ids},
+                          preprocess=_processor_settings(proc.image_processor),
                           provenance={"base": str(model_dir), "exporter": "edgesight.export.captioning (own BLIP graphs)",
                                       "params": sum(p.numel() for p in blip.parameters())})
-        if clip_dir is not None:
-            from transformers import CLIPProcessor
+        return {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
 
-            clip = _export_clip(Path(clip_dir), tmp, vocab)
-            for name in ("clip_image", "clip_text"):
-                src = tmp / f"{name}.onnx"
-                if precision != "fp32" and name == "clip_image":
-                    src = quantize(src, tmp / f"{name}.int8.onnx", "int8")
-                w.add_file(src, f"{name}.onnx", role=name)
-            w.add_file(clip["dir"] / "tokenizer.json", "clip_tokenizer.json", role="clip_tokenizer")
-            w.add_file(tmp / "tag_embeds.npy", "tag_embeds.npy", role="tag_embeds")
-            w.add_json(vocab, "tag_vocab.json", role="tag_vocab")
-            w.manifest["clip"] = {"logit_scale": clip["logit_scale"],
-                                  "preprocess": _processor_settings(CLIPProcessor.from_pretrained(str(clip_dir)).image_processor)}
-        pbar.update()
-        # Validate in the same run: the bundle as the SDK will load it vs transformers' generate().
-        w.manifest["fidelity"] = validate_blip(blip, proc, Bundle(w.dir, w.manifest | {"files": {}}),
-                                               validation_images, max_new_tokens, threads,
-                                               strict=precision == "fp32" if strict is None else strict)
-        pbar.update()
-        pbar.close()
-        w.manifest["export_seconds"] = round(time.perf_counter() - t0, 1)
-    return Bundle.load(out)
+    return _export("blip", model_dir, out, write_graphs, _hf_reference(blip, proc), clip_dir=clip_dir, precision=precision,
+                   tag_vocab=tag_vocab, validation_images=validation_images, max_new_tokens=max_new_tokens,
+                   threads=threads, progress=progress, strict=strict)
+
+
+def export_vit_gpt2(model_dir, out, *, clip_dir=None, precision: str = "fp32", tag_vocab=None,
+                    validation_images=None, max_new_tokens: int = 20, threads: int = 1, progress=None,
+                    strict: bool | None = None) -> Bundle:
+    """VisionEncoderDecoderModel (e.g. ViT+GPT2) via optimum's image-to-text-with-past -> caption bundle;
+    same precisions and validation as export_blip. The SDK runs it on the ONNX backend's seq2seq decoder."""
+    from optimum.exporters.onnx import main_export
+    from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+
+    model_dir = Path(model_dir)
+    model = VisionEncoderDecoderModel.from_pretrained(str(model_dir)).eval()
+    image_proc, tok = AutoImageProcessor.from_pretrained(str(model_dir)), AutoTokenizer.from_pretrained(str(model_dir))
+
+    def write_graphs(w, tmp):
+        main_export(model_name_or_path=str(model_dir), output=str(tmp), task="image-to-text-with-past", opset=OPSET,
+                    do_validation=False)
+        files = {"encoder": "encoder_model.onnx"}
+        files |= ({"decoder": "decoder_model_merged.onnx"} if (tmp / "decoder_model_merged.onnx").is_file()
+                  else {"decoder": "decoder_model.onnx", "decoder_with_past": "decoder_with_past_model.onnx"})
+        w.add_file(tmp / "tokenizer.json", role="tokenizer")
+        w.add_file(tmp / "tokenizer_config.json")
+        gen = model.generation_config
+        w.manifest.update(tokens={"eos": [int(gen.eos_token_id)], "pad": int(gen.pad_token_id if gen.pad_token_id is not None else gen.eos_token_id),
+                                  "decoder_start": int(gen.decoder_start_token_id)},
+                          preprocess=_processor_settings(image_proc),
+                          provenance={"base": str(model_dir), "exporter": "optimum image-to-text-with-past"})
+        return files
+
+    def reference_text(ids):
+        return tok.decode(ids, skip_special_tokens=True)
+
+    return _export("vision-encoder-decoder", model_dir, out, write_graphs, _hf_reference(model, image_proc, reference_text),
+                   clip_dir=clip_dir, precision=precision, tag_vocab=tag_vocab, validation_images=validation_images,
+                   max_new_tokens=max_new_tokens, threads=threads, progress=progress, strict=strict)
 
 
 def sample_images() -> list:
@@ -272,26 +325,31 @@ def sample_images() -> list:
     return [data.astronaut(), data.chelsea(), data.coffee()]
 
 
-def validate_blip(blip, proc, bundle: Bundle, images, max_new_tokens: int, threads: int, strict: bool) -> dict:
-    """Compare the bundle's greedy and beam-3 captions with transformers' generate() on real photos."""
+def _hf_reference(model, proc, decode=None):
+    """reference(img, beams) -> transformers' generate() caption, decoded as its processor does."""
     import torch
 
+    decode = decode or (lambda ids: proc.decode(ids, skip_special_tokens=True))
+
+    def reference(img, beams: int, max_new_tokens: int) -> str:
+        with torch.no_grad():
+            ids = model.generate(pixel_values=proc(images=img, return_tensors="pt").pixel_values, num_beams=beams,
+                                 max_new_tokens=max_new_tokens, do_sample=False, min_length=0)
+        return decode(ids[0])
+    return reference
+
+
+def validate(bundle: Bundle, reference, images, max_new_tokens: int, threads: int, strict: bool) -> dict:
+    """Compare the bundle's greedy and beam-3 captions with the PyTorch reference on real photos."""
     from edgesight.tasks.captioning import Captioner
 
     images = images if images is not None else sample_images()
     cap = Captioner(bundle, threads=threads)
     report = {"images": len(images), "max_new_tokens": max_new_tokens}
     for mode, beams in (("greedy", 1), ("beam3", 3)):
-        same, pairs = 0, []
-        for img in images:
-            pixel_values = proc(images=img, return_tensors="pt").pixel_values
-            with torch.no_grad():
-                ref = blip.generate(pixel_values=pixel_values, num_beams=beams, max_new_tokens=max_new_tokens,
-                                    do_sample=False, min_length=0)
-            ref_text = proc.decode(ref[0], skip_special_tokens=True)
-            got = cap.generate_captions(img, num_beams=beams, max_new_tokens=max_new_tokens)[0]
-            same += ref_text == got
-            pairs.append([ref_text, got])
+        pairs = [[reference(img, beams, max_new_tokens), cap.generate_captions(img, num_beams=beams, max_new_tokens=max_new_tokens)[0]]
+                 for img in images]
+        same = sum(ref == got for ref, got in pairs)
         report[f"{mode}_agreement"] = same / len(images)
         if strict and same != len(images):
             raise ExportError(f"ONNX {mode} captions differ from PyTorch's: {pairs}; the export is wrong")

@@ -67,3 +67,10 @@ def tiny_t5_onnx(tiny_t5_dir, tmp_path_factory):
     """tiny_t5 exported to ONNX (text2text-generation-with-past) and wrapped in a seq2seq bundle."""
     from kit import onnx_text_bundle
     return onnx_text_bundle(tiny_t5_dir, tmp_path_factory.mktemp("tiny-t5-onnx"), "seq2seq")
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_gpt2_dir(tmp_path_factory):
+    """A tiny ViT+GPT2 VisionEncoderDecoderModel HF directory (byte-level BPE, random weights)."""
+    from kit_vision import tiny_vit_gpt2
+    return tiny_vit_gpt2(tmp_path_factory.mktemp("tiny-vit-gpt2") / "model")

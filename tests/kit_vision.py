@@ -104,3 +104,38 @@ def tiny_clip(out_dir, *, seed: int = 0) -> Path:
     proc = CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tok)
     proc.save_pretrained(out_dir)
     return out_dir
+
+
+def tiny_vit_gpt2(out_dir, *, seed: int = 0) -> Path:
+    """VisionEncoderDecoderModel: ViT 2 layers at 32 px + GPT-2 2 layers with cross-attention,
+    byte-level BPE trained offline (the vit-gpt2-image-captioning layout: bos = eos = pad)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, GenerationConfig, ViTConfig,
+                              ViTImageProcessor, ViTModel, VisionEncoderDecoderModel)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(captions(), trainers.BpeTrainer(vocab_size=500, special_tokens=["<|endoftext|>"],
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.save(str(out_dir / "tokenizer.json"))
+    tok = GPT2TokenizerFast(tokenizer_file=str(out_dir / "tokenizer.json"), bos_token="<|endoftext|>",
+                            eos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    eos = tok.eos_token_id
+    torch.manual_seed(seed)
+    encoder = ViTModel(ViTConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                 image_size=32, patch_size=8))
+    decoder = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=64, n_layer=2, n_head=2, n_positions=64,
+                                         add_cross_attention=True, bos_token_id=eos, eos_token_id=eos,
+                                         tie_word_embeddings=False))
+    model = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder).eval()
+    model.config.decoder_start_token_id = model.config.pad_token_id = model.config.eos_token_id = eos
+    model.generation_config = GenerationConfig(decoder_start_token_id=eos, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)
+    _sharpen(model.decoder.lm_head, 20.0)   # untied: tied weights would just echo the start token (= eos)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out_dir)
+    return out_dir

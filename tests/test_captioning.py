@@ -126,3 +126,22 @@ def test_cli_prints_seed_json(blip_bundle, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out[0]) == {"tags", "captions", "english_captions"} and len(out[0]["english_captions"]) == 2
     assert main(["caption", "--model", str(blip_bundle.path), str(tmp_path / "missing.jpg")]) == 2
+
+
+def test_vit_gpt2_through_optimum_equals_pytorch(tiny_vit_gpt2_dir, tmp_path):
+    import torch
+    from transformers import AutoTokenizer, ViTImageProcessor, VisionEncoderDecoderModel
+
+    from edgesight.export.captioning import export_vit_gpt2
+
+    bundle = export_vit_gpt2(tiny_vit_gpt2_dir, tmp_path / "vg", precision="fp32", max_new_tokens=10, progress=False)
+    assert bundle.kind == "vision-encoder-decoder" and bundle.get("fidelity")["beam3_agreement"] == 1.0
+    model = VisionEncoderDecoderModel.from_pretrained(str(tiny_vit_gpt2_dir)).eval()
+    proc, tok = ViTImageProcessor.from_pretrained(str(tiny_vit_gpt2_dir)), AutoTokenizer.from_pretrained(str(tiny_vit_gpt2_dir))
+    cap = Captioner(bundle, threads=1)
+    for photo in PHOTOS:
+        with torch.no_grad():
+            ref = model.generate(pixel_values=proc(images=photo, return_tensors="pt").pixel_values, num_beams=3, max_new_tokens=10)
+        assert cap.generate_captions(photo, num_beams=3, max_new_tokens=10) == [tok.decode(ref[0], skip_special_tokens=True)]
+    r = cap(data.chelsea())
+    assert len(r.samples) == 5 and r.tags and r.tags == sorted(r.tags, key=lambda t: -t[1])   # caption-frequency scores

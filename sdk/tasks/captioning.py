@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..backends.onnx import open_session
+from ..backends.onnx import _clean_up, open_session
 from ..errors import BundleError, InputError
 from ..generation import GenerationConfig, generate_ids
 from ..images import decode_base64, load_image
@@ -123,11 +123,55 @@ class _Blip:
 
     def decode(self, ids: list[int]) -> str:
         # transformers' BertTokenizer decode: skip specials, then clean_up_tokenization spaces
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                     (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
-            text = text.replace(a, b)
-        return text.strip()
+        return _clean_up(self.tokenizer.decode(ids, skip_special_tokens=True)).strip()
+
+
+class _ImageStart:
+    """Decoder protocol for a vision encoder-decoder (ViT+GPT2): every row starts from the image's
+    hidden states; the ONNX backend's seq2seq model provides sessions, cache names and decoding.
+    Presents are taken by name, so GPT-2 style caches (no ".decoder." in the names) advance too."""
+
+    def __init__(self, lm, hidden: np.ndarray):
+        self.lm, self.hidden = lm, hidden
+
+    def _decode(self, ids, hidden, past):
+        lm, first = self.lm, past is None
+        if lm.merged:
+            session, feeds = lm.sessions["decoder"], {"use_cache_branch": np.array([not first])}
+            past = past or [np.zeros((len(ids), lm.heads, 0, lm.head_dim), lm.dtype) for _ in lm.past_names]
+        else:
+            session, feeds, past = lm.sessions["decoder" if first else "decoder_with_past"], {}, past or []
+        feeds |= {"input_ids": ids, "encoder_hidden_states": hidden, **dict(zip(lm.past_names, past))}
+        wanted = {i.name for i in session.get_inputs()}
+        out = session.run(None, {k: v for k, v in feeds.items() if k in wanted})
+        presents = dict(zip((o.name for o in session.get_outputs()), out))
+        new = [presents.get("present" + n[len("past_key_values"):], old) for n, old in
+               zip(lm.past_names, past or [None] * len(lm.past_names))]
+        return np.asarray(out[0][:, -1, :], np.float32), {"hidden": hidden, "past": new}
+
+    def prefill(self, prompts):
+        return self._decode(np.asarray(prompts, dtype=np.int64), np.repeat(self.hidden, len(prompts), axis=0), None)
+
+    def step(self, tokens, state):
+        return self._decode(tokens.reshape(-1, 1).astype(np.int64), state["hidden"], state["past"])
+
+    def select(self, state, rows):
+        return {"hidden": state["hidden"][rows], "past": [p[rows] for p in state["past"]]}
+
+
+class _VisionEncoderDecoder:
+    """optimum's image-to-text-with-past export (encoder_model + decoder[_merged])."""
+
+    def __init__(self, bundle, threads: int):
+        from ..backends.onnx import OnnxSeq2SeqLM
+
+        self.lm, self.settings = OnnxSeq2SeqLM(bundle, threads), bundle.manifest["preprocess"]
+
+    def captions(self, image: Image.Image, configs: list[GenerationConfig]) -> list[list[str]]:
+        hidden = self.lm.sessions["encoder"].run(None, {"pixel_values": preprocess(image, self.settings)})[0]
+        start = int(self.lm.tokens["decoder_start"])
+        return [[self.lm.decode(s) for s in generate_ids(_ImageStart(self.lm, hidden), [[start]], cfg, eos_token_ids=self.lm.eos,
+                                                          decoder_start_token_id=start)[0]] for cfg in configs]
 
 
 class _Classifier:
@@ -237,11 +281,13 @@ class Captioner(Task):
         super().__init__(bundle, backend, threads)
         if bundle.kind == "blip":
             self.model = _Blip(bundle, self.threads)
+        elif bundle.kind == "vision-encoder-decoder":
+            self.model = _VisionEncoderDecoder(bundle, self.threads)
         elif bundle.kind == "image-encoder":
             self.model = _Classifier(bundle, self.threads)
         else:
             raise BundleError(f"{bundle.path}: caption bundle kind {bundle.kind!r} is not supported "
-                              "(expected 'blip' or 'image-encoder'); re-export with edgesight.export.captioning")
+                              "(expected 'blip', 'vision-encoder-decoder' or 'image-encoder'); re-export with edgesight.export.captioning")
         self.clip = _Clip(bundle, self.threads) if bundle.has("clip_image") else None
         self.num_samples, self.seed = num_samples, seed
         gen = bundle.get("generation", {})
@@ -249,9 +295,10 @@ class Captioner(Task):
         self.sample = GenerationConfig.from_dict(gen.get("sample", {"do_sample": True, "top_p": 0.9, "max_new_tokens": 20}))
 
     def generate_captions(self, image, **generation) -> list[str]:
-        """Captions for one image with explicit generation settings (BLIP bundles)."""
-        if not isinstance(self.model, _Blip):
-            raise BundleError(f"{self.bundle.path}: generate_captions needs a BLIP bundle, this one is {self.bundle.kind!r}")
+        """Captions for one image with explicit generation settings (BLIP / vision encoder-decoder bundles)."""
+        if isinstance(self.model, _Classifier):
+            raise BundleError(f"{self.bundle.path}: generate_captions needs a captioning model, this bundle is "
+                              f"an ImageNet classifier ({self.bundle.kind!r})")
         return self.model.captions(load_image(image), [GenerationConfig(**generation)])[0]
 
     def _run_batch(self, inputs: list, num_samples: int | None = None, seed: int | None = None, tags: bool = True) -> list:
