@@ -291,6 +291,28 @@ def add_eval_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--threshold", type=float, default=None)
+    p.add_argument("--scaling", action="store_true", help="also time catalogue search at 1k/10k/100k random items")
+
+
+def search_scaling(sizes=(1_000, 10_000, 100_000), dim: int = 1280, queries: int = 30, k: int = 5) -> list[dict]:
+    """Median time of one top-k search vs catalogue size (random unit embeddings: speed does not depend on values)."""
+    import time
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in sizes:
+        emb = rng.standard_normal((n, dim), dtype=np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+        index = CatalogIndex(emb, [Product(str(i), None, None) for i in range(n)], {})
+        qs = emb[rng.integers(0, n, queries)]
+        times = []
+        for q in qs:
+            t0 = time.perf_counter()
+            index.search(q, k)
+            times.append(time.perf_counter() - t0)
+        rows.append({"items": n, "dim": dim, "median_ms": round(float(np.median(times)) * 1000, 3),
+                     "matrix_mb": round(emb.nbytes / 1e6, 1)})
+    return rows
 
 
 def evaluate(task: ProductRecognizer, known: list, unknown: list = (), ocr: bool = False) -> dict:
@@ -344,5 +366,8 @@ def run_eval(args) -> dict:
                 rows.append({"model": str(model or "default"), "encoder": task.bundle.get("name"),
                              "precision": task.bundle.precision, "threshold": task.threshold,
                              **evaluate(task, known, unknown, ocr=ocr)})
-    return {"catalogue": {"products": len(listed), "views": args.views, "held_out": len(held_out), "seed": args.seed},
-            "results": rows}
+    report = {"catalogue": {"products": len(listed), "views": args.views, "held_out": len(held_out), "seed": args.seed},
+              "results": rows}
+    if args.scaling:
+        report["search_scaling"] = search_scaling()
+    return report
