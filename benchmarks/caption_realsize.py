@@ -97,7 +97,8 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--tokens", type=int, default=20)
     p.add_argument("--samples", type=int, default=5)
-    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
+    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=PRECISIONS,
+                   help="fp32 is always exported first (the quantized bundles derive from it)")
     p.add_argument("--skip-torch", action="store_true")
     p.add_argument("--work", default=None, help="keep the model and bundles here (default: a temp dir)")
     p.add_argument("--out", default=None, help="write the JSON result here")
@@ -105,7 +106,7 @@ def main(argv=None) -> dict:
 
     from skimage import data
 
-    from edgesight.export.captioning import export_blip
+    from edgesight.export.captioning import export_blip, requantize
 
     image = data.chelsea()
     result = header("caption-realsize", vars(args)) | {"model": "BLIP-base (BlipConfig() defaults, random weights)", "threads": args.threads,
@@ -116,10 +117,14 @@ def main(argv=None) -> dict:
         if not args.skip_torch:
             result["runs"]["torch-fp32"] = bench_torch(model_dir, image, args.tokens, args.samples, args.threads, args.repeats)
             print(json.dumps({"torch-fp32": result["runs"]["torch-fp32"]}), flush=True)
-        for precision in args.precisions:
+        fp32 = None
+        for precision in dict.fromkeys(["fp32", *args.precisions]):   # fp32 is traced and checked against PyTorch; int8/int4 derive from it
             t0 = time.perf_counter()
-            bundle = export_blip(model_dir, work / f"bundle-{precision}", precision=precision, max_new_tokens=args.tokens,
-                                 validation_images=[image], threads=args.threads, strict=False, progress=False)
+            if fp32 is None:
+                fp32 = export_blip(model_dir, work / "bundle-fp32", precision="fp32", max_new_tokens=args.tokens,
+                                   validation_images=[image], threads=args.threads, strict=False, progress=False)
+            bundle = fp32 if precision == "fp32" else requantize(fp32.path, work / f"bundle-{precision}", precision,
+                                                                  validation_images=[image], threads=args.threads)
             run = bench_onnx(bundle, image, args.samples, args.threads, args.repeats)
             run["export_s"], run["fidelity"] = round(time.perf_counter() - t0, 1), bundle.get("fidelity")
             result["runs"][f"onnx-{precision}"] = run

@@ -203,7 +203,7 @@ def _add_graphs(w: BundleWriter, tmp: Path, files: dict, precision: str) -> None
     """Quantize per role (encoders dynamic int8, decoders int8 or int4 weight-only) and add to the bundle."""
     enc_scheme, dec_scheme = SCHEMES[precision]
     for role, name in files.items():
-        src, scheme = tmp / name, enc_scheme if role == "encoder" else dec_scheme
+        src, scheme = tmp / name, enc_scheme if role in ("encoder", "clip_image") else dec_scheme
         if scheme:
             src = quantize(src, tmp / f"{role}.{scheme}.onnx", scheme)
         w.add_file(src, f"{role}.onnx", role=role)
@@ -316,6 +316,37 @@ def export_vit_gpt2(model_dir, out, *, clip_dir=None, precision: str = "fp32", t
     return _export("vision-encoder-decoder", model_dir, out, write_graphs, _hf_reference(model, image_proc, reference_text),
                    clip_dir=clip_dir, precision=precision, tag_vocab=tag_vocab, validation_images=validation_images,
                    max_new_tokens=max_new_tokens, threads=threads, progress=progress, strict=strict)
+
+
+def requantize(src, out, precision: str, *, validation_images=None, threads: int = 1, progress=None) -> Bundle:
+    """Derive an int8/int4 caption bundle from an fp32 one without tracing the model again (fp32 is
+    validated against PyTorch at export); fidelity here = agreement with the fp32 bundle."""
+    from edgesight.tasks.captioning import Captioner
+
+    src = Bundle.load(src)
+    if src.precision != "fp32" or src.task != "caption" or precision not in PRECISIONS[1:]:
+        raise ExportError(f"requantize takes an fp32 caption bundle and int8/int4 (got {src.precision} {src.task}, {precision})")
+    graphs = {r: rel for r, rel in src.manifest["components"].items() if r in ("encoder", "decoder", "decoder_with_past", "clip_image")}
+    reference = Captioner(src, threads=threads)
+    with tempfile.TemporaryDirectory(prefix="es-requant-") as tmp, \
+            BundleWriter(out, task="caption", format="onnx", precision=precision, kind=src.kind) as w:
+        tmp = Path(tmp)
+        for role, rel in graphs.items():
+            (tmp / rel).symlink_to(src.path / rel)
+        _add_graphs(w, tmp, graphs, precision)
+        for rel in src.manifest["files"]:
+            if rel not in graphs.values():
+                w.add_file(src.path / rel, rel)
+        for role, rel in src.manifest["components"].items():
+            if role not in graphs:
+                w.set_role(role, rel)
+        keep = {k: v for k, v in src.manifest.items() if k not in ("files", "components", "precision", "fidelity", "created", "kind", "task", "format", "schema")}
+        w.manifest.update(keep, derived_from=str(src.path))
+        w.manifest["fidelity"] = validate(Bundle(w.dir, w.manifest | {"files": {}}),
+                                          lambda img, beams, n: reference.generate_captions(img, num_beams=beams, max_new_tokens=n)[0],
+                                          validation_images, src.get("generation", {}).get("beam", {}).get("max_new_tokens", 20),
+                                          threads, strict=False) | {"reference": "fp32 bundle"}
+    return Bundle.load(out)
 
 
 def sample_images() -> list:

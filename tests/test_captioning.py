@@ -81,12 +81,14 @@ def test_clip_scores_equal_pytorch_softmax(captioner, tiny_clip_dir):
 
 
 def test_quantized_variants_record_agreement(tiny_blip_dir, tiny_clip_dir, blip_bundle, tmp_path):
-    from edgesight.export.captioning import export_blip
+    from edgesight.export.captioning import export_blip, requantize
 
     fp32_decoder = blip_bundle.file("decoder").stat().st_size
-    for precision in ("int8", "int4"):
-        b = export_blip(tiny_blip_dir, tmp_path / precision, clip_dir=tiny_clip_dir, precision=precision,
-                        max_new_tokens=12, threads=1, progress=False)
+    direct = export_blip(tiny_blip_dir, tmp_path / "int4", clip_dir=tiny_clip_dir, precision="int4",
+                         max_new_tokens=12, threads=1, progress=False)              # validated against PyTorch
+    derived = requantize(blip_bundle.path, tmp_path / "int8", "int8", threads=1)  # validated against the fp32 bundle
+    assert derived.get("fidelity")["reference"] == "fp32 bundle" and derived.get("derived_from") == str(blip_bundle.path)
+    for b, precision in ((direct, "int4"), (derived, "int8")):
         fid = b.get("fidelity")
         assert b.precision == precision and 0.0 <= fid["greedy_agreement"] <= 1.0 and 0.0 <= fid["beam3_agreement"] <= 1.0
         assert b.file("decoder").stat().st_size < fp32_decoder   # the weights really are quantized
