@@ -153,6 +153,10 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return (shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))).astype(np.float32)
 
 
+def _is_eos(tokens: np.ndarray, eos: np.ndarray) -> np.ndarray:
+    return (tokens[..., None] == eos).any(axis=-1)   # np.isin builds a lookup table per call: slow here
+
+
 def _rngs(config: GenerationConfig, n: int) -> list[np.random.Generator]:
     # One generator per return sequence: a prompt's samples do not depend on its batch neighbours.
     if config.seed is None:
@@ -187,7 +191,7 @@ def _greedy_or_sample(decoder, prompts, contexts, config, eos) -> list[list[list
         for r, tok in zip(live, tokens.tolist()):
             out[r].append(tok)
             ctx[r].append(tok)
-        going = ~np.isin(tokens, eos)
+        going = ~_is_eos(tokens, eos)
         if t + 1 == config.max_new_tokens or not going.any():
             break
         if not going.all():                           # finished rows leave the batch
@@ -246,7 +250,7 @@ def _beam_search(decoder, prompts, contexts, config, eos) -> list[list[list[int]
         src, tok = idx // V, idx % V
         cand_gen = run_gen[bidx, src]
         cand_gen[:, :, t] = tok
-        hits = np.isin(tok, eos) | (t + 1 >= T)
+        hits = _is_eos(tok, eos) | (t + 1 >= T)
 
         # the best K candidates that did not stop keep running
         open_scores = cand_scores + hits.astype(np.float32) * NEG
