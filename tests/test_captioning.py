@@ -147,3 +147,14 @@ def test_vit_gpt2_through_optimum_equals_pytorch(tiny_vit_gpt2_dir, tmp_path):
         assert cap.generate_captions(photo, num_beams=3, max_new_tokens=10) == [tok.decode(ref[0], skip_special_tokens=True)]
     r = cap(data.chelsea())
     assert len(r.samples) == 5 and r.tags and r.tags == sorted(r.tags, key=lambda t: -t[1])   # caption-frequency scores
+
+
+def test_merged_beam_and_sample_decoding_equals_separate_runs(captioner):
+    from edgesight.generation import GenerationConfig
+
+    for photo in PHOTOS[:2]:
+        img = load_image(photo)
+        r = captioner(img)     # beam and samples decoded in lockstep, one batch per token
+        assert [r.caption] == captioner.model.captions(img, [captioner.beam])[0]
+        sample = GenerationConfig.from_dict({**captioner.sample.to_dict(), "num_return_sequences": 5, "seed": 0})
+        assert r.samples == captioner.model.captions(img, [sample])[0]
