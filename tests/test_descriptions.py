@@ -202,3 +202,22 @@ def test_cli_and_http_input_shapes(tmp_path):
     assert read_inputs(json.dumps([one])) == [one]
     with pytest.raises(InputError, match="neither a file nor valid JSON"):
         read_inputs("{oops")
+
+
+def test_package_adapter_ships_fp16_without_local_paths(tmp_path):
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+    from edgesight.training.descriptions import package_adapter
+    src = tmp_path / "run"
+    src.mkdir()
+    w = {"base_model.model.layers.0.q_proj.lora_A.weight": np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32)}
+    save_file(w, str(src / "adapter_model.safetensors"))
+    (src / "adapter_config.json").write_text(json.dumps({"r": 4, "base_model_name_or_path": "/home/me/base"}))
+    (src / "recipe.json").write_text(json.dumps({"steps": 3, "chat_template": True}))
+    dst = package_adapter(src, tmp_path / "describe-x")
+    got = load_file(str(dst / "adapter_model.safetensors"))
+    key = next(iter(w))
+    assert got[key].dtype == np.float16 and np.allclose(got[key], w[key], atol=1e-3)
+    assert "/home/me" not in (dst / "adapter_config.json").read_text()
+    assert json.loads((dst / "recipe.json").read_text())["steps"] == 3
+    assert Vocabulary.from_dict(json.loads((dst / "vocab.json").read_text())) == VOCAB

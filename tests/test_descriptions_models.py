@@ -10,8 +10,7 @@ import pytest
 
 from edgesight import Describer
 from edgesight.errors import InputError
-from edgesight.tasks.descriptions import (PROMPT, SAMPLE_INPUTS, Vocabulary, check_sentence, parse_input,
-                                          render_facts, template_sentence)
+from edgesight.tasks.descriptions import PROMPT, SAMPLE_INPUTS, check_sentence, parse_input, template_sentence
 
 INPUTS = SAMPLE_INPUTS + [
     {"detections": [{"label": "glass", "confidence": 0.9}] * 3 + [{"label": "dog", "confidence": 0.6}], "scene": None},
@@ -83,7 +82,7 @@ def test_seq2seq_beam_output_matches_the_seed_pytorch_path(t5_bundle, tiny_t5_di
     ds = Describer.from_pretrained(bundle, threads=1)
     ours = [r.generated for r in ds(INPUTS, guard=False)]
     theirs = seed_path(tiny_t5_dir, adapter, kind="seq2seq", threads=1)(INPUTS)
-    assert ours == theirs
+    assert ours == theirs and sum(len(o) > 1 for o in ours) >= 3, ours
 
 
 def test_causal_gguf_merged_and_runtime_lora(llama_bundles):

