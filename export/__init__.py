@@ -24,6 +24,21 @@ from pathlib import Path
 
 from edgesight.errors import ExportError
 
+
+class DiskFullError(ExportError):
+    """No space left where the export writes; nothing half-written is left behind."""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC, also when a library (safetensors, onnx, the converter) reports it in its own error type."""
+    while exc is not None:
+        if (isinstance(exc, DiskFullError) or getattr(exc, "errno", None) == errno.ENOSPC
+                or "No space left on device" in str(exc)):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 # One table drives argument checks, building and validation. exact: must reproduce the reference's
 # greedy tokens; logits: record max |logit diff| of the first step; kinds: model kinds it supports.
 FORMATS = {
@@ -138,10 +153,10 @@ def export(base, adapter=None, *, task: str, out, formats=DEFAULT_FORMATS, probe
             steps.set_postfix_str(fmt)
             report.formats.append(_export_one(fmt, ctx, task, out / fmt, fields, ref))
         steps.update()
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise ExportError(f"the disk is full while exporting to {out}; free space there and retry "
-                              "(no partial bundle was left behind)") from exc
+    except Exception as exc:
+        if disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(f"the disk is full while exporting to {out}; free space there and retry "
+                                      "(no partial bundle was left behind)") from exc
         raise
     finally:
         steps.close()
@@ -212,7 +227,7 @@ def _export_one(fmt: str, ctx: _Context, task: str, dest: Path, fields: dict, re
     from edgesight.backends import open_text_model
     from edgesight.bundle import Bundle, BundleWriter
 
-    from . import validate
+    from . import merge, validate
 
     spec = FORMATS[fmt]
     result = FormatResult(fmt, spec["precision"], "failed")
@@ -237,6 +252,8 @@ def _export_one(fmt: str, ctx: _Context, task: str, dest: Path, fields: dict, re
         result.status = "ok"
     except ExportError as exc:
         writer.abort()
+        if disk_full(exc):
+            raise   # every later format would fail the same way: stop here
         result.error = str(exc)
     except BaseException:
         writer.abort()

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from edgesight.errors import ExportError
 
+from . import DiskFullError
+
 CONVERTER_ENV = "EDGESIGHT_LLAMA_CPP_SRC"
 CONVERTER_POINTER = ".edgesight-llama-cpp-src"  # written into the venv by scripts/setup.sh
 CONVERTER_TYPES = ("f32", "f16", "q8_0")
@@ -64,7 +66,7 @@ def _run(script: str, args: list, what: str) -> None:
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-12:])
         if "No space left" in tail:
-            raise ExportError(f"{what}: the disk is full; free space under the output directory and retry")
+            raise DiskFullError(f"{what}: the disk is full; free space under the output directory and retry")
         raise ExportError(f"{what} failed (exit {proc.returncode}):\n{tail}")
 
 

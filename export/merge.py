@@ -19,6 +19,7 @@ from pathlib import Path
 from edgesight.bundle import sha256_file
 from edgesight.errors import ExportError
 
+from . import DiskFullError, disk_full
 from .gguf import is_sentencepiece
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
@@ -60,7 +61,61 @@ def materialize_base(base, work_dir) -> Path:
     except Exception as exc:  # transformers raises ValueError/KeyError/RuntimeError for unknown GGUF layouts
         raise ExportError(f"{base}: transformers cannot load this GGUF ({exc}); use an HF directory as --base") from exc
     _save(model, tok, out)
+    repair_bpe_tokenizer(out, base)
     return out
+
+
+# GGUF pre-tokenizer names -> the splits that come before byte-level BPE (llama.cpp's llama-vocab.cpp)
+PRE_SPLITS = {"smollm": [{"type": "Digits", "individual_digits": True}], "gpt-2": [], "default": []}
+
+
+def repair_bpe_tokenizer(model_dir: Path, gguf_file: Path) -> None:
+    """transformers turns a GGUF byte-level BPE vocabulary ("gpt2") into a Llama-style tokenizer
+    (byte_fallback, a sentencepiece decoder, no digit split, BOS = eos = <|im_start|> for SmolLM2).
+    llama.cpp's converter then writes it back as a sentencepiece vocabulary whose tokenizer crashes
+    on the first prompt. Restore what the GGUF declares: byte-level BPE with its pre-tokenizer
+    (`tokenizer.ggml.pre`, which the converter then recognises again), its BOS/EOS and add_bos."""
+    from gguf import GGUFReader, GGUFValueType
+
+    fields = GGUFReader(str(gguf_file)).fields
+
+    def value(key, default=None):
+        f = fields.get(key)
+        if f is None:
+            return default
+        raw = f.parts[f.data[0]]
+        return bytes(raw).decode() if f.types[0] == GGUFValueType.STRING else raw.tolist()[0]
+
+    if value("tokenizer.ggml.model") != "gpt2":
+        return
+    pre = value("tokenizer.ggml.pre", "default")
+    if pre not in PRE_SPLITS:
+        raise ExportError(f"{gguf_file}: byte-level BPE with pre-tokenizer {pre!r}, which edgesight cannot restore "
+                          f"(knows {', '.join(PRE_SPLITS)}); pass the model as an HF directory")
+    tok_path, cfg_path = model_dir / "tokenizer.json", model_dir / "tokenizer_config.json"
+    tok = json.loads(tok_path.read_text(encoding="utf-8"))
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    tok["model"]["byte_fallback"] = False
+    tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": PRE_SPLITS[pre] + [byte_level]}
+    tok["decoder"] = dict(byte_level)
+    id_to_token = {t["id"]: t["content"] for t in tok.get("added_tokens", [])}
+    id_to_token.update({i: t for t, i in tok["model"]["vocab"].items() if i not in id_to_token})
+    bos, eos = value("tokenizer.ggml.bos_token_id"), value("tokenizer.ggml.eos_token_id")
+    add_bos = bool(value("tokenizer.ggml.add_bos_token", False)) and bos is not None
+    tok["post_processor"] = ({"type": "TemplateProcessing",
+                              "single": [{"SpecialToken": {"id": id_to_token[bos], "type_id": 0}},
+                                         {"Sequence": {"id": "A", "type_id": 0}}],
+                              "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                              "special_tokens": {id_to_token[bos]: {"id": id_to_token[bos], "ids": [bos],
+                                                                    "tokens": [id_to_token[bos]]}}}
+                             if add_bos else dict(byte_level, trim_offsets=False))
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg.update(add_bos_token=add_bos, tokenizer_class="GPT2Tokenizer", legacy=None,
+               bos_token=id_to_token.get(bos), eos_token=id_to_token.get(eos))
+    for key in ("bos_token_id", "eos_token_id", "unk_token_id", "pad_token_id", "legacy"):
+        cfg.pop(key, None)
+    tok_path.write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _save(model, tokenizer, out: Path, tokenizer_from: Path | None = None) -> None:
@@ -81,12 +136,13 @@ def _save(model, tokenizer, out: Path, tokenizer_from: Path | None = None) -> No
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ExportError(f"writing {out} failed ({exc}); check free disk space") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if disk_full(exc):
+            raise DiskFullError(f"the disk is full while writing {out}; free space there and retry") from exc
         raise
+
+
 
 
 def model_kind(model_dir) -> tuple[str, str]:

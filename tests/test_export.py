@@ -257,3 +257,20 @@ def test_build_defaults_builds_then_skips_up_to_date_bundles(tmp_path, monkeypat
     assert defaults.build_all(["products"], threads=1)[0]["status"] == "built" and len(calls) == 2
     with pytest.raises(ExportError, match="unknown task"):
         defaults.build_all(["nope"])
+
+
+def test_disk_full_is_a_clear_error_and_leaves_no_bundle(tiny_llama_dir, tmp_path):
+    """A real full disk: a 12 MB tmpfs (needs mount rights; skipped where there are none)."""
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        with pytest.raises(ExportError, match="disk is full"):
+            export(tiny_llama_dir, None, task="keywords", out=small / "out", formats=["gguf-f16", "onnx", "gguf-q8_0"],
+                   probes=PROBES[:1], max_new_tokens=4, threads=1, progress=False)
+        assert [p.name for p in (small / "out").iterdir()] == []
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
