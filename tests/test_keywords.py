@@ -126,6 +126,13 @@ def test_bad_vocabulary_is_an_input_error(bad):
         Vocabulary(bad)
 
 
+def test_tagged_spans_snap_typos_to_known_names_only():
+    from edgesight.tasks.keywords import spans_to_names
+    text = "bycicles, umbrela, elephnats, testing, zebra"
+    spans = [(0, 8), (10, 17), (19, 28), (30, 37), (39, 44)]
+    assert spans_to_names(text, spans) == ["Bicycle", "Umbrella", "Elephant", "Testing", "Zebra"]
+
+
 def test_from_json():
     assert from_json({"prompt": "cats"}) == "cats"
     assert from_json({"prompts": ["a", "b"]}) == ["a", "b"]

@@ -250,12 +250,22 @@ def spans_to_names(text: str, spans) -> list[str]:
     for start, end in spans:
         name = canonical(text[start:end])
         key = name.lower()
-        if key and key not in known:
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.85)
-            if close and abs(len(close[0]) - len(key)) <= 2:
+        if len(key) >= 5 and key not in known:  # a typo of a known name: at most 2 edits
+            close = [c for c in difflib.get_close_matches(key, known, n=3, cutoff=0.7) if _edits(c, key) <= 2]
+            if close:
                 name = canonical(close[0])
         names.append(name)
     return dedupe(names)
+
+
+def _edits(a: str, b: str) -> int:
+    """Levenshtein distance (small strings only)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
 
 
 # ----------------------------------------------------------------------------- the task
