@@ -19,7 +19,7 @@ QUICK_PROMPTS = [f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n" 
     "Show me the horse.", "The lamp costs 12.99 dollars; the book costs 3.50.")]
 # ratio key, a (format, impl), b (format, impl), what it says, what is compared
 SDK, TORCH = "edgesight", ("torch-fp32", "transformers")
-QUICK_COMPARISONS = [
+LLM_COMPARISONS = [
     ("onnx-fp32.edgesight_over_optimum", ("onnx-fp32", SDK), ("onnx-fp32", "optimum"),
      "SDK numpy loop vs optimum ORTModelForCausalLM, same ONNX file", "time"),
     ("gguf-q8_0.edgesight_over_llama_cpp", ("gguf-q8_0", SDK), ("gguf-q8_0", "llama-cpp-python"),
@@ -35,6 +35,9 @@ QUICK_COMPARISONS = [
      "artifact size, int8 vs fp32 ONNX (catches a silently unquantized export)", "size"),
     ("size.gguf_q4_k_m_over_f16", ("gguf-q4_k_m", SDK), ("gguf-f16", SDK), "artifact size, Q4_K_M vs f16 GGUF", "size"),
 ]
+# The quick bundles also serve the keywords task (its generative family) at task level.
+KEYWORDS_PROMPT = {"prefix": "<|im_start|>system\nList the objects to segment.<|im_end|>\n<|im_start|>user\n",
+                   "suffix": "<|im_end|>\n<|im_start|>assistant\n"}
 # case format -> edgesight.export format name
 EXPORT_NAMES = {"onnx-fp32": "onnx", "onnx-int8": "onnx-int8", "onnx-int4": "onnx-int4", "gguf-f16": "gguf-f16",
                 "gguf-q8_0": "gguf-q8_0", "gguf-q4_k_m": "gguf-q4_k_m"}
@@ -49,6 +52,15 @@ def _first_error(fn, *args):
 
 
 # --- building the quick artifacts ---------------------------------------------------------------
+
+def smollm2(work: Path) -> Path:
+    """The real SmolLM2-135M-Instruct (shipped as a Q4_1 GGUF), dequantized to an fp32 HF directory."""
+    from edgesight.export.merge import materialize_base
+    from edgesight.export.weights import smollm2_gguf
+
+    out = work / "base-from-gguf"
+    return out if (out / "config.json").is_file() else materialize_base(smollm2_gguf(), work)
+
 
 def tiny_llama(work: Path) -> Path:
     out = work / "hf"
@@ -67,8 +79,8 @@ def sdk_bundles(hf_dir: Path, out: Path, threads: int) -> tuple[dict[str, Path],
 
     if not all((out / name / "edgesight.json").is_file() for name in EXPORT_NAMES.values()):
         try:
-            report = export(hf_dir, task="keywords", out=out, formats=list(EXPORT_NAMES.values()),
-                            threads=threads, progress=False)
+            report = export(hf_dir, task="keywords", out=out, formats=list(EXPORT_NAMES.values()), threads=threads,
+                            progress=False, prompt=KEYWORDS_PROMPT, generation={"max_new_tokens": 16, "eos_token_ids": []})
         except ExportError as exc:  # some formats failed; the others are still bundles
             if getattr(exc, "report", None) is None:
                 raise
@@ -103,10 +115,11 @@ def agreement(reference: str):
     return score
 
 
-def quick_group(work: Path, threads: int, *, max_new_tokens: int = 16, batch_size: int = 4) -> Group:
-    task = "tiny-llm"
+def llm_group(task: str, source, work: Path, threads: int, *, max_new_tokens: int, note: str,
+              batch_size: int = 4) -> Group:
+    """One causal LM (`source(work)` -> HF dir) in every format, on the SDK and on its peers."""
     common = {"threads": threads, "inputs": QUICK_PROMPTS, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
-    hf, why_hf = _first_error(tiny_llama, work)
+    hf, why_hf = _first_error(source, work)
     built, why_export = _first_error(sdk_bundles, hf, work / "bundles", threads) if hf else (None, why_hf)
     bundles, failed = built or ({}, {fmt: why_export for fmt in EXPORT_NAMES})
 
@@ -123,35 +136,106 @@ def quick_group(work: Path, threads: int, *, max_new_tokens: int = 16, batch_siz
             manifest = Bundle.load(b, verify=False)
             model, n_ctx = manifest.file("model"), manifest.get("context_length")
         cases.append(case(fmt, SDK, "sdk_text", b, failed.get(fmt), bundle=str(b)))
-        if fmt in ("onnx-fp32", "onnx-int8"):
+        if fmt == "onnx-fp32":
             peer = _peer_dir(b, work / "peer" / fmt) if b else None
             cases.append(case(fmt, "optimum", "optimum_text", b, failed.get(fmt), onnx_dir=str(peer)))
         if fmt == "gguf-q8_0":
             cases.append(case(fmt, "llama-cpp-python", "llama_text", b, failed.get(fmt), gguf=str(model), n_ctx=n_ctx))
     cid = lambda fmt, impl: f"{task}/{fmt}/{impl}"  # noqa: E731
-    comps = [Comparison(f"{task}.{key}", cid(*a), cid(*b), what, metric) for key, a, b, what, metric in QUICK_COMPARISONS]
+    comps = [Comparison(f"{task}.{key}", cid(*a), cid(*b), what, metric) for key, a, b, what, metric in LLM_COMPARISONS]
     return Group(task, cases, comps, agreement(cid(*TORCH)),
-                 note=f"tiny random Llama from tests/kit.py exported by edgesight.export, {len(QUICK_PROMPTS)} ChatML "
-                      f"prompts, greedy, up to {max_new_tokens} new tokens")
+                 note=f"{note}, exported by edgesight.export; {len(QUICK_PROMPTS)} ChatML prompts, greedy, "
+                      f"up to {max_new_tokens} new tokens")
 
 
 # --- what a run measures ---------------------------------------------------------------------------
 
-def task_groups(work: Path, threads: int, quick: bool) -> dict[str, callable]:
+def task_groups(work: Path, threads: int, quick: bool, roots: list[Path] = ()) -> dict[str, callable]:
     """Group builders by name: the quick tiny-LLM group, and (full runs) one group per registry task."""
     from edgesight.registry import TASKS
 
-    builders = {"tiny-llm": lambda: quick_group(work / "tiny-llm", threads)}
+    tiny = work / "tiny-llm"
+    builders = {"tiny-llm": lambda: llm_group("tiny-llm", tiny_llama, tiny, threads, max_new_tokens=16,
+                                              note="tiny random Llama from tests/kit.py")}
+    if quick:  # the keywords task itself on two of the tiny bundles (built by the tiny-llm group)
+        builders["keywords"] = lambda: task_group("keywords", tiny, threads, [tiny / "bundles" / "gguf-q8_0",
+                                                                              tiny / "bundles" / "onnx"],
+                                                  default=False, seeds=False)  # tiny-llm has the torch peer
     if not quick:
+        builders["smollm2"] = lambda: llm_group("smollm2", smollm2, work / "smollm2", threads, max_new_tokens=32,
+                                                note="real SmolLM2-135M-Instruct (base, no adapter)")
         for name in TASKS:
-            builders[name] = lambda name=name: full_group(name, work / name, threads)
+            builders[name] = lambda name=name: task_group(name, work / name, threads, list(roots))
     return builders
 
 
-def full_group(task: str, work: Path, threads: int) -> Group:
-    """A registry task at real size (filled in as the tasks land)."""
+def find_bundles(task: str, roots: list[Path], default: bool = True) -> list:
+    """The task's embedded default bundle (if `default`) and every bundle for `task` under `roots`."""
+    from edgesight import defaults
+    from edgesight.bundle import MANIFEST, Bundle
+
+    dirs = [defaults.default_bundle_dir(task)] * default
+    dirs += [m.parent for r in roots for m in sorted(Path(r).glob(f"**/{MANIFEST}"))]
+    found, seen = [], set()
+    for d in dirs:
+        if (d / MANIFEST).is_file() and d.resolve() not in seen:
+            seen.add(d.resolve())
+            b = Bundle.load(d, verify=False)
+            if b.task == task:
+                found.append(b)
+    return found
+
+
+# fidelity fields that are sizes of the check, not results of it
+NOT_METRICS = {"probes", "new_tokens", "mean_reference_length", "images", "max_new_tokens", "prompts", "n"}
+
+
+def fidelity(bundles: dict[str, object]):
+    """Quality of a task case: the agreement with the torch reference measured at export (manifest)."""
+    def score(outputs: dict[str, list]) -> dict[str, dict]:
+        return {cid: {f"export_{k}": v for k, v in (b.get("fidelity") or {}).items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_METRICS}
+                for cid, b in bundles.items() if cid in outputs and b.get("fidelity")}
+    return score
+
+
+def task_group(task: str, work: Path, threads: int, roots: list[Path], default: bool = True,
+               seeds: bool = True) -> Group:
+    """A registry task on every bundle found for it: the SDK task, and for text models peers that
+    replay the task's own model calls (the SDK TextModel alone, raw llama-cpp-python on the same
+    GGUF, optimum on the same ONNX files, and the seeds' transformers + PeftModel path)."""
     from edgesight.registry import TASKS
 
     spec = TASKS[task]
-    cases = [Case(task, fmt, "edgesight", skip="real-size case not defined yet") for fmt in spec.formats]
-    return Group(task, cases)
+    bundles = find_bundles(task, roots, default)
+    if not bundles:
+        return Group(task, [Case(task, "any", SDK, skip=f"no {task} bundle on this machine: run `edgesight build-defaults` "
+                                                      "or pass --bundles DIR with exported bundles")])
+    common = {"task": task, "threads": threads, "batch_size": 4,
+              "inputs_from": f"edgesight.tasks.{spec.module}:SAMPLE_INPUTS"}
+    labels = [f"{b.format}-{b.precision}" for b in bundles]
+    cases, comps, by_case, seeds_done = [], [], {}, not seeds
+    for b, label in zip(bundles, labels):
+        fmt = label if labels.count(label) == 1 else f"{label}-{b.kind}"
+        params = {**common, "bundle": str(b.path)}
+        sdk = Case(task, fmt, SDK, "benchmarks.impls:sdk_task", params, str(b.path))
+        cases.append(sdk)
+        by_case[sdk.id] = b
+        if b.kind not in ("causal-lm", "seq2seq"):
+            continue
+        peers = ["textmodel", {"gguf": "llama-cpp-python", "onnx": "optimum"}.get(b.format)]
+        prov = b.get("provenance") or {}
+        if not seeds_done and prov.get("base") and Path(prov["base"]).exists():
+            peers.append("transformers")  # the seeds' path, once per task: it is slow to load
+            seeds_done = True
+        for peer in filter(None, peers):
+            extra = {"peer": peer, "base": prov.get("base"), "adapter": prov.get("adapter")}
+            if peer == "optimum":
+                extra["onnx_dir"] = str(_peer_dir(b.path, work / "peer" / fmt))
+            case = Case(task, fmt, peer, "benchmarks.impls:replay_task", {**params, **extra}, str(b.path))
+            cases.append(case)
+            comps.append(Comparison(f"{task}.{fmt}.edgesight_over_{peer.replace('-', '_')}", sdk.id, case.id,
+                                    f"{spec.cls} vs {peer} doing the same model calls"))
+    return Group(task, cases, comps, fidelity(by_case),
+                 note=f"{spec.cls} on {len(bundles)} bundle(s), inputs: the task's SAMPLE_INPUTS; peers replay the "
+                      "prompts and generation settings the task sent to its model; quality = export-time fidelity")

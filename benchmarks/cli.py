@@ -31,6 +31,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--work", type=Path, default=SCRATCH, help="where built artifacts are cached")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--quick", action="store_true", help="tiny models built on the fly (what CI runs)")
+    run.add_argument("--bundles", type=Path, action="append", default=[],
+                     help="also benchmark every bundle under this directory (repeatable; full runs)")
     run.add_argument("--json", dest="json_out", type=Path, default=None,
                      help="results JSON (default .cache/bench/quick.json or benchmarks/results/full.json); "
                           ".md and .png are written next to it")
@@ -50,14 +52,14 @@ def run(args) -> dict:
     quick = getattr(args, "quick", False) or args.bench_command == "guard"
     threads = default_threads(args.threads)
     rounds = args.rounds or (12 if quick else 9)
-    builders = task_groups(args.work, threads, quick)
+    builders = task_groups(args.work, threads, quick, getattr(args, "bundles", []))
     chosen = args.task or list(builders)
     unknown = [t for t in chosen if t not in builders]
     if unknown:
         raise InputError(f"unknown task(s) {', '.join(unknown)} for a {'quick' if quick else 'full'} run; "
                          f"choose from: {', '.join(builders)}")
     settings = {"threads": threads, "rounds": rounds, "warmup": args.warmup, "batch_rounds": args.batch_rounds,
-                "tasks": chosen}
+                "tasks": chosen, "bundles": [str(b) for b in getattr(args, "bundles", [])]}
     results = report.header("quick" if quick else "full", settings)
     results.update(cases=[], ratios=[], notes=[])
     for name in chosen:

@@ -3,11 +3,17 @@
 A factory takes JSON params and returns a `Runner`: `call()` runs the next input (cycling through
 `inputs`, so prefix caches see realistic traffic, not one repeated prompt), `batch()` runs the first
 `batch_size` inputs through the implementation's list API (peers without one loop), `outputs()`
-runs the eval inputs. `items()` counts what the last call produced (tokens), outside the timing. Peers are the seeds' path (transformers, + PeftModel when an adapter is
-given), optimum's ORTModelForCausalLM on the same ONNX file, and raw llama-cpp-python on the same GGUF.
+runs the eval inputs. `items()` counts what the last call produced (tokens), outside the timing.
+
+Peers: the seeds' path (transformers fp32, + PeftModel when there is an adapter), optimum's
+ORTModel* on the same ONNX files, raw llama-cpp-python on the same GGUF. At task level the peers
+replay exactly the prompts and generation settings the SDK task sent to its model (recorded once at
+load), so SDK / peer is the cost of everything the SDK adds around the same model work.
 """
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
 from typing import Callable
 
 
@@ -39,16 +45,112 @@ class Runner:
         return self.run(self.eval_inputs)[0]
 
 
-# --- text generation on one causal LM: the SDK and three peers -------------------------------
+def _loop(gen) -> Callable[[list], tuple[list, int]]:
+    """Run `gen(prompt) -> (text, tokens)` over a list, one at a time (as the seeds do)."""
+    def run(prompts):
+        done = [gen(p) for p in prompts]
+        return [t for t, _ in done], sum(n for _, n in done)
+    return run
+
+
+# --- the backends' own generation, shared by model-level and task-level peers -------------------
+
+def _hf_kwargs(config) -> dict:
+    kw = dict(max_new_tokens=config.max_new_tokens, num_beams=config.num_beams, do_sample=config.do_sample,
+              no_repeat_ngram_size=config.no_repeat_ngram_size, length_penalty=config.length_penalty,
+              early_stopping=config.early_stopping, repetition_penalty=config.repetition_penalty)
+    if config.do_sample:
+        kw.update(temperature=config.temperature, top_k=config.top_k or None, top_p=config.top_p)
+    if config.eos_token_ids:
+        kw["eos_token_id"] = list(config.eos_token_ids)
+    return kw
+
+
+def hf_generator(model, tok, seq2seq: bool = False):
+    """transformers/optimum generate(): gen(prompt, config) -> (text, new tokens)."""
+    import torch
+
+    def gen(prompt, config):
+        if config.do_sample and config.seed is not None:
+            torch.manual_seed(config.seed)
+        enc = tok(prompt, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(**enc, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None
+                                 else model.generation_config.eos_token_id, **_hf_kwargs(config))
+        new = out[0, 1:] if seq2seq else out[0, enc["input_ids"].shape[1]:]
+        return tok.decode(new, skip_special_tokens=True).strip(), int(new.numel())
+    return gen
+
+
+def llama_generator(path, threads: int, n_ctx: int | None = None, lora: str | None = None):
+    """Raw llama-cpp-python: tokenize, generate to EOS / the token limit, detokenize."""
+    from llama_cpp import Llama, LlamaGrammar
+
+    llm = Llama(model_path=str(path), lora_path=lora, n_threads=threads, n_threads_batch=threads,
+                n_ctx=n_ctx or 2048, n_batch=512, verbose=False, seed=0)
+    grammars = {}
+
+    def gen(prompt, config):
+        ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        eos = set(config.eos_token_ids) or {llm.token_eos()}
+        kw = dict(temp=0.0, top_k=1) if not config.do_sample else dict(temp=config.temperature, top_k=config.top_k,
+                                                                          top_p=config.top_p)
+        if config.grammar:
+            kw["grammar"] = grammars.get(config.grammar) or grammars.setdefault(
+                config.grammar, LlamaGrammar.from_string(config.grammar, verbose=False))
+        new = []
+        for token in llm.generate(ids, repeat_penalty=config.repetition_penalty, reset=True, **kw):
+            if token in eos:
+                break
+            new.append(token)
+            if len(new) == config.max_new_tokens:
+                break
+        return llm.detokenize(new).decode(errors="replace").strip(), len(new)
+    return gen
+
+
+def seeds_generator(base, adapter, threads: int, seq2seq: bool = False):
+    """The seeds' path: transformers fp32 on CPU (a .gguf base is dequantized, as training does) + PeftModel."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    base = Path(base)
+    where, kw = (base.parent, {"gguf_file": base.name}) if base.suffix == ".gguf" else (base, {})
+    tok = AutoTokenizer.from_pretrained(where, **kw)
+    model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(where, dtype=torch.float32, **kw)
+    if adapter:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, adapter)
+    return hf_generator(model.eval(), tok, seq2seq)
+
+
+def optimum_model(onnx_dir, threads: int, seq2seq: bool = False):
+    import onnxruntime as ort
+    from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSeq2SeqLM
+    from transformers import AutoTokenizer
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = so.inter_op_num_threads = threads
+    cls = ORTModelForSeq2SeqLM if seq2seq else ORTModelForCausalLM
+    model = cls.from_pretrained(onnx_dir, session_options=so, use_cache=True, provider="CPUExecutionProvider")
+    return hf_generator(model, AutoTokenizer.from_pretrained(onnx_dir), seq2seq)
+
+
+def _greedy(params):
+    from edgesight.generation import GenerationConfig
+    return GenerationConfig(max_new_tokens=params["max_new_tokens"])
+
+
+# --- model level: one causal LM, the SDK and three peers ----------------------------------------
 
 def sdk_text(params: dict) -> Runner:
     """edgesight's TextModel (ONNX numpy loop or llama.cpp) on a bundle."""
     from edgesight.backends import open_text_model
     from edgesight.bundle import Bundle
-    from edgesight.generation import GenerationConfig
 
     model = open_text_model(Bundle.load(params["bundle"]), threads=params["threads"])
-    config = GenerationConfig(max_new_tokens=params["max_new_tokens"])
+    config = _greedy(params)
 
     def run(prompts):  # what TextModel.generate does, keeping the ids to count tokens
         ids = [seqs[0] for seqs in model.generate_ids(prompts, config)]
@@ -56,73 +158,111 @@ def sdk_text(params: dict) -> Runner:
     return Runner(run, params)
 
 
-def _hf_generate(model, tok, max_new_tokens: int):
-    import torch
-
-    def run(prompts):
-        texts, n = [], 0
-        for prompt in prompts:  # one at a time, as the seeds do
-            enc = tok(prompt, return_tensors="pt", add_special_tokens=False)
-            with torch.inference_mode():
-                out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                     pad_token_id=tok.pad_token_id or model.generation_config.eos_token_id)
-            new = out[0, enc["input_ids"].shape[1]:]
-            texts.append(tok.decode(new, skip_special_tokens=True).strip())
-            n += int(new.numel())
-        return texts, n
-    return run
-
-
 def torch_text(params: dict) -> Runner:
     """The seeds' path: transformers fp32 on CPU, with PeftModel when the case has an adapter."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.set_num_threads(params["threads"])
-    kw = {"gguf_file": params["gguf_file"]} if params.get("gguf_file") else {}
-    tok = AutoTokenizer.from_pretrained(params["hf_dir"], **kw)
-    model = AutoModelForCausalLM.from_pretrained(params["hf_dir"], dtype=torch.float32, **kw).eval()
-    if params.get("adapter"):
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, params["adapter"]).eval()
-    return Runner(_hf_generate(model, tok, params["max_new_tokens"]), params)
+    gen, config = seeds_generator(params["hf_dir"], params.get("adapter"), params["threads"]), _greedy(params)
+    return Runner(_loop(lambda p: gen(p, config)), params)
 
 
 def optimum_text(params: dict) -> Runner:
     """optimum's ORTModelForCausalLM on a directory whose model.onnx is the SDK bundle's file."""
-    import onnxruntime as ort
-    from optimum.onnxruntime import ORTModelForCausalLM
-    from transformers import AutoTokenizer
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = so.inter_op_num_threads = params["threads"]
-    model = ORTModelForCausalLM.from_pretrained(params["onnx_dir"], session_options=so, use_cache=True,
-                                                provider="CPUExecutionProvider")
-    tok = AutoTokenizer.from_pretrained(params["onnx_dir"])
-    return Runner(_hf_generate(model, tok, params["max_new_tokens"]), params)
+    gen, config = optimum_model(params["onnx_dir"], params["threads"]), _greedy(params)
+    return Runner(_loop(lambda p: gen(p, config)), params)
 
 
 def llama_text(params: dict) -> Runner:
-    """Raw llama-cpp-python: tokenize, greedy generate to EOS or the token limit, detokenize."""
-    from llama_cpp import Llama
+    gen, config = llama_generator(params["gguf"], params["threads"], params.get("n_ctx")), _greedy(params)
+    return Runner(_loop(lambda p: gen(p, config)), params)
 
-    t = params["threads"]
-    llm = Llama(model_path=params["gguf"], n_threads=t, n_threads_batch=t, n_ctx=params.get("n_ctx") or 2048,
-                n_batch=512, verbose=False, seed=0)
-    eos = llm.token_eos()
 
-    def run(prompts):
-        texts, n = [], 0
-        for prompt in prompts:
-            ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
-            new = []
-            for token in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
-                if token == eos:
-                    break
-                new.append(token)
-                if len(new) == params["max_new_tokens"]:
-                    break
-            texts.append(llm.detokenize(new).decode(errors="replace").strip())
-            n += len(new)
-        return texts, n
-    return Runner(run, params)
+# --- task level: an edgesight task, and peers replaying its model calls -------------------------
+
+def _inputs(params: dict) -> list:
+    """Inputs given inline, or "module:NAME" of a task module's SAMPLE_INPUTS (images are not JSON)."""
+    if "inputs_from" in params:
+        module, name = params["inputs_from"].split(":")
+        return list(getattr(importlib.import_module(module), name))
+    return params["inputs"]
+
+
+def _task(params: dict):
+    from edgesight.registry import TASKS
+    return TASKS[params["task"]].load_class().from_pretrained(params["bundle"], threads=params["threads"])
+
+
+def sdk_task(params: dict) -> Runner:
+    """The edgesight task class on a bundle: pre-processing, model, post-processing, typed result."""
+    task = _task(params)
+    inputs = _inputs(params)
+
+    def run(xs):
+        results = task(list(xs))
+        return [r.to_dict() if hasattr(r, "to_dict") else r for r in results], len(xs)
+    return Runner(run, {**params, "inputs": inputs})
+
+
+def record_model_calls(task, inputs: list) -> tuple[object, list[list[tuple]]]:
+    """Run the task once per input with its TextModel wrapped; return the model and, per input,
+    the (prompts, GenerationConfig) it was asked to generate."""
+    owners = [task, *(v for v in vars(task).values() if hasattr(v, "__dict__"))]
+    found = [(o, k) for o in owners for k, v in vars(o).items() if hasattr(v, "generate_ids") and hasattr(v, "backend")]
+    if not found:
+        raise TypeError(f"{type(task).__name__} has no text model to replay (an image model?)")
+    owner, attr = found[0]
+    real, calls = getattr(owner, attr), []
+
+    class Recorder:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def generate(self, prompts, config):
+            calls[-1].append((list(prompts), config))
+            return real.generate(prompts, config)
+
+        def generate_ids(self, prompts, config):
+            calls[-1].append((list(prompts), config))
+            return real.generate_ids(prompts, config)
+
+    setattr(owner, attr, Recorder())
+    try:
+        for x in inputs:
+            calls.append([])
+            task(x)
+    finally:
+        setattr(owner, attr, real)
+    return real, calls
+
+
+def replay_task(params: dict) -> Runner:
+    """A peer doing only the model work the SDK task did: the recorded prompts and settings, run by
+    `params["peer"]`: "llama-cpp-python" (same GGUF), "optimum" (same ONNX files) or "textmodel"
+    (the SDK's own TextModel without the task around it)."""
+    from edgesight.bundle import Bundle
+
+    task = _task(params)
+    model, calls = record_model_calls(task, _inputs(params))
+    bundle, peer, threads = Bundle.load(params["bundle"], verify=False), params["peer"], params["threads"]
+    if peer == "textmodel":
+        def gen(prompt, config):
+            ids = model.generate_ids([prompt], config)[0][0]
+            return model.decode(ids), len(ids)
+    else:
+        del task, model  # free the SDK's copy of the weights before the peer loads its own
+        if peer == "transformers":
+            gen = seeds_generator(params["base"], params.get("adapter"), threads, seq2seq=bundle.kind == "seq2seq")
+        elif peer == "llama-cpp-python":
+            gen = llama_generator(bundle.file("model"), threads, bundle.get("context_length"),
+                                  str(bundle.file("lora")) if bundle.has("lora") else None)
+        else:
+            gen = optimum_model(params["onnx_dir"], threads, seq2seq=bundle.kind == "seq2seq")
+
+    def run(indices):
+        outs, n = [], 0
+        for i in indices:
+            for prompts, config in calls[i]:
+                for p in prompts:
+                    text, k = gen(p, config)
+                    outs.append(text)
+                    n += k or 0
+        return outs, n
+    return Runner(run, {**params, "inputs": list(range(len(calls)))})
