@@ -146,6 +146,64 @@ def read_catalog_csv(path, *, require_image: bool = True) -> tuple[list[Product]
     return products, report
 
 
+IVF_MIN_ITEMS = 20_000   # below this an exact scan is already a few milliseconds
+
+
+def _top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-k of a (Q, N) similarity matrix, best first."""
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else np.tile(np.arange(sims.shape[1]), (len(sims), 1))
+    order = np.take_along_axis(sims, top, 1).argsort(axis=1)[:, ::-1]
+    idx = np.take_along_axis(top, order, 1)
+    return idx, np.take_along_axis(sims, idx, 1)
+
+
+def _top_k_rows(q: np.ndarray, embeddings: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k among candidate `rows` only, padded with the best of the rest if the lists held fewer than k."""
+    if len(rows) < k:
+        rows = np.concatenate([rows, np.setdiff1d(np.arange(len(embeddings)), rows)[:k - len(rows)]])
+    idx, sims = _top_k((embeddings[rows] @ q)[None], k)
+    return rows[idx[0]], sims[0]
+
+
+@dataclass
+class InvertedFile:
+    """Spherical k-means lists over unit embeddings: centroids (L, dim), the list of every row, and the
+    rows grouped by list (order/offsets) so a probe is a slice, not a scan."""
+    centroids: np.ndarray
+    assign: np.ndarray
+    order: np.ndarray = None
+    offsets: np.ndarray = None
+
+    @classmethod
+    def train(cls, x: np.ndarray, lists: int | None = None, iters: int = 8, sample: int = 20_000, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        lists = lists or int(np.sqrt(len(x)))
+        train = x[rng.choice(len(x), min(sample, len(x)), replace=False)]
+        c = train[rng.choice(len(train), lists, replace=False)].copy()
+        for _ in range(iters):
+            a = (train @ c.T).argmax(1)
+            sums = np.zeros_like(c)
+            np.add.at(sums, a, train)
+            empty = np.bincount(a, minlength=lists) == 0
+            sums[empty] = train[rng.choice(len(train), int(empty.sum()))]  # re-seed empty lists
+            c = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+        ivf = cls(c.astype(np.float32), np.zeros(0, np.int32))
+        ivf.assign = np.concatenate([ivf.nearest(x[i:i + 8192]) for i in range(0, len(x), 8192)])
+        ivf.reorder()
+        return ivf
+
+    def nearest(self, x: np.ndarray) -> np.ndarray:
+        return (np.atleast_2d(x) @ self.centroids.T).argmax(1).astype(np.int32)
+
+    def reorder(self) -> None:
+        self.order = np.argsort(self.assign, kind="stable")
+        self.offsets = np.searchsorted(self.assign[self.order], np.arange(len(self.centroids) + 1))
+
+    def candidates(self, q: np.ndarray, nprobe: int) -> np.ndarray:
+        probe = np.argpartition(-(self.centroids @ q), min(nprobe, len(self.centroids)) - 1)[:nprobe]
+        return np.concatenate([self.order[self.offsets[p]:self.offsets[p + 1]] for p in probe])
+
+
 class CatalogIndex:
     """Unit embeddings (N, dim) float32 + one metadata dict per row; search is one matrix-vector product."""
 
@@ -154,6 +212,8 @@ class CatalogIndex:
         if embeddings.ndim != 2 or len(embeddings) != len(products):
             raise CatalogError(f"{len(products)} products but embeddings of shape {embeddings.shape}")
         self.embeddings, self.products, self.encoder = embeddings, list(products), dict(encoder)
+        self._ivf: InvertedFile | None = None
+        self.nprobe = 16
         self._rows = {p.title: i for i, p in enumerate(self.products)}
         if len(self._rows) != len(self.products):
             dupes = sorted({p.title for p in self.products if sum(q.title == p.title for q in self.products) > 1})
@@ -178,21 +238,29 @@ class CatalogIndex:
         except KeyError:
             raise CatalogError(f"no product titled {title!r} in the catalogue ({len(self)} products)") from None
 
-    def search(self, queries: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int = 5, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows by cosine similarity for unit query rows (Q, dim): (indices (Q, k), similarities (Q, k)).
-        One BLAS matrix product + argpartition (O(N) selection, only the k winners are sorted)."""
+
+        Up to IVF_MIN_ITEMS items: exact, one BLAS matrix product + argpartition (only the k winners are
+        sorted). Above: an inverted file (spherical k-means, ~sqrt(N) lists) built on first use; a query
+        scans only the `nprobe` lists nearest to it (sub-linear). exact=True forces the full scan."""
         if not len(self):
             raise CatalogError("the catalogue is empty; add products before searching")
         queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if queries.shape[1] != self.dim:
             raise CatalogError(f"query embedding has {queries.shape[1]} dims, the catalogue {self.dim}: "
                                "it was built with another encoder; rebuild the index with this one")
-        sims = queries @ self.embeddings.T
         k = min(k, len(self))
-        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < len(self) else np.tile(np.arange(len(self)), (len(sims), 1))
-        order = np.take_along_axis(sims, top, 1).argsort(axis=1)[:, ::-1]
-        idx = np.take_along_axis(top, order, 1)
-        return idx, np.take_along_axis(sims, idx, 1)
+        if exact or (exact is None and len(self) < IVF_MIN_ITEMS):
+            return _top_k(queries @ self.embeddings.T, k)
+        ivf = self.ivf()
+        rows, sims = zip(*(_top_k_rows(q, self.embeddings, ivf.candidates(q, self.nprobe), k) for q in queries))
+        return np.stack(rows), np.stack(sims)
+
+    def ivf(self) -> "InvertedFile":
+        if self._ivf is None:
+            self._ivf = InvertedFile.train(self.embeddings)
+        return self._ivf
 
     # -- updates: no retraining, just rows --------------------------------------------------------
     def add(self, product: Product, embedding: np.ndarray, *, replace: bool = False) -> None:
@@ -207,10 +275,16 @@ class CatalogIndex:
                                    "or give the new product a distinct title")
             row = self._rows[product.title]
             self.products[row], self.embeddings[row] = product, emb[0]
+            if self._ivf is not None:
+                self._ivf.assign[row] = self._ivf.nearest(emb)[0]
+                self._ivf.reorder()
             return
         self._rows[product.title] = len(self.products)
         self.products.append(product)
         self.embeddings = np.concatenate([self.embeddings, emb])
+        if self._ivf is not None:  # the new row joins its nearest list; centroids stay as trained
+            self._ivf.assign = np.append(self._ivf.assign, self._ivf.nearest(emb))
+            self._ivf.reorder()
 
     def set_price(self, title: str, price) -> None:
         try:
@@ -223,6 +297,9 @@ class CatalogIndex:
         del self.products[row]
         self.embeddings = np.delete(self.embeddings, row, axis=0)
         self._rows = {p.title: i for i, p in enumerate(self.products)}
+        if self._ivf is not None:
+            self._ivf.assign = np.delete(self._ivf.assign, row)
+            self._ivf.reorder()
 
     # -- persistence --------------------------------------------------------------------------------
     def save(self, out, *, source: str | None = None) -> Bundle:
@@ -240,6 +317,10 @@ class CatalogIndex:
         w.set_role("catalog_embeddings", f"{prefix}embeddings.npy")
         w.add_json({"encoder": self.encoder, "products": [p.to_dict() for p in self.products]},
                    f"{prefix}items.json", role="catalog_items")
+        if self._ivf is not None:  # a trained inverted file is kept: retraining it at 100k items takes ~30 s
+            for role, arr in (("catalog_ivf_centroids", self._ivf.centroids), ("catalog_ivf_assign", self._ivf.assign)):
+                np.save(w.dir / f"{prefix}{role[8:]}.npy", arr, allow_pickle=False)
+                w.set_role(role, f"{prefix}{role[8:]}.npy")
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> "CatalogIndex":
@@ -249,7 +330,12 @@ class CatalogIndex:
             raise BundleError(f"{bundle.path}: bundle carries no catalogue index; pass catalog=CSV or an index directory")
         emb = np.load(bundle.file("catalog_embeddings"), allow_pickle=False)
         meta = json.loads(bundle.file("catalog_items").read_text(encoding="utf-8"))
-        return cls(emb, [Product(**p) for p in meta["products"]], meta["encoder"])
+        index = cls(emb, [Product(**p) for p in meta["products"]], meta["encoder"])
+        if bundle.has("catalog_ivf_centroids"):
+            index._ivf = InvertedFile(np.load(bundle.file("catalog_ivf_centroids"), allow_pickle=False),
+                                      np.load(bundle.file("catalog_ivf_assign"), allow_pickle=False))
+            index._ivf.reorder()
+        return index
 
     @classmethod
     def load(cls, path) -> "CatalogIndex":

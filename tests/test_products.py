@@ -165,10 +165,31 @@ def test_search_matches_brute_force_on_a_large_random_index():
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     index = CatalogIndex(emb, [Product(f"p{i}", None, 1.0) for i in range(len(emb))], {})
     q = emb[[7, 19_999]] + 0.01 * rng.standard_normal((2, 64)).astype(np.float32)
-    idx, sims = index.search(q / np.linalg.norm(q, axis=1, keepdims=True), k=5)
+    idx, sims = index.search(q / np.linalg.norm(q, axis=1, keepdims=True), k=5, exact=True)
     brute = np.argsort(-(q / np.linalg.norm(q, axis=1, keepdims=True)) @ emb.T, axis=1)[:, :5]
     np.testing.assert_array_equal(idx, brute)
     assert idx[0, 0] == 7 and idx[1, 0] == 19_999 and np.all(np.diff(sims, axis=1) <= 0)
+
+
+def test_inverted_file_agrees_with_exact_search_and_follows_updates(tmp_path):
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((5_000, 32)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    index = CatalogIndex(emb, [Product(f"p{i}", None, 1.0) for i in range(len(emb))], {})
+    rows = rng.integers(0, len(emb), 40)
+    q = emb[rows] + 0.05 * rng.standard_normal((40, 32)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    exact = index.search(q, 3, exact=True)[0]
+    approx = index.search(q, 3, exact=False)[0]          # trains the inverted file on first use
+    assert len(index.ivf().centroids) == 70 and (approx[:, 0] == exact[:, 0]).mean() >= 0.95
+    new = rng.standard_normal(32).astype(np.float32)
+    index.add(Product("new", None, 2.0), new)
+    assert index.products[index.search(new / np.linalg.norm(new), 1, exact=False)[0][0, 0]].title == "new"
+    index.remove(f"p{rows[0]}")
+    assert f"p{rows[0]}" not in [index.products[i].title for i in index.search(q[:1], 3, exact=False)[0][0]]
+    loaded = CatalogIndex.load(index.save(tmp_path / "ivf").path)
+    assert loaded._ivf is not None
+    np.testing.assert_array_equal(loaded.search(q, 3, exact=False)[0], index.search(q, 3, exact=False)[0])
 
 
 def test_price_helpers():
