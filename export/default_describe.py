@@ -95,3 +95,23 @@ def build(out_dir, *, threads: int = 1, progress: bool | None = None) -> Path:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out_dir
+
+
+def main(argv=None) -> None:
+    """`python -m edgesight.export.default_describe --base B --adapter A --out O [--formats ...]`: the
+    generic `edgesight export` plus what describe bundles need (prompt, vocabulary, beam settings)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m edgesight.export.default_describe", description=main.__doc__)
+    p.add_argument("--base", required=True, help="HF directory (e.g. flan-t5-small) or .gguf")
+    p.add_argument("--adapter", required=True, help="adapter from `edgesight train describe`")
+    p.add_argument("--out", required=True, help="one bundle per format in OUT/<format>")
+    p.add_argument("--formats", default=DEFAULT_FORMAT, help="comma-separated (seq2seq: onnx,onnx-int8)")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    report = export_describer(args.base, args.adapter, args.out, formats=args.formats.split(","), threads=args.threads)
+    print(report.table())
+
+
+if __name__ == "__main__":
+    main()

@@ -596,11 +596,11 @@ def run_eval(args) -> dict:
     if args.seed_path and task is not None:
         from ..training.descriptions import seed_path
         prov = task.bundle.get("provenance") or {}
-        base = args.base or prov.get("base_path")
+        base = args.base or prov.get("base")
         if base is None:
             from ..export.weights import smollm2_gguf
             base = str(smollm2_gguf())
-        adapter = args.adapter or prov.get("adapter_path") or _shipped_adapter()
+        adapter = args.adapter or prov.get("adapter") or _shipped_adapter()
         describe = seed_path(base, adapter, kind="seq2seq" if task.bundle.kind == "seq2seq" else "causal", threads=task.threads)
         sentences, latency = _timed(describe, timed)
         ref = [task.finish(parse_input(x), s) for x, s in zip(timed, sentences)]
