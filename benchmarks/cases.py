@@ -169,6 +169,15 @@ def task_groups(work: Path, threads: int, quick: bool, roots: list[Path] = ()) -
     return builders
 
 
+def build_default(task: str, out: Path, threads: int) -> Path:
+    """The task's embedded default bundle, built as `edgesight build-defaults` does (cached in `out`)."""
+    import importlib
+
+    if not (out / "edgesight.json").is_file():
+        importlib.import_module(f"edgesight.export.default_{task}").build(out, threads=threads, progress=False)
+    return out
+
+
 def find_bundles(task: str, roots: list[Path], default: bool = True) -> list:
     """The task's embedded default bundle (if `default`) and every bundle for `task` under `roots`."""
     from edgesight import defaults
@@ -207,25 +216,31 @@ def task_group(task: str, work: Path, threads: int, roots: list[Path], default: 
     from edgesight.registry import TASKS
 
     spec = TASKS[task]
+    why = "no bundle found"
+    if default and not find_bundles(task, [], default=True):  # build the embedded default into the work dir
+        built, why = _first_error(build_default, task, work / "default", threads)
+        roots = [*roots, *([built] if built else [])]
     bundles = find_bundles(task, roots, default)
     if not bundles:
-        return Group(task, [Case(task, "any", SDK, skip=f"no {task} bundle on this machine: run `edgesight build-defaults` "
-                                                      "or pass --bundles DIR with exported bundles")])
+        return Group(task, [Case(task, "default", SDK, skip=f"no {task} bundle: {why}; run `edgesight build-defaults` "
+                                                          "or pass --bundles DIR with exported bundles")])
     common = {"task": task, "threads": threads, "batch_size": 4,
-              "inputs_from": f"edgesight.tasks.{spec.module}:SAMPLE_INPUTS"}
+              "inputs_from": f"edgesight.tasks.{spec.module}:SAMPLE_INPUTS"}  # unless the bundle ships samples/
     labels = [f"{b.format}-{b.precision}" for b in bundles]
     cases, comps, by_case, seeds_done = [], [], {}, not seeds
     for b, label in zip(bundles, labels):
         fmt = label if labels.count(label) == 1 else f"{label}-{b.kind}"
-        params = {**common, "bundle": str(b.path)}
+        samples = sorted(str(p) for p in (b.path / "samples").glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        params = {**common, "bundle": str(b.path), **({"inputs": samples} if samples else {})}
         sdk = Case(task, fmt, SDK, "benchmarks.impls:sdk_task", params, str(b.path))
         cases.append(sdk)
         by_case[sdk.id] = b
-        if b.kind not in ("causal-lm", "seq2seq"):
-            continue
-        peers = ["textmodel", {"gguf": "llama-cpp-python", "onnx": "optimum"}.get(b.format)]
+        if b.kind not in ("causal-lm", "seq2seq"):  # image / tagging models: raw onnxruntime sessions
+            peers = ["onnxruntime"] if b.format == "onnx" else []
+        else:
+            peers = ["textmodel", {"gguf": "llama-cpp-python", "onnx": "optimum"}.get(b.format)]
         prov = b.get("provenance") or {}
-        if not seeds_done and prov.get("base") and Path(prov["base"]).exists():
+        if b.kind in ("causal-lm", "seq2seq") and not seeds_done and prov.get("base") and Path(prov["base"]).exists():
             peers.append("transformers")  # the seeds' path, once per task: it is slow to load
             seeds_done = True
         for peer in filter(None, peers):

@@ -179,7 +179,7 @@ def llama_text(params: dict) -> Runner:
 
 def _inputs(params: dict) -> list:
     """Inputs given inline, or "module:NAME" of a task module's SAMPLE_INPUTS (images are not JSON)."""
-    if "inputs_from" in params:
+    if "inputs_from" in params and "inputs" not in params:
         module, name = params["inputs_from"].split(":")
         return list(getattr(importlib.import_module(module), name))
     return params["inputs"]
@@ -201,68 +201,96 @@ def sdk_task(params: dict) -> Runner:
     return Runner(run, {**params, "inputs": inputs})
 
 
-def record_model_calls(task, inputs: list) -> tuple[object, list[list[tuple]]]:
-    """Run the task once per input with its TextModel wrapped; return the model and, per input,
-    the (prompts, GenerationConfig) it was asked to generate."""
-    owners = [task, *(v for v in vars(task).values() if hasattr(v, "__dict__"))]
-    found = [(o, k) for o in owners for k, v in vars(o).items() if hasattr(v, "generate_ids") and hasattr(v, "backend")]
-    if not found:
-        raise TypeError(f"{type(task).__name__} has no text model to replay (an image model?)")
-    owner, attr = found[0]
-    real, calls = getattr(owner, attr), []
+def _is_text_model(v) -> bool:
+    return hasattr(v, "generate_ids") and hasattr(v, "backend")
+
+
+def _is_session(v) -> bool:
+    return type(v).__name__ == "InferenceSession"
+
+
+def _find(obj, match, depth: int = 3, seen=None) -> list[tuple[object, str]]:
+    """(owner, attribute) of every value under `obj` (attributes, `depth` levels) that `match`es."""
+    seen = set() if seen is None else seen
+    if depth == 0 or id(obj) in seen or not hasattr(obj, "__dict__") or isinstance(obj, type):
+        return []
+    seen.add(id(obj))
+    found = []
+    for name, value in list(vars(obj).items()):
+        found += [(obj, name)] if match(value) else _find(value, match, depth - 1, seen)
+    return found
+
+
+def record_calls(task, inputs: list, match, methods: tuple[str, ...]) -> tuple[list, list[list[tuple]]]:
+    """Run the task once per input with every backend object that `match`es wrapped; return those
+    objects and, per input, the calls made to them: (object index, method, args, kwargs)."""
+    places = _find(task, match)
+    if not places:
+        raise TypeError(f"{type(task).__name__} holds no backend object to replay")
+    reals, calls = [getattr(o, a) for o, a in places], []
 
     class Recorder:
+        def __init__(self, index):
+            self.index = index
+
         def __getattr__(self, name):
-            return getattr(real, name)
+            attr = getattr(reals[self.index], name)
+            if name not in methods:
+                return attr
 
-        def generate(self, prompts, config):
-            calls[-1].append((list(prompts), config))
-            return real.generate(prompts, config)
+            def recorded(*args, **kwargs):
+                calls[-1].append((self.index, name, args, kwargs))
+                return attr(*args, **kwargs)
+            return recorded
 
-        def generate_ids(self, prompts, config):
-            calls[-1].append((list(prompts), config))
-            return real.generate_ids(prompts, config)
-
-    setattr(owner, attr, Recorder())
+    for i, (owner, attr) in enumerate(places):
+        setattr(owner, attr, Recorder(i))
     try:
         for x in inputs:
             calls.append([])
             task(x)
     finally:
-        setattr(owner, attr, real)
-    return real, calls
+        for (owner, attr), real in zip(places, reals):
+            setattr(owner, attr, real)
+    return reals, calls
 
 
 def replay_task(params: dict) -> Runner:
-    """A peer doing only the model work the SDK task did: the recorded prompts and settings, run by
-    `params["peer"]`: "llama-cpp-python" (same GGUF), "optimum" (same ONNX files) or "textmodel"
-    (the SDK's own TextModel without the task around it)."""
+    """A peer doing only the backend work the SDK task did, replaying the recorded calls, by
+    `params["peer"]`: "textmodel" / "onnxruntime" (the SDK's own TextModel or onnxruntime sessions,
+    without the task around them), "llama-cpp-python" (same GGUF), "optimum" (same ONNX files),
+    "transformers" (the seeds' path: transformers + PeftModel)."""
     from edgesight.bundle import Bundle
 
-    task = _task(params)
-    model, calls = record_model_calls(task, _inputs(params))
-    bundle, peer, threads = Bundle.load(params["bundle"], verify=False), params["peer"], params["threads"]
-    if peer == "textmodel":
-        def gen(prompt, config):
-            ids = model.generate_ids([prompt], config)[0][0]
-            return model.decode(ids), len(ids)
+    task, peer, threads = _task(params), params["peer"], params["threads"]
+    bundle = Bundle.load(params["bundle"], verify=False)
+    text = peer != "onnxruntime"
+    reals, calls = record_calls(task, _inputs(params), _is_text_model if text else _is_session,
+                                ("generate", "generate_ids") if text else ("run",))
+    if peer in ("textmodel", "onnxruntime"):
+        def replay(i, method, args, kwargs):
+            out = getattr(reals[i], method)(*args, **kwargs)
+            return out, sum(len(seqs[0]) for seqs in out) if method == "generate_ids" else None
     else:
-        del task, model  # free the SDK's copy of the weights before the peer loads its own
+        del task, reals  # free the SDK's copy of the weights before the peer loads its own
+        seq2seq = bundle.kind == "seq2seq"
         if peer == "transformers":
-            gen = seeds_generator(params["base"], params.get("adapter"), threads, seq2seq=bundle.kind == "seq2seq")
+            gen = seeds_generator(params["base"], params.get("adapter"), threads, seq2seq)
         elif peer == "llama-cpp-python":
             gen = llama_generator(bundle.file("model"), threads, bundle.get("context_length"),
                                   str(bundle.file("lora")) if bundle.has("lora") else None)
         else:
-            gen = optimum_model(params["onnx_dir"], threads, seq2seq=bundle.kind == "seq2seq")
+            gen = optimum_model(params["onnx_dir"], threads, seq2seq)
 
-    def run(indices):
-        outs, n = [], 0
+        def replay(i, method, args, kwargs):
+            prompts, config = args[0], args[1] if len(args) > 1 else kwargs["config"]
+            done = [gen(p, config) for p in prompts]
+            return [t for t, _ in done], sum(n for _, n in done)
+
+    def run(indices):  # outputs are not scored (raw model outputs, no task post-processing)
+        n = 0
         for i in indices:
-            for prompts, config in calls[i]:
-                for p in prompts:
-                    text, k = gen(p, config)
-                    outs.append(text)
-                    n += k or 0
-        return outs, n
+            for call in calls[i]:
+                n += replay(*call)[1] or 1  # tokens generated, or 1 per session run
+        return [None] * len(indices), n
     return Runner(run, {**params, "inputs": list(range(len(calls)))})

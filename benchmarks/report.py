@@ -96,6 +96,7 @@ def plot(run: dict, path: Path) -> bool:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     points = [c for c in run["cases"] if c["status"] == "ok" and c.get("artifact_mb") and c.get("median_ms")]
     tasks = sorted({c["task"] for c in points})
@@ -110,7 +111,12 @@ def plot(run: dict, path: Path) -> bool:
             ax.scatter(c["artifact_mb"], c["median_ms"], color=colours[c["format"]], marker=marker, s=50)
             ax.annotate(f"{c['format']}\n{c['impl']}", (c["artifact_mb"], c["median_ms"]), fontsize=6,
                         xytext=(4, 2), textcoords="offset points")
-        ax.set(title=task, xlabel="artifact size (MB)", ylabel="median latency (ms)", xscale="log")
+        ms = [c["median_ms"] for c in points if c["task"] == task]
+        ax.set(title=task, xlabel="artifact size (MB)", ylabel="median latency per call (ms)", xscale="log",
+               yscale="log" if max(ms) > 30 * min(ms) else "linear")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_formatter(FormatStrFormatter("%g"))
+            axis.set_minor_formatter(FormatStrFormatter("%g"))
         ax.grid(alpha=0.3)
     fig.suptitle(f"edgesight {run['mode']} run, {run['settings']['threads']} thread(s) (o = edgesight, x = peer)", fontsize=9)
     fig.tight_layout()
