@@ -253,3 +253,19 @@ def test_clip_image_tower_exports_as_an_encoder_bundle(tmp_path):
     assert bundle.manifest["fidelity"]["embedding_cosine_min"] > 0.999
     emb = ImageEncoder.from_bundle(bundle).embed([real_photo("coffee"), real_photo("chelsea")])
     assert emb.shape == (2, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+
+
+def test_eval_reports_accuracy_price_error_and_unknowns(default_bundle):
+    import argparse
+
+    from edgesight.tasks.products import add_eval_arguments, run_eval
+
+    p = argparse.ArgumentParser()
+    add_eval_arguments(p)
+    report = run_eval(p.parse_args(["--model", str(default_bundle), "--products", "8", "--views", "1",
+                                    "--holdout", "2", "--ocr", "off", "--threads", "1"]))
+    row = report["results"][0]
+    assert report["catalogue"] == {"products": 8, "views": 1, "held_out": 2, "seed": 0}
+    assert row["queries"] == 8 and row["unknown_queries"] == 2 and row["top1_title_accuracy"] >= 0.5, row
+    assert row["non_product_photos"] == 7 and row["non_product_unknown_rate"] == 1.0, row
+    assert row["price_mae"] >= 0 and row["median_ms"] > 0

@@ -332,11 +332,13 @@ def search_scaling(sizes=(1_000, 10_000, 100_000), dim: int = 1280, queries: int
     return rows
 
 
-def evaluate(task: ProductRecognizer, known: list, unknown: list = (), ocr: bool = False) -> dict:
+def evaluate(task: ProductRecognizer, known: list, unknown: list = (), ocr: bool = False, non_products: list = ()) -> dict:
     """Metrics on (photo, truth) pairs whose truth has .title .category .price; `unknown` pairs are
-    products absent from the catalogue (the right answer is `unknown`)."""
+    products absent from the catalogue, `non_products` photos of anything else (the right answer is `unknown`)."""
     import time
 
+    if non_products:
+        rejected = [task(image, ocr=False).unknown for image in non_products]
     results, times = [], []
     for image, _ in known + list(unknown):
         t0 = time.perf_counter()
@@ -357,6 +359,9 @@ def evaluate(task: ProductRecognizer, known: list, unknown: list = (), ocr: bool
         out["unknown_queries"] = len(unknown)
         out["unknown_detected_rate"] = round(float(np.mean([r.unknown for r in res_unknown])), 4)
         out["similarity_unknown_median"] = round(float(np.median([r.matches[0].similarity for r in res_unknown])), 4)
+    if non_products:
+        out["non_product_photos"] = len(non_products)
+        out["non_product_unknown_rate"] = round(float(np.mean(rejected)), 4)
     if ocr:
         out["ocr_price_read_accuracy"] = round(float(np.mean([r.ocr.price is not None and abs(r.ocr.price - t.price) < 0.005
                                                               for r, t in zip(res_known, truth)])), 4)
@@ -374,6 +379,11 @@ def run_eval(args) -> dict:
     known = queries(listed, views=args.views, seed=args.seed + 1000)
     unknown = queries(held_out, views=1, seed=args.seed + 2000)
     ocr_settings = {"off": [False], "on": [True], "both": [False, True]}[args.ocr]
+    try:  # real photos of non-products (scikit-image's CC0 samples, in the [dev] extra) should all be `unknown`
+        from skimage import data
+        others = [getattr(data, n)() for n in ("astronaut", "chelsea", "coffee", "rocket", "camera", "horse", "coins")]
+    except ImportError:
+        others = []
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = write_catalog(tmp, listed)
@@ -382,7 +392,7 @@ def run_eval(args) -> dict:
             for ocr in ocr_settings:
                 rows.append({"model": str(model or "default"), "encoder": task.bundle.get("name"),
                              "precision": task.bundle.precision, "threshold": task.threshold,
-                             **evaluate(task, known, unknown, ocr=ocr)})
+                             **evaluate(task, known, unknown, ocr=ocr, non_products=others)})
     report = {"catalogue": {"products": len(listed), "views": args.views, "held_out": len(held_out), "seed": args.seed},
               "results": rows}
     if args.scaling:
