@@ -1,5 +1,6 @@
 """The benchmark suite: guard logic on hand-made results, the worker protocol on real processes,
 and a real --quick run on tiny models (checked for its schema, never for its timings)."""
+import argparse
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 
 from benchmarks import SCHEMA, guard
 from benchmarks.runner import Case, Comparison, Group, measure, paired_ratio, summarize
-from edgesight.errors import InputError
+from edgesight.errors import EdgesightError, InputError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -155,8 +156,17 @@ def test_guard_cli_on_the_quick_run(quick_run, tmp_path):
     base = {"ratios": {"tiny-llm.size.onnx_int8_over_fp32": {"max": 0.5, "why": "int8 file must be small"},
                        "tiny-llm.optimum_over_transformers": {"max": 1e-6, "why": "impossible: must fail"}}}
     (tmp_path / "base.json").write_text(json.dumps(base))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "guard", "--baseline", str(tmp_path / "base.json"),
-                           "--results", str(path)], cwd=REPO, capture_output=True, text=True)
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "FAIL" in proc.stdout and "tiny-llm.optimum_over_transformers" in proc.stdout
-    assert "PASS" in proc.stdout and "tiny-llm.size.onnx_int8_over_fp32" in proc.stdout
+    # `edgesight bench` run from elsewhere finds the checkout it was installed from
+    for cmd, cwd in ((["-m", "benchmarks", "guard"], REPO), (["-m", "edgesight.cli", "bench", "guard"], tmp_path)):
+        proc = subprocess.run([sys.executable, *cmd, "--baseline", str(tmp_path / "base.json"), "--results", str(path)],
+                              cwd=cwd, capture_output=True, text=True)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "FAIL" in proc.stdout and "tiny-llm.optimum_over_transformers" in proc.stdout
+        assert "PASS" in proc.stdout and "tiny-llm.size.onnx_int8_over_fp32" in proc.stdout
+
+
+def test_edgesight_bench_outside_a_checkout_says_what_to_do(monkeypatch):
+    from edgesight import bench
+    monkeypatch.setattr(bench, "_suite", lambda: None)  # as in a wheel install: no benchmarks/ anywhere
+    with pytest.raises(EdgesightError, match="run `edgesight bench` from a checkout"):
+        bench.main(argparse.Namespace(bench_command="run"))
