@@ -52,17 +52,35 @@ def materialize_base(base, work_dir) -> Path:
         return base
     if base.suffix != ".gguf" or not base.is_file():
         raise ExportError(f"{base}: --base must be an HF model directory or an existing .gguf file")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    out = Path(work_dir) / "base-from-gguf"
+    tok = gguf_tokenizer(base, Path(work_dir) / "gguf-tokenizer")
     try:
-        tok = AutoTokenizer.from_pretrained(base.parent, gguf_file=base.name)
         model = AutoModelForCausalLM.from_pretrained(base.parent, gguf_file=base.name, dtype="float32")
     except Exception as exc:  # transformers raises ValueError/KeyError/RuntimeError for unknown GGUF layouts
         raise ExportError(f"{base}: transformers cannot load this GGUF ({exc}); use an HF directory as --base") from exc
+    out = Path(work_dir) / "base-from-gguf"
     _save(model, tok, out)
-    repair_bpe_tokenizer(out, base)
     return out
+
+
+def gguf_tokenizer(gguf_file, save_dir):
+    """The HF tokenizer of a GGUF model, saved to `save_dir` and repaired (see repair_bpe_tokenizer),
+    so that training, the torch reference and every export tokenize as llama.cpp does on the GGUF."""
+    from transformers import AutoTokenizer
+
+    gguf_file, save_dir = Path(gguf_file), Path(save_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+    except Exception as exc:
+        raise ExportError(f"{gguf_file}: transformers cannot read this GGUF's tokenizer ({exc}); "
+                          "use an HF directory as the base") from exc
+    tok.save_pretrained(save_dir)
+    spm = save_dir / "tokenizer.model"
+    if spm.is_file() and not is_sentencepiece(spm):   # TOOLCHAIN: not a sentencepiece file
+        spm.unlink()
+    repair_bpe_tokenizer(save_dir, gguf_file)
+    return AutoTokenizer.from_pretrained(save_dir)
 
 
 # GGUF pre-tokenizer names -> the splits that come before byte-level BPE (llama.cpp's llama-vocab.cpp)
@@ -129,10 +147,6 @@ def _save(model, tokenizer, out: Path, tokenizer_from: Path | None = None) -> No
         for name in TOKENIZER_FILES if tokenizer_from else ():
             if (tokenizer_from / name).is_file():
                 shutil.copy2(tokenizer_from / name, tmp / name)
-        # TOOLCHAIN: a BPE tokenizer from a GGUF writes a `tokenizer.model` that is not sentencepiece.
-        spm = tmp / "tokenizer.model"
-        if spm.is_file() and not is_sentencepiece(spm):
-            spm.unlink()
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)

