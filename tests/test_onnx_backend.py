@@ -235,3 +235,22 @@ def test_seq2seq_split_decoders_equal_merged(t5, tiny_t5_onnx, tmp_path):
     assert not split.merged and merged.merged
     for cfg in (GenerationConfig(max_new_tokens=10), GenerationConfig(max_new_tokens=10, num_beams=3)):
         assert split.generate_ids(PROMPTS, cfg) == merged.generate_ids(PROMPTS, cfg)
+
+
+def test_tied_lm_head_is_folded_so_quantizers_reach_it(tiny_llama_onnx, tmp_path):
+    """Tied embeddings export as Transpose(embed) -> lm_head MatMul; folding makes it a constant
+    weight (same logits), so int4/int8 quantize the largest matmul too."""
+    import onnx
+    from edgesight.export.onnx import fold_transposed_weights, op_counts, quantize_int4
+    src = tiny_llama_onnx.parent / "onnx" / "model.onnx"
+    folded = fold_transposed_weights(src)
+    onnx.save(folded, str(tmp_path / "folded.onnx"))
+    assert op_counts(tmp_path / "folded.onnx").get("Transpose", 0) == op_counts(src)["Transpose"] - 1
+    ids = np.array([[5, 17, 300, 42]], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(4)[None],
+             **{f"past_key_values.{i}.{kv}": np.zeros((1, 2, 0, 64), np.float32) for i in range(2) for kv in ("key", "value")}}
+    before = open_session(src, threads=1).run(["logits"], feeds)[0]
+    after = open_session(tmp_path / "folded.onnx", threads=1).run(["logits"], feeds)[0]
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+    report = quantize_int4(src, tmp_path / "q" / "model.onnx")
+    assert report["quantized"]["MatMulNBits"] == 2 * 7 + 1          # 7 projections per layer + lm_head
