@@ -111,7 +111,10 @@ def create_app(config: ServeConfig, tasks: dict | None = None, missing: dict | N
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise _Rejected(415, f"content type must be application/json, got {ctype or 'none'}")
-        if int(request.headers.get("content-length") or 0) > limit:
+        declared = request.headers.get("content-length") or "0"
+        if not declared.isdigit():
+            raise _Rejected(400, f"bad Content-Length header {declared[:40]!r}")
+        if int(declared) > limit:
             raise _Rejected(413, f"body over the {config.max_body_mb:g} MB limit; send a smaller image")
         body = bytearray()
         async for chunk in request.stream():   # counted while streaming: chunked bodies are bounded too
