@@ -237,7 +237,8 @@ def _beam_search(decoder, prompts, contexts, config, eos) -> list[list[list[int]
 
     t = 0
     while True:
-        ctx = [contexts[b] + run_gen[b, j, :t].tolist() for b in range(B) for j in range(K)]
+        ctx = ([contexts[b] + run_gen[b, j, :t].tolist() for b in range(B) for j in range(K)]
+               if config.repetition_penalty != 1.0 or config.no_repeat_ngram_size else [])
         logp = _process(_log_softmax(np.asarray(logits, dtype=np.float32)), ctx, config, min_keep)
         V = logp.shape[-1]
         acc = (logp.reshape(B, K, V) + run_scores[:, :, None]).reshape(B, K * V)

@@ -134,7 +134,9 @@ class _TextModel:
 
     @staticmethod
     def _run(session, feeds: dict, path) -> list[np.ndarray]:
-        wanted = {i.name for i in session.get_inputs()}
+        wanted = getattr(session, "edgesight_inputs", None)
+        if wanted is None:   # get_inputs() costs ~0.4 ms: once per session, not per token
+            wanted = session.edgesight_inputs = {i.name for i in session.get_inputs()}
         try:
             return session.run(None, {k: v for k, v in feeds.items() if k in wanted})
         except Exception as exc:
@@ -176,7 +178,8 @@ class OnnxCausalLM(_TextModel):
     # -- Decoder protocol --
     def prefill(self, prompts: list[list[int]]):
         n = len(prompts)
-        c = self.reused_tokens = self._reusable_prefix(prompts)
+        cache = self._cache if self.prefix_cache else None   # one snapshot: other threads may replace it
+        c = self.reused_tokens = _common_prefix(cache[0], prompts) if cache else 0
         rests = [p[c:] for p in prompts]
         width = max(map(len, rests))
         ids = np.full((n, width), self.pad, dtype=np.int64)
@@ -185,7 +188,7 @@ class OnnxCausalLM(_TextModel):
             ids[i, width - len(r):] = r
             new_mask[i, width - len(r):] = 1
         if c:
-            past = [np.repeat(kv[:, :, :c], n, axis=0) for kv in self._cache[1]]
+            past = [np.repeat(kv[:, :, :c], n, axis=0) for kv in cache[1]]
         else:
             past = [np.zeros((n, self.heads, 0, self.head_dim), self.dtype) for _ in self.past_names]
         mask = np.concatenate([np.ones((n, c), np.int64), new_mask], axis=1)
@@ -203,18 +206,6 @@ class OnnxCausalLM(_TextModel):
         return {"mask": state["mask"][rows], "past": [kv[rows] for kv in state["past"]]}
 
     # -- internals --
-    def _reusable_prefix(self, prompts) -> int:
-        if not (self.prefix_cache and self._cache):
-            return 0
-        cached = self._cache[0]
-        c = min(len(cached), min(len(p) for p in prompts) - 1)   # each row must feed >= 1 new token
-        for p in prompts:
-            i = 0
-            while i < c and p[i] == cached[i]:
-                i += 1
-            c = i
-        return c
-
     def _forward(self, ids, mask, past):
         pos = np.cumsum(mask, axis=1) - 1
         pos[mask == 0] = 1                             # as transformers: pad positions are masked anyway
@@ -293,6 +284,17 @@ class OnnxSeq2SeqLM(_TextModel):
                         if ".decoder." in name else old for name, old in zip(self.past_names, state["past"])]
         logits = np.asarray(out[0][:, -1, :], dtype=np.float32)
         return logits, {"hidden": state["hidden"], "mask": state["mask"], "past": new_past}
+
+
+def _common_prefix(cached: list[int], prompts: list[list[int]]) -> int:
+    """Tokens all prompts share with the cached prompt, leaving each prompt >= 1 token to run."""
+    c = min(len(cached), min(len(p) for p in prompts) - 1)
+    for p in prompts:
+        i = 0
+        while i < c and p[i] == cached[i]:
+            i += 1
+        c = i
+    return c
 
 
 def _clean_up(text: str) -> str:
