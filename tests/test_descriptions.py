@@ -79,6 +79,7 @@ FACTS = Facts({"plastic": 2, "metal": 1}, "grass")
     "Two discarded plastic bottles and a single rusty aluminum can are visible on the lawn.",
     "I can see 2 pieces of plastic waste and one metal item in a grassy area.",
     "The image shows 1 plastic bottle, 1 plastic item and 1 metal can on green grass.",
+    "Two plastic items and 1 piece of metal lie on the grass.",
 ])
 def test_guard_accepts_faithful_sentences(sentence):
     report = check_sentence(sentence, FACTS, VOCAB)
@@ -124,6 +125,8 @@ def test_unknown_labels_and_scenes_use_their_names():
     assert sentence == "There are 3 traffic lights and 1 person in a kitchen scene."
     assert check_sentence(sentence, facts, VOCAB).passed
     assert not check_sentence("There are 3 traffic lights and 2 people in a kitchen scene.", facts, VOCAB).passed
+    assert check_sentence("I see 3 traffic light items and 1 person in a kitchen scene.", facts, VOCAB).passed
+    assert not check_sentence("I see 3 traffic light item and 1 person in a kitchen scene.", facts, VOCAB).passed
 
 
 def test_template_fallback_always_passes_the_guard():

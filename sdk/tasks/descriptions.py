@@ -304,10 +304,11 @@ class Mention:
 
 
 def _phrase_table(vocab: Vocabulary, labels) -> list[tuple[list[str], str, bool | None]]:
-    """(tokens, label, plural?) for every phrase form of every label, longest first."""
+    """(tokens, label, plural?) for every phrase form of every label, longest first. Besides the
+    vocabulary's phrases, the label itself counts, also with a count noun ("4 baseball items")."""
     table = []
     for label in dict.fromkeys(list(vocab.labels) + list(labels)):
-        for phrase in dict.fromkeys(vocab.label_phrases(label) + [label]):
+        for phrase in dict.fromkeys(vocab.label_phrases(label) + [label, f"{label} item", f"piece of {label}"]):
             sing, plur = tokenize(phrase), tokenize(pluralize(phrase))
             if sing == plur:
                 table.append((sing, label, None))
