@@ -144,19 +144,19 @@ def export(base, adapter=None, *, task: str, out, formats=DEFAULT_FORMATS, probe
                               {"probes": probes, "new_tokens": max_new_tokens,
                                "outputs": [ref_model.decode(o) for o in ref.outputs]})
         del ref_model
+        steps.update()
 
         # 3. every format: build in a BundleWriter, validate through the SDK backend, then commit
         ctx = _Context(merged.dir, base_dir, Path(adapter) if adapter else None, kind, work, threads, per_channel)
         fields = _manifest_fields(merged, base, adapter, prompt, generation)
         for fmt in formats:
-            steps.update()
             steps.set_postfix_str(fmt)
             report.formats.append(_export_one(fmt, ctx, task, out / fmt, fields, ref))
-        steps.update()
+            steps.update()
     except Exception as exc:
         if disk_full(exc) and not isinstance(exc, DiskFullError):
             raise DiskFullError(f"the disk is full while exporting to {out}; free space there and retry "
-                                      "(no partial bundle was left behind)") from exc
+                                "(no partial bundle was left behind)") from exc
         raise
     finally:
         steps.close()
