@@ -254,3 +254,11 @@ def test_tied_lm_head_is_folded_so_quantizers_reach_it(tiny_llama_onnx, tmp_path
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
     report = quantize_int4(src, tmp_path / "q" / "model.onnx")
     assert report["quantized"]["MatMulNBits"] == 2 * 7 + 1          # 7 projections per layer + lm_head
+
+
+def test_runtime_imports_no_torch():
+    import subprocess
+    import sys
+    code = ("import sys, edgesight.backends.onnx, edgesight.generation; "
+            "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
