@@ -151,21 +151,24 @@ def llm_group(task: str, source, work: Path, threads: int, *, max_new_tokens: in
 # --- what a run measures ---------------------------------------------------------------------------
 
 def task_groups(work: Path, threads: int, quick: bool, roots: list[Path] = ()) -> dict[str, callable]:
-    """Group builders by name: the quick tiny-LLM group, and (full runs) one group per registry task."""
+    """Group builders by name. Quick: the tiny LLM and the keywords task on it. Full: real SmolLM2 in
+    every format, then one group per registry task on its real-size bundles."""
     from edgesight.registry import TASKS
 
-    tiny = work / "tiny-llm"
-    builders = {"tiny-llm": lambda: llm_group("tiny-llm", tiny_llama, tiny, threads, max_new_tokens=16,
-                                              note="tiny random Llama from tests/kit.py")}
-    if quick:  # the keywords task itself on two of the tiny bundles (built by the tiny-llm group)
-        builders["keywords"] = lambda: task_group("keywords", tiny, threads, [tiny / "bundles" / "gguf-q8_0",
-                                                                              tiny / "bundles" / "onnx"],
-                                                  default=False, seeds=False)  # tiny-llm has the torch peer
-    if not quick:
-        builders["smollm2"] = lambda: llm_group("smollm2", smollm2, work / "smollm2", threads, max_new_tokens=32,
-                                                note="real SmolLM2-135M-Instruct (base, no adapter)")
-        for name in TASKS:
-            builders[name] = lambda name=name: task_group(name, work / name, threads, list(roots))
+    if quick:  # a tiny Llama, and the keywords task itself on two of its bundles
+        tiny = work / "tiny-llm"
+
+        def keywords() -> Group:
+            _first_error(lambda: sdk_bundles(tiny_llama(tiny), tiny / "bundles", threads))  # if run alone
+            return task_group("keywords", tiny, threads, [tiny / "bundles" / "gguf-q8_0", tiny / "bundles" / "onnx"],
+                              default=False, seeds=False)  # the tiny-llm group has the torch peer
+        return {"tiny-llm": lambda: llm_group("tiny-llm", tiny_llama, tiny, threads, max_new_tokens=16,
+                                              note="tiny random Llama from tests/kit.py"),
+                "keywords": keywords}
+    builders = {"smollm2": lambda: llm_group("smollm2", smollm2, work / "smollm2", threads, max_new_tokens=32,
+                                             note="real SmolLM2-135M-Instruct (base, no adapter)")}
+    for name in TASKS:
+        builders[name] = lambda name=name: task_group(name, work / name, threads, list(roots))
     return builders
 
 

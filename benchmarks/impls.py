@@ -269,8 +269,12 @@ def replay_task(params: dict) -> Runner:
                                 ("generate", "generate_ids") if text else ("run",))
     if peer in ("textmodel", "onnxruntime"):
         def replay(i, method, args, kwargs):
-            out = getattr(reals[i], method)(*args, **kwargs)
-            return out, sum(len(seqs[0]) for seqs in out) if method == "generate_ids" else None
+            if method == "run":
+                return reals[i].run(*args, **kwargs), None
+            ids = reals[i].generate_ids(*args, **kwargs)  # generate() is generate_ids() + decode()
+            if method == "generate":
+                [[reals[i].decode(x) for x in seqs] for seqs in ids]
+            return ids, sum(len(x) for seqs in ids for x in seqs)
     else:
         del task, reals  # free the SDK's copy of the weights before the peer loads its own
         seq2seq = bundle.kind == "seq2seq"
