@@ -9,7 +9,8 @@ The flow reads top to bottom (the seed's service, rebuilt for an edge CPU):
 3. the caption model (bundle kind):
    - "blip": the vision encoder runs once per image and also yields every decoder layer's
      cross-attention K/V; the beam caption and the sampled captions then decode from it with the
-     shared numpy loop (edgesight.generation), samples as one batch;
+     shared numpy loop (edgesight.generation), in lockstep: one decoder batch per token for all rows;
+   - "vision-encoder-decoder": ViT+GPT2 and kin, exported by optimum, same flow;
    - "image-encoder": the offline default, a real ImageNet classifier (EfficientNet-Lite0) whose top
      classes are the tags and whose caption is a template over them (no captioning weights exist here);
 4. `caption_words`: the words of all captions, stop-words removed, plurals singularised;
