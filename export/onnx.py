@@ -39,9 +39,12 @@ QUANT_OPS = ("MatMulInteger", "DynamicQuantizeLinear", "ConvInteger", "QLinearMa
              "MatMulNBits", "GatherBlockQuantized", "DequantizeLinear", "QuantizeLinear", "MatMul", "Gemm")
 
 
-def export_onnx(model_dir, out_dir, task: str, *, opset: int | None = None, validate: bool = False) -> dict:
+def export_onnx(model_dir, out_dir, task: str, *, opset: int | None = None, validate: bool = False,
+                last_logits_only: bool = True) -> dict:
     """Export the HF model in `model_dir` to ONNX in `out_dir` (replaced atomically).
 
+    last_logits_only (text-generation-with-past): lm_head runs on the last position only, since
+    generation never reads the others (see keep_last_logits).
     Returns {"dir", "task", "files": [names], "sizes": {name: bytes}, "seconds"}."""
     from optimum.exporters.onnx import main_export
 
@@ -61,6 +64,8 @@ def export_onnx(model_dir, out_dir, task: str, *, opset: int | None = None, vali
         for name in SIDE_FILES:
             if (model_dir / name).is_file() and not (tmp / name).exists():
                 shutil.copy2(model_dir / name, tmp / name)
+        if last_logits_only and task == "text-generation-with-past" and (tmp / "model.onnx").is_file():
+            keep_last_logits(tmp / "model.onnx")
         missing = [f for f in TASKS[task] if not (tmp / f).is_file()]
         if missing:
             raise ExportError(f"{model_dir}: export ({task}) did not produce {', '.join(missing)} "
@@ -102,6 +107,35 @@ def quantize_int4(src_onnx, dst_onnx, block_size: int = 32) -> dict:
         quantizer.process()
         quantizer.model.save_model_to_file(str(tmp), use_external_data_format=_needs_external(src))
     return _report(dst, before, start)
+
+
+def keep_last_logits(path) -> bool:
+    """Rewrite a causal LM so lm_head sees only the last position: logits become (batch, 1, vocab).
+
+    optimum exports logits for every prompt position; a 64-token prompt then pays 64 lm_head
+    matmuls (49152 x 576 each for SmolLM2) for one next-token distribution. Returns False (file
+    untouched) when `logits` is not produced by a MatMul."""
+    import onnx
+    from onnx import helper, numpy_helper
+    import numpy as np
+
+    model = onnx.load(str(path), load_external_data=False)   # external weights stay where they are
+    graph = model.graph
+    head = next((n for n in graph.node if "logits" in n.output), None)
+    if head is None or head.op_type != "MatMul":
+        return False
+    hidden = head.input[0]
+    consts = {"last_starts": [-1], "last_ends": [np.iinfo(np.int64).max], "last_axes": [1]}
+    for name, value in consts.items():
+        graph.initializer.append(numpy_helper.from_array(np.array(value, dtype=np.int64), f"edgesight_{name}"))
+    graph.node.insert(list(graph.node).index(head), helper.make_node(
+        "Slice", [hidden] + [f"edgesight_{n}" for n in consts], [f"{hidden}_last"], name="edgesight_last_position"))
+    head.input[0] = f"{hidden}_last"
+    out = next(o for o in graph.output if o.name == "logits")
+    out.type.tensor_type.shape.dim[1].Clear()
+    out.type.tensor_type.shape.dim[1].dim_value = 1
+    onnx.save(model, str(path))
+    return True
 
 
 def fold_transposed_weights(path):

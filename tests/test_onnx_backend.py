@@ -47,6 +47,7 @@ def test_bundles_load_as_text_models(llama, t5):
         assert isinstance(onnx_model, TextModel) and onnx_model.backend == "onnx"
         assert onnx_model.count_tokens(PROMPTS[0]) == len(tok(PROMPTS[0]).input_ids)
     assert llama[2].context_length == 512
+    assert llama[2].session.get_outputs()[0].shape[1] == 1     # export keeps only the last position's logits
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
@@ -246,7 +247,7 @@ def test_tied_lm_head_is_folded_so_quantizers_reach_it(tiny_llama_onnx, tmp_path
     folded = fold_transposed_weights(src)
     onnx.save(folded, str(tmp_path / "folded.onnx"))
     assert op_counts(tmp_path / "folded.onnx").get("Transpose", 0) == op_counts(src)["Transpose"] - 1
-    ids = np.array([[5, 17, 300, 42]], dtype=np.int64)
+    ids = np.array([[5, 17, 300, 42]], dtype=np.int64)   # logits of the last position only (export default)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(4)[None],
              **{f"past_key_values.{i}.{kv}": np.zeros((1, 2, 0, 64), np.float32) for i in range(2) for kv in ("key", "value")}}
     before = open_session(src, threads=1).run(["logits"], feeds)[0]
@@ -262,3 +263,15 @@ def test_runtime_imports_no_torch():
     code = ("import sys, edgesight.backends.onnx, edgesight.generation; "
             "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_last_logits_only_export_matches_full_logits(tiny_llama_dir, tiny_llama_onnx, tmp_path):
+    from edgesight.export.onnx import export_onnx
+    full = export_onnx(tiny_llama_dir, tmp_path / "full", "text-generation-with-past", last_logits_only=False)
+    ids = np.array([[5, 17, 300, 42, 9]], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(5)[None],
+             **{f"past_key_values.{i}.{kv}": np.zeros((1, 2, 0, 64), np.float32) for i in range(2) for kv in ("key", "value")}}
+    all_positions = open_session(tmp_path / "full" / "model.onnx", threads=1).run(["logits"], feeds)[0]
+    last = open_session(tiny_llama_onnx.parent / "onnx" / "model.onnx", threads=1).run(["logits"], feeds)[0]
+    assert all_positions.shape[1] == 5 and last.shape[1] == 1 and "model.onnx" in full["files"]
+    np.testing.assert_allclose(last[:, 0], all_positions[:, -1], rtol=1e-5, atol=1e-5)
