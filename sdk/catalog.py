@@ -88,6 +88,17 @@ def _column(header: list[str], names: tuple[str, ...]) -> str | None:
     return next((lower[n] for n in names if n in lower), None)
 
 
+def _readable_image(path: Path) -> bool:
+    """Header check only (cheap for big catalogues): a format PIL knows, with a size."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.width > 0 and im.height > 0
+    except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError is an OSError
+        return False
+
+
 def read_catalog_csv(path, *, require_image: bool = True) -> tuple[list[Product], IngestReport]:
     """Valid products of a catalogue CSV + a report of the rows skipped and why (never fatal per row).
 
@@ -128,6 +139,9 @@ def read_catalog_csv(path, *, require_image: bool = True) -> tuple[list[Product]
                 image_path = Path(image) if Path(image).is_absolute() else path.parent / image
                 if not image_path.is_file():
                     issues.append(RowIssue(line, title, f"image not found on disk: {image_path}; fix the path or add the file"))
+                    continue
+                if not _readable_image(image_path):
+                    issues.append(RowIssue(line, title, f"not a readable image: {image_path}; re-save it as JPEG or PNG"))
                     continue
                 image = str(image_path)
             elif require_image:

@@ -34,10 +34,12 @@ def broken_catalog(out_dir, good_csv: Path) -> Path:
         [body[1][0], body[1][1], "9.99", body[1][3], "dup"],                               # duplicate title
         ["", "food/other", "1.00", body[0][3], ""],                                         # empty title
         ["ZZZ Negative", "food/other", "-4", body[0][3], "ZZZ"],                            # negative price
+        ["ZZZ Corrupt photo", "food/other", "2.00", str(out_dir / "corrupt.jpg"), "ZZZ"],  # not an image
     ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "corrupt.jpg").write_bytes(b"\xff\xd8 this is not really a JPEG")
     body = [[c if i != 3 else str(image_dir / c) for i, c in enumerate(r)] for r in body + bad]
     path = out_dir / "broken.csv"
-    out_dir.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([header] + body)
     return path

@@ -77,6 +77,7 @@ def test_out_of_catalogue_photo_is_unknown_not_a_confident_wrong_answer(recogniz
     for name in ("chelsea", "coffee"):
         result = recognizer(real_photo(name))
         assert result.unknown and result.title is None and result.price is None, result.matches[0]
+        assert "< threshold" in result.unknown_reason
         assert result.matches and result.price_estimate is not None  # neighbours are still shown
 
 
@@ -97,7 +98,8 @@ def test_ingestion_reports_bad_rows_and_keeps_the_good_ones(catalog, tmp_path):
     assert "bad price" in problems["ZZZ Bad price"] and "bad price" in problems["ZZZ Negative"]
     assert "duplicate title" in problems[listed[1].title] and "first at line 3" in problems[listed[1].title]
     assert "empty title" in problems[""]
-    assert report.rows == len(listed) + 5 and report.added == len(listed)
+    assert "not a readable image" in problems["ZZZ Corrupt photo"]
+    assert report.rows == len(listed) + 6 and report.added == len(listed)
     assert products[0].extra == {"brand": listed[0].brand}  # extra columns are kept
 
 

@@ -15,6 +15,7 @@ printed in the photo is reported next to (never instead of) the catalogue price.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,10 +80,11 @@ class ProductResult:
     matches: list[Match]
     price_estimate: PriceEstimate | None = None
     ocr: OcrReading | None = None
+    unknown_reason: str | None = None
 
     def to_dict(self) -> dict:
         return {"title": self.title, "category": self.category, "price": self.price, "score": self.score,
-                "unknown": self.unknown, "matches": [m.to_dict() for m in self.matches],
+                "unknown": self.unknown, "unknown_reason": self.unknown_reason, "matches": [m.to_dict() for m in self.matches],
                 "price_estimate": self.price_estimate.to_dict() if self.price_estimate else None,
                 "ocr": self.ocr.to_dict() if self.ocr else None}
 
@@ -116,8 +118,11 @@ class ProductRecognizer(Task):
 
     def set_catalog(self, catalog) -> IngestReport | None:
         """Use a CatalogIndex, a saved index directory, or a catalogue CSV (embedded now, bad rows reported)."""
+        self.report = None
         if isinstance(catalog, CatalogIndex):
             index = catalog
+        elif not isinstance(catalog, (str, os.PathLike)):
+            raise CatalogError(f"catalog must be a CSV path, an index directory or a CatalogIndex, not {type(catalog).__name__}")
         elif Path(catalog).is_dir():
             index = CatalogIndex.load(catalog)
         elif Path(catalog).suffix.lower() == ".csv":
@@ -180,12 +185,17 @@ class ProductRecognizer(Task):
                                  round(float(s) + OCR_WEIGHT * (text or 0.0), 4), None if text is None else round(text, 3),
                                  p.extra))
         matches.sort(key=lambda m: -m.score)
-        matches = matches[:k]
         best = matches[0]
-        unknown = best.similarity < self.threshold
+        reason = f"best similarity {best.similarity:.2f} < threshold {self.threshold:.2f}" if best.similarity < self.threshold else None
+        # A look-alike of a listed product scores like one; a readable name that no candidate carries gives it away.
+        if reason is None and reading and any(w.isalpha() and len(w) >= 4 for w in _words(" ".join(reading.text))) \
+                and not any(m.text_score for m in matches):
+            reason = "the label text read names none of the nearest catalogue products"
+        unknown = reason is not None
+        matches = matches[:k]
         return ProductResult(None if unknown else best.title, None if unknown else best.category,
                              None if unknown else best.price, best.score, unknown, matches,
-                             estimate_price(matches), reading)
+                             estimate_price(matches), reading, reason)
 
     # -- OCR ----------------------------------------------------------------------------------------
     def _read(self, image) -> OcrReading:
