@@ -214,6 +214,12 @@ def test_ocr_reads_label_and_price_and_reranks_look_alikes(default_bundle, catal
     assert result.ocr.price == product.price
     assert result.title == product.title and result.matches[0].text_score >= 0.75
     assert result.matches[0].score > result.matches[0].similarity  # the text bonus is what re-ranked
+    # The same package under a brand the catalogue does not have: looks listed, reads unlisted -> unknown.
+    from dataclasses import replace
+    impostor = replace(product, brand="GRAVO", title="GRAVO " + product.title.split(" ", 1)[1])
+    assert pr(render(impostor), ocr=False).title == product.title      # the picture alone is fooled
+    result = pr(render(impostor))
+    assert result.unknown and "names none" in result.unknown_reason, result.ocr
 
 
 def test_cli_recognises_and_saves_an_index(default_bundle, catalog, tmp_path, capsys):
