@@ -130,17 +130,19 @@ def llm_group(task: str, source, work: Path, threads: int, *, max_new_tokens: in
     cases = [case("torch-fp32", "transformers", "torch_text", hf, why_hf, hf_dir=str(hf))]
     for fmt in EXPORT_NAMES:
         b = bundles.get(fmt)
-        model, n_ctx = None, None
+        model, n_ctx, tokenizer = None, None, None
         if b:
             from edgesight.bundle import Bundle
             manifest = Bundle.load(b, verify=False)
             model, n_ctx = manifest.file("model"), manifest.get("context_length")
+            tokenizer = manifest.file("tokenizer") if manifest.has("tokenizer") else None
         cases.append(case(fmt, SDK, "sdk_text", b, failed.get(fmt), bundle=str(b)))
         if fmt == "onnx-fp32":
             peer = _peer_dir(b, work / "peer" / fmt) if b else None
             cases.append(case(fmt, "optimum", "optimum_text", b, failed.get(fmt), onnx_dir=str(peer)))
         if fmt == "gguf-q8_0":
-            cases.append(case(fmt, "llama-cpp-python", "llama_text", b, failed.get(fmt), gguf=str(model), n_ctx=n_ctx))
+            cases.append(case(fmt, "llama-cpp-python", "llama_text", b, failed.get(fmt), gguf=str(model), n_ctx=n_ctx,
+                              tokenizer=str(tokenizer) if tokenizer else None))
     cid = lambda fmt, impl: f"{task}/{fmt}/{impl}"  # noqa: E731
     comps = [Comparison(f"{task}.{key}", cid(*a), cid(*b), what, metric) for key, a, b, what, metric in LLM_COMPARISONS]
     return Group(task, cases, comps, agreement(cid(*TORCH)),
@@ -178,6 +180,34 @@ def build_default(task: str, out: Path, threads: int) -> Path:
 
     if not (out / "edgesight.json").is_file():
         importlib.import_module(f"edgesight.export.default_{task}").build(out, threads=threads, progress=False)
+    return out
+
+
+# Real-size stand-ins where no trained bundle of the format the issue asks about exists yet: the real
+# SmolLM2 bundles of the smollm2 group (base weights, no adapter: a merged LoRA has the same shapes, so
+# the same speed), re-tagged for the task with a ChatML prompt. Reported with the format suffix "-base".
+STANDINS = {"keywords": "gguf-q8_0", "describe": "onnx"}
+CHATML = {"prefix": "<|im_start|>user\n", "suffix": "<|im_end|>\n<|im_start|>assistant\n"}
+
+
+def standin(task: str, work: Path) -> Path:
+    """The smollm2 group's bundle of format STANDINS[task], as a `task` bundle (files copied, manifest re-tagged)."""
+    from edgesight.bundle import Bundle, BundleWriter
+
+    out = work / f"standin-{STANDINS[task]}"
+    if (out / "edgesight.json").is_file():
+        return out
+    src = Bundle.load(work.parent / "smollm2" / "bundles" / STANDINS[task])
+    keep = {k: v for k, v in src.manifest.items() if k not in ("schema", "task", "format", "precision", "kind", "files",
+                                                                "components", "created")}
+    keep["prompt"] = CHATML if task != "keywords" else KEYWORDS_PROMPT
+    if task == "describe":
+        from edgesight.tasks.descriptions import default_generation
+        keep["generation"] = default_generation(src.kind)
+    roles = {rel: role for role, rel in src.manifest["components"].items()}
+    with BundleWriter(out, task=task, format=src.format, precision=src.precision, kind=src.kind, **keep) as w:
+        for rel in src.manifest["files"]:
+            w.add_file(src.path / rel, rel, role=roles.get(rel))
     return out
 
 
@@ -219,20 +249,28 @@ def task_group(task: str, work: Path, threads: int, roots: list[Path], default: 
     from edgesight.registry import TASKS
 
     spec = TASKS[task]
-    why = "no bundle found"
+    why, skipped = "no bundle found", []
     if default and not find_bundles(task, [], default=True):  # build the embedded default into the work dir
         built, why = _first_error(build_default, task, work / "default", threads)
         roots = [*roots, *([built] if built else [])]
+    if default and task in STANDINS:
+        have = [b for b in find_bundles(task, roots, default) if b.kind in ("causal-lm", "seq2seq")
+                and f"{b.format}-{b.precision}".startswith(STANDINS[task])]
+        made, why_standin = (None, None) if have else _first_error(standin, task, work)
+        roots = [*roots, *([made] if made else [])]
+        if why_standin:
+            skipped.append(Case(task, f"{STANDINS[task]}-base", SDK, skip=f"no real-size stand-in: {why_standin}"))
     bundles = find_bundles(task, roots, default)
     if not bundles:
-        return Group(task, [Case(task, "default", SDK, skip=f"no {task} bundle: {why}; run `edgesight build-defaults` "
-                                                          "or pass --bundles DIR with exported bundles")])
+        return Group(task, skipped + [Case(task, "default", SDK, skip=f"no {task} bundle: {why}; run `edgesight "
+                                                                    "build-defaults` or pass --bundles DIR")])
     common = {"task": task, "threads": threads, "batch_size": 4,
               "inputs_from": f"edgesight.tasks.{spec.module}:SAMPLE_INPUTS"}  # unless the bundle ships samples/
     labels = [f"{b.format}-{b.precision}" for b in bundles]
-    cases, comps, by_case, seeds_done = [], [], {}, not seeds
+    cases, comps, by_case, seeds_done = skipped, [], {}, not seeds
     for b, label in zip(bundles, labels):
         fmt = label if labels.count(label) == 1 else f"{label}-{b.kind}"
+        fmt += "-base" if b.path.name.startswith("standin-") else ""
         samples = sorted(str(p) for p in (b.path / "samples").glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         params = {**common, "bundle": str(b.path), **({"inputs": samples} if samples else {})}
         sdk = Case(task, fmt, SDK, "benchmarks.impls:sdk_task", params, str(b.path))

@@ -82,16 +82,22 @@ def hf_generator(model, tok, seq2seq: bool = False):
     return gen
 
 
-def llama_generator(path, threads: int, n_ctx: int | None = None, lora: str | None = None):
-    """Raw llama-cpp-python: tokenize, generate to EOS / the token limit, detokenize."""
+def llama_generator(path, threads: int, n_ctx: int | None = None, lora: str | None = None, tokenizer=None):
+    """Raw llama-cpp-python: tokenize, generate to EOS / the token limit, detokenize. With `tokenizer`
+    (the bundle's tokenizer.json, as the SDK uses) text <-> ids go through it: llama.cpp's own tokenizer
+    aborts the process on GGUFs converted from a dequantized SmolLM2 (std::out_of_range)."""
     from llama_cpp import Llama, LlamaGrammar
 
     llm = Llama(model_path=str(path), lora_path=lora, n_threads=threads, n_threads_batch=threads,
                 n_ctx=n_ctx or 2048, n_batch=512, verbose=False, seed=0)
     grammars = {}
+    tok = None
+    if tokenizer:
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(tokenizer))
 
     def gen(prompt, config):
-        ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        ids = tok.encode(prompt).ids if tok else llm.tokenize(prompt.encode(), add_bos=True, special=True)
         eos = set(config.eos_token_ids) or {llm.token_eos()}
         kw = dict(temp=0.0, top_k=1) if not config.do_sample else dict(temp=config.temperature, top_k=config.top_k,
                                                                           top_p=config.top_p)
@@ -105,7 +111,8 @@ def llama_generator(path, threads: int, n_ctx: int | None = None, lora: str | No
             new.append(token)
             if len(new) == config.max_new_tokens:
                 break
-        return llm.detokenize(new).decode(errors="replace").strip(), len(new)
+        text = tok.decode(new, skip_special_tokens=True) if tok else llm.detokenize(new).decode(errors="replace")
+        return text.strip(), len(new)
     return gen
 
 
@@ -171,7 +178,8 @@ def optimum_text(params: dict) -> Runner:
 
 
 def llama_text(params: dict) -> Runner:
-    gen, config = llama_generator(params["gguf"], params["threads"], params.get("n_ctx")), _greedy(params)
+    gen = llama_generator(params["gguf"], params["threads"], params.get("n_ctx"), params.get("tokenizer"))
+    config = _greedy(params)
     return Runner(_loop(lambda p: gen(p, config)), params)
 
 
@@ -282,7 +290,8 @@ def replay_task(params: dict) -> Runner:
             gen = seeds_generator(params["base"], params.get("adapter"), threads, seq2seq)
         elif peer == "llama-cpp-python":
             gen = llama_generator(bundle.file("model"), threads, bundle.get("context_length"),
-                                  str(bundle.file("lora")) if bundle.has("lora") else None)
+                                  str(bundle.file("lora")) if bundle.has("lora") else None,
+                                  bundle.file("tokenizer") if bundle.has("tokenizer") else None)
         else:
             gen = optimum_model(params["onnx_dir"], threads, seq2seq)
 

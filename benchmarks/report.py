@@ -80,12 +80,13 @@ def markdown(run: dict) -> str:
                      f"| {_fmt(c.get('median_ms'))} | {_fmt(c.get('p95_ms'))} | {_fmt(c.get('items_per_call'), '.0f')} "
                      f"| {_fmt(c.get('batch_items_per_s'), '.2f')} "
                      f"| {_fmt(c.get('peak_rss_mb'), '.0f')} | {_quality(c.get('quality'))} |")
-    lines += ["", "| ratio (a / b, median of per-round ratios) | value | 95% CI |", "|---|---:|---|"]
+    lines += ["", "| ratio (a / b, median of per-round ratios) | per call | 95% CI | per item |", "|---|---:|---|---:|"]
     for r in run["ratios"]:
         if r["status"] == "ok":
-            lines.append(f"| `{r['key']}`: {r['what']} | {r['ratio']:.3f} | {r['ci95'][0]:.3f}–{r['ci95'][1]:.3f} |")
+            lines.append(f"| `{r['key']}`: {r['what']} | {r['ratio']:.3f} | {r['ci95'][0]:.3f}–{r['ci95'][1]:.3f} "
+                         f"| {_fmt(r.get('ratio_per_item'), '.3f')} |")
         else:
-            lines.append(f"| `{r['key']}`: {r['what']} | skipped | {r['reason'][:120]} |")
+            lines.append(f"| `{r['key']}`: {r['what']} | skipped | {r['reason'][:120]} | |")
     if run.get("notes"):
         lines += [""] + [f"- {n}" for n in run["notes"]]
     return "\n".join(lines) + "\n"

@@ -122,14 +122,18 @@ def summarize(seconds: list[float]) -> dict:
             "min_ms": float(ms.min()), "mean_ms": float(ms.mean()), "n": int(ms.size)}
 
 
-def paired_ratio(a: list[float], b: list[float], seed: int = 0) -> dict:
-    """Median of per-round ratios with a 95% bootstrap interval of that median."""
+def paired_ratio(a: list[float], b: list[float], seed: int = 0, items_a=None, items_b=None) -> dict:
+    """Median of per-round ratios with a 95% bootstrap interval of that median. With the items each
+    call produced (tokens), also the per-item ratio: fair when outputs end at different lengths."""
     r = np.asarray(a) / np.asarray(b)
     rng = np.random.default_rng(seed)
     boot = np.median(rng.choice(r, size=(2000, r.size), replace=True), axis=1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"ratio": float(np.median(r)), "ci95": [float(lo), float(hi)],
-            "ratio_of_medians": float(np.median(a) / np.median(b)), "rounds": int(r.size)}
+    out = {"ratio": float(np.median(r)), "ci95": [float(lo), float(hi)],
+           "ratio_of_medians": float(np.median(a) / np.median(b)), "rounds": int(r.size)}
+    if items_a and items_b and all(items_a) and all(items_b):
+        out["ratio_per_item"] = float(np.median(r * np.asarray(items_b) / np.asarray(items_a)))
+    return out
 
 
 def size_mb(path: str | None) -> float | None:
@@ -221,7 +225,7 @@ def measure(group: Group, *, threads: int, rounds: int, warmup: int, batch_round
             else:
                 entry.update(status="skipped", reason="artifact missing")
         elif a and b and len(a) == len(b) == rounds and all(results[x]["status"] == "ok" for x in (comp.a, comp.b)):
-            entry.update(status="ok", **paired_ratio(a, b))
+            entry.update(status="ok", **paired_ratio(a, b, items_a=items.get(comp.a), items_b=items.get(comp.b)))
         else:
             why = [f"{x}: {results[x]['reason']}" for x in (comp.a, comp.b) if x in results and results[x]["status"] != "ok"]
             entry.update(status="skipped", reason="; ".join(why) or "case not defined")

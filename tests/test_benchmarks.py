@@ -75,8 +75,9 @@ def test_committed_baseline_is_well_formed():
 
 def test_paired_ratio_and_summary():
     a = [0.2, 0.4, 0.3, 0.5, 0.1]
-    r = paired_ratio(a, [x / 2 for x in a])  # every round exactly twice as slow, whatever the drift
+    r = paired_ratio(a, [x / 2 for x in a], items_a=[2] * 5, items_b=[1] * 5)  # twice as slow, whatever the drift
     assert r["ratio"] == pytest.approx(2.0) and r["ci95"] == pytest.approx([2.0, 2.0]) and r["rounds"] == 5
+    assert r["ratio_per_item"] == pytest.approx(1.0)  # ... because it made twice the tokens
     s = summarize([0.01, 0.02, 0.03, 0.04, 0.10])
     assert s["median_ms"] == pytest.approx(30.0) and s["min_ms"] == pytest.approx(10.0)
     assert 40.0 < s["p95_ms"] <= 100.0 and s["n"] == 5
