@@ -69,6 +69,16 @@ class TorchTextModel:
         return [self._continuations(self.encode(p), config) for p in prompts]
 
     def _continuations(self, prompt_ids: list[int], config: GenerationConfig) -> list[list[int]]:
+        return self._generate(prompt_ids, config)[0]
+
+    def greedy_margins(self, prompt: str, max_new_tokens: int) -> tuple[list[int], list[float]]:
+        """The greedy continuation and, per generated token, the top-1 minus top-2 logit: the export
+        validation treats a divergence where this gap is tiny as a numerical tie, not an error."""
+        seqs, scores = self._generate(self.encode(prompt), GenerationConfig(max_new_tokens=max_new_tokens), scores=True)
+        margins = [float(v[0, 0] - v[0, 1]) for v in (s.topk(2, dim=-1).values for s in scores)]
+        return seqs[0], margins[:len(seqs[0])]
+
+    def _generate(self, prompt_ids: list[int], config: GenerationConfig, scores: bool = False):
         torch = self._torch
         if config.grammar:
             raise BackendError("GBNF grammars run on the gguf backend only; drop `grammar` or use a gguf bundle")
@@ -83,7 +93,8 @@ class TorchTextModel:
         kwargs = dict(max_new_tokens=config.max_new_tokens, num_beams=config.num_beams, do_sample=config.do_sample,
                       num_return_sequences=config.num_return_sequences, no_repeat_ngram_size=config.no_repeat_ngram_size,
                       length_penalty=config.length_penalty, early_stopping=config.early_stopping,
-                      repetition_penalty=config.repetition_penalty, eos_token_id=eos or None, pad_token_id=pad)
+                      repetition_penalty=config.repetition_penalty, eos_token_id=eos or None, pad_token_id=pad,
+                      output_scores=scores, return_dict_in_generate=True)
         if config.do_sample:
             kwargs.update(temperature=config.temperature, top_k=config.top_k or None, top_p=config.top_p)
         else:  # no sampling knobs: transformers warns about them otherwise
@@ -93,7 +104,7 @@ class TorchTextModel:
             out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
         start = 1 if self.kind == "seq2seq" else len(prompt_ids)  # seq2seq outputs begin with decoder_start
         drop = set(eos) | {pad}
-        return [_until(row[start:].tolist(), drop) for row in out]
+        return [_until(row[start:].tolist(), drop) for row in out.sequences], out.scores
 
     def next_token_logits(self, prompt_ids: Sequence[int]) -> np.ndarray:
         torch = self._torch
