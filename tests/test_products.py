@@ -277,3 +277,11 @@ def test_eval_reports_accuracy_price_error_and_unknowns(default_bundle):
     assert row["queries"] == 8 and row["unknown_queries"] == 2 and row["top1_title_accuracy"] >= 0.5, row
     assert row["non_product_photos"] == 7 and row["non_product_unknown_rate"] == 1.0, row
     assert row["price_mae"] >= 0 and row["median_ms"] > 0
+
+
+def test_static_int8_without_calibration_photos_is_refused(tmp_path):
+    from edgesight.export.image_encoder import main
+
+    with pytest.raises(SystemExit, match="static int8 needs calibration images"):
+        main(["--out", str(tmp_path / "enc"), "--precision", "int8"])
+    assert not (tmp_path / "enc").exists()  # nothing half-written

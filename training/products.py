@@ -154,7 +154,8 @@ def train(catalog_csv, out, *, steps: int = 60, batch_size: int = 12, lr: float 
     model.save_pretrained(str(adapter_dir))   # adapter_model.safetensors + adapter_config.json
     merged = model.merge_and_unload().eval()
     bundle = export_image_encoder(merged, out / "bundle", preprocessing=prep, precision=precision,
-                                  calibration=photos + [v for v, _ in val], threads=threads or 1, progress=progress,
+                                  calibration=photos + [augment(ph, random.Random(20_000 + i)) for i, ph in enumerate(photos)],
+                                  validation=[v for v, _ in val], threads=threads or 1, progress=progress,
                                   name="efficientnet-lite0+lora",
                                   provenance={"base": "efficientnet-lite0 (ImageNet-1k)", "lora": {
                                       "rank": rank, "alpha": alpha, "targets": len(targets), "steps": steps,
