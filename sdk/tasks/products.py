@@ -30,7 +30,7 @@ from ..images import decode_base64, load_image
 from ..progress import bar
 from .base import Task
 
-DEFAULT_THRESHOLD = 0.55   # cosine below which a photo is `unknown`; bundles carry their calibrated value
+DEFAULT_THRESHOLD = 0.55   # cosine below which a photo is `unknown` (non-products score <= 0.28, listed >= ~0.7); a manifest may set `unknown_threshold`
 OCR_WEIGHT = 0.15          # how much a label-text match adds to the visual similarity when re-ranking
 RERANK_POOL = 20           # OCR re-ranks only the visual top-20: search stays one matrix product
 
