@@ -275,3 +275,19 @@ def test_last_logits_only_export_matches_full_logits(tiny_llama_dir, tiny_llama_
     last = open_session(tiny_llama_onnx.parent / "onnx" / "model.onnx", threads=1).run(["logits"], feeds)[0]
     assert all_positions.shape[1] == 5 and last.shape[1] == 1 and "model.onnx" in full["files"]
     np.testing.assert_allclose(last[:, 0], all_positions[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_generation_from_an_external_encoder_output(t5):
+    """from_encoder_output: the decoder runs from an encoder output computed by the caller (the
+    captioning path feeds image features this way); same tokens as the text path."""
+    from edgesight.generation import generate_ids
+    lm = t5[2]
+    start = int(lm.tokens["decoder_start"])
+    for cfg in (GenerationConfig(max_new_tokens=10), GenerationConfig(max_new_tokens=10, num_beams=3, num_return_sequences=2)):
+        for prompt in PROMPTS[:2]:
+            ids = np.array([lm.encode(prompt)], dtype=np.int64)
+            mask = np.ones_like(ids)
+            hidden = lm.sessions["encoder"].run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            ours = generate_ids(lm.from_encoder_output(hidden, mask), [[start]], cfg, eos_token_ids=lm.eos,
+                                decoder_start_token_id=start)
+            assert ours == lm.generate_ids([prompt], cfg)

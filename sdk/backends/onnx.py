@@ -250,16 +250,20 @@ class OnnxSeq2SeqLM(_TextModel):
             mask[i, :len(p)] = 1
         hidden = self._run(self.sessions["encoder"], {"input_ids": ids, "attention_mask": mask},
                            self.paths["encoder"])[0]
-        start = np.full((n, 1), int(self.tokens["decoder_start"]), dtype=np.int64)
-        state = {"hidden": hidden, "mask": mask, "past": None}
-        return self._decode(start, state)
+        return self.from_encoder_output(hidden, mask).prefill([[int(self.tokens["decoder_start"])]] * n)
+
+    def from_encoder_output(self, hidden: np.ndarray, mask: np.ndarray | None = None) -> "EncoderOutput":
+        """A Decoder for the generation loop that starts from an encoder output computed elsewhere
+        (e.g. an image encoder): `generate_ids(lm.from_encoder_output(h), [[start]], config, ...)`."""
+        return EncoderOutput(self, hidden, mask)
 
     def step(self, tokens, state):
         return self._decode(tokens.reshape(-1, 1).astype(np.int64), state)
 
     def select(self, state, rows):
         past = None if state["past"] is None else [kv[rows] for kv in state["past"]]
-        return {"hidden": state["hidden"][rows], "mask": state["mask"][rows], "past": past}
+        mask = None if state["mask"] is None else state["mask"][rows]
+        return {"hidden": state["hidden"][rows], "mask": mask, "past": past}
 
     def _decode(self, ids, state):
         n = len(ids)
@@ -277,13 +281,28 @@ class OnnxSeq2SeqLM(_TextModel):
         out = self._run(session, feeds, self.paths[role])
         names = [o.name for o in session.get_outputs()]
         presents = dict(zip(names[1:], out[1:]))
-        if first:
-            new_past = [presents["present" + name[len("past_key_values"):]] for name in self.past_names]
-        else:   # the encoder half of the cache never changes after the first step
-            new_past = [presents.get("present" + name[len("past_key_values"):], old)
-                        if ".decoder." in name else old for name, old in zip(self.past_names, state["past"])]
+        # the cross-attention (".encoder.") half of the cache is fixed after the first step: merged
+        # decoders output placeholders for it on the cache branch, decoder_with_past omits it
+        old = state["past"] or [None] * len(self.past_names)
+        new_past = [kv if (not first and ".encoder." in name) else presents.get("present" + name[len("past_key_values"):], kv)
+                    for name, kv in zip(self.past_names, old)]
         logits = np.asarray(out[0][:, -1, :], dtype=np.float32)
         return logits, {"hidden": state["hidden"], "mask": state["mask"], "past": new_past}
+
+
+class EncoderOutput:
+    """Decoder protocol over a fixed encoder output: prefill(decoder_prompts) pairs row i of `hidden`
+    with decoder prompt i (a single row is shared by all prompts). Decoder prompts have equal length."""
+
+    def __init__(self, lm: OnnxSeq2SeqLM, hidden: np.ndarray, mask: np.ndarray | None = None):
+        self.lm, self.hidden, self.mask = lm, hidden, mask
+        self.step, self.select = lm.step, lm.select
+
+    def prefill(self, prompts):
+        ids = np.asarray(prompts, dtype=np.int64)
+        rows = np.zeros(len(ids), dtype=np.int64) if len(self.hidden) == 1 else np.arange(len(ids))
+        mask = None if self.mask is None else self.mask[rows]
+        return self.lm._decode(ids, {"hidden": self.hidden[rows], "mask": mask, "past": None})
 
 
 def _common_prefix(cached: list[int], prompts: list[list[int]]) -> int:
