@@ -215,3 +215,17 @@ def test_tiny_llama_converts_to_gguf_and_llama_cpp_agrees(tiny_llama_dir, llama,
             if len(theirs) == 8:
                 break
         assert ours == theirs
+
+
+def test_beam_sampling_is_seeded(llama):
+    model, tok, dec = llama
+    ids = [tok(p).input_ids for p in PROMPTS[:2]]
+
+    def run(seed):
+        cfg = GenerationConfig(max_new_tokens=8, num_beams=3, num_return_sequences=2, do_sample=True,
+                               temperature=1.5, seed=seed)
+        return generate_ids(dec, ids, cfg, eos_token_ids=[])
+
+    first = run(0)
+    assert first == run(0) and first != run(1)
+    assert all(len(seqs) == 2 and all(len(s) == 8 for s in seqs) for seqs in first)
