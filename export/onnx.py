@@ -214,8 +214,9 @@ def _check_src(path) -> Path:
 
 
 def _needs_external(src: Path) -> bool:
-    data = src.with_name(src.name + ".data")
-    return src.stat().st_size + (data.stat().st_size if data.exists() else 0) > EXTERNAL_DATA_BYTES
+    # optimum names external weights "<name>_data", onnxruntime's quantizers "<name>.data"
+    data = [src.with_name(src.name + suffix) for suffix in ("_data", ".data")]
+    return src.stat().st_size + sum(d.stat().st_size for d in data if d.exists()) > EXTERNAL_DATA_BYTES
 
 
 def _report(dst: Path, before: dict, start: float) -> dict:
