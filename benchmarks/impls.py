@@ -178,7 +178,7 @@ def optimum_text(params: dict) -> Runner:
 
 
 def llama_text(params: dict) -> Runner:
-    gen = llama_generator(params["gguf"], params["threads"], params.get("n_ctx"), params.get("tokenizer"))
+    gen = llama_generator(params["gguf"], params["threads"], params.get("n_ctx"), tokenizer=params.get("tokenizer"))
     config = _greedy(params)
     return Runner(_loop(lambda p: gen(p, config)), params)
 
