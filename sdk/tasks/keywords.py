@@ -151,7 +151,7 @@ class Vocabulary:
     """Maps free names onto allowed labels: exact/singular/slash-part match, known synonyms, close
     spelling, then (if MiniLM and transformers are installed) sentence-embedding similarity."""
 
-    def __init__(self, labels, min_similarity: float = 0.55):
+    def __init__(self, labels, min_similarity: float = 0.5):
         if isinstance(labels, str):
             if labels != "objects365":
                 raise InputError(f"vocabulary must be a list of labels or 'objects365', got {labels!r}")
