@@ -7,6 +7,11 @@ that transformers, optimum's ONNX exporter and llama.cpp's `convert_hf_to_gguf.p
     tiny_llama(out_dir)  LlamaForCausalLM, 2 layers, hidden 256, ~2000-piece BPE, ChatML template,
                          eos = <|im_end|> (the SmolLM2 layout)
     tiny_t5(out_dir)     T5ForConditionalGeneration, 2+2 layers, unigram vocabulary, T5 special ids
+    onnx_text_bundle()   export one of them with edgesight.export.onnx and wrap it in a bundle
+    hf_generate()        transformers' generate() token ids for an edgesight GenerationConfig
+
+The Llama tokenizer matches llama.cpp's tokenization of the converted GGUF (checked in
+tests/test_generation.py), so the same tiny model serves the ONNX and GGUF backends.
 """
 from __future__ import annotations
 
