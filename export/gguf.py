@@ -75,6 +75,7 @@ def _staged(out_file: Path):
     out_file.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".gguf", dir=out_file.parent)
     os.close(fd)
+    os.chmod(tmp, 0o644)   # mkstemp makes it owner-only; bundles are meant to be shared
     return Path(tmp)
 
 
