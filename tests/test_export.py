@@ -300,3 +300,19 @@ def test_gguf_base_round_trip_keeps_the_real_smollm2_tokenizer(tmp_path):
         assert ids == llm.tokenize(text.encode(), add_bos=True, special=True)
         assert tok.decode(ids) == text
     assert tok.eos_token == "<|im_end|>" and not tok.add_bos_token
+
+
+def test_exact_formats_tolerate_only_the_references_own_near_ties():
+    from edgesight.export.validate import Fidelity, agreed_prefix, require_exact, until_eos
+
+    def fid(exact, ties, same=True):
+        return Fidelity("gguf-f16", exact, ties, 6.8, 7.8, same, 0.04, 6, 24)
+
+    require_exact(fid(1.0, 0))
+    require_exact(fid(5 / 6, 1))                       # the one divergence was at a reference tie
+    with pytest.raises(ExportError, match="83% of the probes"):
+        require_exact(fid(5 / 6, 0))
+    with pytest.raises(ExportError, match="other prompt ids"):
+        require_exact(fid(1.0, 0, same=False))
+    assert until_eos([5, 7, 2, 9], {2}) == [5, 7] and until_eos([5, 7], {2}) == [5, 7]
+    assert agreed_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
