@@ -122,6 +122,8 @@ def test_count_tokens_context_and_limits(gguf_model):
         gguf_model.generate(PROMPTS[:1], GenerationConfig(num_beams=2))
     with pytest.raises(InputError, match="list of prompts"):
         gguf_model.generate(PROMPTS[0], GREEDY)
+    with pytest.raises(InputError, match="no tokens"):
+        gguf_model.generate([""], GREEDY)
 
 
 def test_wrong_bundle_format_and_missing_llama_cpp(tiny_bundles, monkeypatch):

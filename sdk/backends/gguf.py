@@ -115,6 +115,8 @@ class GGUFTextModel:
         return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).astype(np.float32).copy()
 
     def _check(self, config: GenerationConfig, n_prompt: int) -> None:
+        if n_prompt == 0:
+            raise InputError("the prompt has no tokens; pass non-empty text")
         if config.num_beams > 1:
             raise BackendError("beam search is not available on the gguf backend (llama.cpp samples greedily "
                                "or stochastically); use num_beams=1 or run an onnx bundle")
