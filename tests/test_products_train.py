@@ -65,3 +65,13 @@ def test_training_refuses_a_one_product_catalogue(tmp_path):
     csv_path, _, _ = make_catalog(tmp_path, n=1, holdout=0)
     with pytest.raises(TrainingError, match="at least 2"):
         train(csv_path, tmp_path / "run", steps=1)
+
+
+def test_training_names_a_bad_lora_target(tmp_path):
+    from edgesight.training.products import train
+
+    csv_path, _, _ = make_catalog(tmp_path, n=2, holdout=0)
+    with pytest.raises(TrainingError, match="not in the encoder"):
+        train(csv_path, tmp_path / "run", steps=1, target_modules=["net._blocks.99._project_conv"])
+    with pytest.raises(TrainingError, match="target pointwise"):
+        train(csv_path, tmp_path / "run", steps=1, target_modules=["net._blocks.3._depthwise_conv"])

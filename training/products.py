@@ -9,6 +9,9 @@ stops at the first adapted layer, so a step costs little more than a forward pas
 in eval mode (statistics frozen). The adapter is merged and exported to an ONNX bundle (fp32/int8),
 with the adapter itself saved as safetensors next to it.
 
+Of the shared LoRA options, --steps --batch-size --lr --rank --alpha --dropout --target-modules --seed
+--threads --out apply; the text-only ones (--max-length, --grad-accum, --eval-every, ...) are ignored.
+
     edgesight train products --catalog catalog.csv --out runs/lora --steps 60
     edgesight eval products --model ~/.cache/edgesight/bundles/products --model runs/lora/bundle
 """
@@ -67,7 +70,7 @@ def train_main(args) -> dict:
         csv_path = args.catalog or write_catalog(tmp, catalog_products(args.synthetic, seed=args.seed))
         report = train(csv_path, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rank=args.rank,
                        alpha=args.alpha, dropout=args.dropout, last_blocks=args.last_blocks, temperature=args.temperature,
-                       precision=args.precision, seed=args.seed, threads=args.threads,
+                       precision=args.precision, seed=args.seed, threads=args.threads, target_modules=args.target_modules,
                        progress=False if args.no_progress else None)
     return report.to_dict()
 
@@ -88,8 +91,11 @@ def _plain_pointwise(model, names: list[str]) -> None:
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent, conv = model.get_submodule(parent_name), model.get_submodule(name)
+        if not isinstance(conv, torch.nn.Conv2d) or type(conv) is torch.nn.Conv2d:
+            continue  # Linear layers and plain convs take LoRA as they are
         if conv.kernel_size != (1, 1) or conv.stride != (1, 1):
-            raise TrainingError(f"LoRA target {name} is not a pointwise convolution")
+            raise TrainingError(f"LoRA target {name} is a {conv.kernel_size} convolution with TF 'same' padding; "
+                                "target pointwise (1x1) convolutions or linear layers")
         plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
         plain.load_state_dict(conv.state_dict())
         setattr(parent, child, plain)
@@ -98,7 +104,7 @@ def _plain_pointwise(model, names: list[str]) -> None:
 def train(catalog_csv, out, *, steps: int = 60, batch_size: int = 12, lr: float = 1e-3, rank: int = 8, alpha: int = 16,
           dropout: float = 0.0, last_blocks: int = 4, temperature: float = 0.05, precision: str = "int8",
           image_size: int = 224, seed: int = 0, threads: int | None = None, progress: bool | None = None,
-          base=None) -> ProductTrainReport:
+          target_modules: list[str] | None = None, base=None) -> ProductTrainReport:
     """Fine-tune `base` (default: the real EfficientNet-Lite0) on a catalogue CSV; write adapter + merged bundle to `out`."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -124,7 +130,11 @@ def train(catalog_csv, out, *, steps: int = 60, batch_size: int = 12, lr: float 
 
     t0 = time.perf_counter()
     model = base if base is not None else efficientnet_lite0(image_size)
-    targets = lora_targets(model, last_blocks)
+    targets = list(target_modules) if target_modules else lora_targets(model, last_blocks)
+    missing = [t for t in targets if t not in dict(model.named_modules())]
+    if missing:
+        raise TrainingError(f"LoRA target(s) {', '.join(missing)} not in the encoder; names look like "
+                            "net._blocks.15._project_conv or net._conv_head")
     _plain_pointwise(model, targets)
     model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets))
     model.eval()  # BatchNorm statistics frozen; only LoRA weights train
