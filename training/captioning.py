@@ -193,7 +193,7 @@ def add_train_arguments(p) -> None:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--vision-lora", action="store_true", help="also adapt the vision attention")
     p.add_argument("--clip", default=None, help="CLIP HF directory for tag scores in the exported bundle")
-    p.add_argument("--precision", default="int4", choices=["fp32", "int8", "int4"])
+    p.add_argument("--precision", default="int8", choices=["fp32", "int8", "int4"])
     add_config_arguments(p, steps=100, lr=1e-4, batch_size=4)
 
 

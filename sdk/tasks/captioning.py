@@ -1,6 +1,6 @@
 """Captioning: image -> a beam-search caption, nucleus-sampled captions, and tags scored by CLIP.
 
-    cap = edgesight.Captioner.from_pretrained("bundles/blip-int4")
+    cap = edgesight.Captioner.from_pretrained("bundles/blip-int8")
     cap("photo.jpg")  # CaptionResult(caption="a cat on a couch", samples=[...5...], tags=[("cat", 0.61), ...])
 
 The flow reads top to bottom (the seed's service, rebuilt for an edge CPU):
