@@ -81,6 +81,14 @@ def test_out_of_catalogue_photo_is_unknown_not_a_confident_wrong_answer(recogniz
         assert result.matches and result.price_estimate is not None  # neighbours are still shown
 
 
+def test_large_jpeg_photo_is_decoded_reduced_and_recognised(recognizer, catalog, tmp_path):
+    _, listed, _ = catalog
+    big = tmp_path / "phone.jpg"
+    render(listed[5]).resize((3000, 3000)).save(big, quality=90)   # 9 MP: decoded at 1/8 scale via PIL draft
+    result = recognizer(str(big))
+    assert result.title == listed[5].title and recognizer(big.read_bytes()).title == listed[5].title
+
+
 def test_batch_gives_one_result_per_photo(recognizer, catalog):
     _, listed, _ = catalog
     photos = [render(p) for p in listed[:3]]
@@ -122,13 +130,17 @@ def test_empty_or_unusable_catalogue_is_a_clear_error(recognizer, tmp_path):
         index.search(np.ones(8, np.float32))
 
 
-def test_unreadable_photo_is_an_image_error(recognizer, tmp_path):
+def test_unreadable_photo_is_an_image_error(recognizer, catalog, tmp_path):
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not an image at all")
     with pytest.raises(ImageError, match="not a recognised image format"):
         recognizer(str(junk))
     with pytest.raises(ImageError, match="no such image file"):
         recognizer(str(tmp_path / "absent.jpg"))
+    buf = io.BytesIO()
+    render(catalog[1][0]).save(buf, "JPEG")
+    with pytest.raises(ImageError, match="truncated"):
+        recognizer(buf.getvalue()[: len(buf.getvalue()) // 2])  # the fast JPEG path falls back to the typed error
     with pytest.raises(InputError, match="base64"):
         from_json({"image": "@@@"})
 

