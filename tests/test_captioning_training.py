@@ -59,3 +59,14 @@ def test_lora_trains_resumes_merges_and_exports(tiny_blip_dir, folder, tmp_path)
     assert not np.allclose(before[name], after[name])          # the adapter was folded in
     bundle = export_blip(merged, tmp_path / "bundle", precision="fp32", max_new_tokens=8, progress=False)
     assert bundle.get("fidelity")["greedy_agreement"] == 1.0    # fp32 export of the merged model == PyTorch
+
+
+def test_vision_lora_adapts_the_vision_attention_too(tiny_blip_dir, folder, tmp_path):
+    from safetensors.numpy import load_file
+
+    examples = read_captions(folder, folder / "captions.jsonl")
+    train_captioning(tiny_blip_dir, examples, out_dir=tmp_path, vision_lora=True, progress=False,
+                     config=TrainConfig(steps=1, batch_size=2, threads=1))
+    keys = list(load_file(str(tmp_path / "adapter" / "adapter_model.safetensors")))
+    assert any("vision_model" in k and "qkv" in k for k in keys) and any("text_decoder" in k for k in keys)
+    assert not any("text_decoder.cls" in k for k in keys)          # the LM head stays frozen
