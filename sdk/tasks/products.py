@@ -18,6 +18,7 @@ import difflib
 import io
 import os
 import re
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -99,7 +100,7 @@ class ProductRecognizer(Task):
         self.encoder = ImageEncoder.from_bundle(bundle, self.threads)
         self.threshold = float(threshold if threshold is not None else bundle.get("unknown_threshold", DEFAULT_THRESHOLD))
         self.top_k, self.use_ocr, self.progress = int(top_k), bool(ocr), progress
-        self._ocr_engine = None
+        self._ocr_engine, self._ocr_lock = None, threading.Lock()
         self.report: IngestReport | None = None
         self.catalog: CatalogIndex | None = None
         if catalog is not None:
@@ -142,7 +143,7 @@ class ProductRecognizer(Task):
     def embed_files(self, paths: list, batch: int = 16) -> np.ndarray:
         out = []
         for i in bar(range(0, len(paths), batch), desc="embedding catalogue", progress=self.progress):
-            out.append(self.encoder.embed([load_image(p) for p in paths[i:i + batch]]))
+            out.append(self.encoder.embed([_open_photo(p, self.encoder.preprocessing.size) for p in paths[i:i + batch]]))
         return np.concatenate(out) if out else np.zeros((0, self.encoder.dim), np.float32)
 
     def add_product(self, title: str, category: str | None, price, image, *, replace: bool = False, **extra) -> None:
@@ -200,15 +201,19 @@ class ProductRecognizer(Task):
 
     # -- OCR ----------------------------------------------------------------------------------------
     def _read(self, image) -> OcrReading:
-        if self._ocr_engine is None:
-            from .._optional import require
-            engine = require("rapidocr_onnxruntime", "ocr").RapidOCR
-            # No angle classifier: it "corrects" upright labels (MOXI read as IXOW); shop photos are roughly upright.
-            self._ocr_engine = engine(use_cls=False, intra_op_num_threads=self.threads, inter_op_num_threads=1,
-                                      print_verbose=False)
+        with self._ocr_lock:  # the server calls one recognizer from several worker threads
+            if self._ocr_engine is None:
+                self._ocr_engine = self._make_ocr()
         result, _ = self._ocr_engine(np.asarray(image))
         lines = [text for _, text, conf in (result or []) if float(conf) >= 0.5]
         return OcrReading(lines, read_price(lines))
+
+    def _make_ocr(self):
+        from .._optional import require
+
+        engine = require("rapidocr_onnxruntime", "ocr").RapidOCR
+        # No angle classifier: it "corrects" upright labels (MOXI read as IXOW); shop photos are roughly upright.
+        return engine(use_cls=False, intra_op_num_threads=self.threads, inter_op_num_threads=1, print_verbose=False)
 
 
 def _open_photo(image, min_side: int):
