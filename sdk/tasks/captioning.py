@@ -211,41 +211,9 @@ class _Blip:
         return _clean_up(self.tokenizer.decode(ids, skip_special_tokens=True)).strip()
 
 
-class _ImageStart:
-    """Decoder protocol for a vision encoder-decoder (ViT+GPT2): every row starts from the image's
-    hidden states; the ONNX backend's seq2seq model provides sessions, cache names and decoding.
-    Presents are taken by name, so GPT-2 style caches (no ".decoder." in the names) advance too."""
-
-    def __init__(self, lm, hidden: np.ndarray):
-        self.lm, self.hidden = lm, hidden
-
-    def _decode(self, ids, hidden, past):
-        lm, first = self.lm, past is None
-        if lm.merged:
-            session, feeds = lm.sessions["decoder"], {"use_cache_branch": np.array([not first])}
-            past = past or [np.zeros((len(ids), lm.heads, 0, lm.head_dim), lm.dtype) for _ in lm.past_names]
-        else:
-            session, feeds, past = lm.sessions["decoder" if first else "decoder_with_past"], {}, past or []
-        feeds |= {"input_ids": ids, "encoder_hidden_states": hidden, **dict(zip(lm.past_names, past))}
-        wanted = {i.name for i in session.get_inputs()}
-        out = session.run(None, {k: v for k, v in feeds.items() if k in wanted})
-        presents = dict(zip((o.name for o in session.get_outputs()), out))
-        new = [presents.get("present" + n[len("past_key_values"):], old) for n, old in
-               zip(lm.past_names, past or [None] * len(lm.past_names))]
-        return np.asarray(out[0][:, -1, :], np.float32), {"hidden": hidden, "past": new}
-
-    def prefill(self, prompts):
-        return self._decode(np.asarray(prompts, dtype=np.int64), np.repeat(self.hidden, len(prompts), axis=0), None)
-
-    def step(self, tokens, state):
-        return self._decode(tokens.reshape(-1, 1).astype(np.int64), state["hidden"], state["past"])
-
-    def select(self, state, rows):
-        return {"hidden": state["hidden"][rows], "past": [p[rows] for p in state["past"]]}
-
-
 class _VisionEncoderDecoder:
-    """optimum's image-to-text-with-past export (encoder_model + decoder[_merged])."""
+    """optimum's image-to-text-with-past export (encoder_model + decoder[_merged]) on the ONNX
+    backend's seq2seq model, started from the image encoder's output."""
 
     def __init__(self, bundle, threads: int):
         from ..backends.onnx import OnnxSeq2SeqLM
@@ -255,8 +223,9 @@ class _VisionEncoderDecoder:
     def captions(self, image: Image.Image, configs: list[GenerationConfig]) -> list[list[str]]:
         hidden = self.lm.sessions["encoder"].run(None, {"pixel_values": preprocess(image, self.settings)})[0]
         start = int(self.lm.tokens["decoder_start"])
-        return [[self.lm.decode(s) for s in generate_ids(_ImageStart(self.lm, hidden), [[start]], cfg, eos_token_ids=self.lm.eos,
-                                                          decoder_start_token_id=start)[0]] for cfg in configs]
+        return [[self.lm.decode(s) for s in generate_ids(self.lm.from_encoder_output(hidden), [[start]], cfg,
+                                                          eos_token_ids=self.lm.eos, decoder_start_token_id=start)[0]]
+                for cfg in configs]
 
 
 class _Classifier:
