@@ -299,20 +299,20 @@ def test_static_int8_without_calibration_photos_is_refused(tmp_path):
     assert not (tmp_path / "enc").exists()  # nothing half-written
 
 
-def test_http_route_recognises_a_product_on_a_real_server(default_bundle, tmp_path):
+def test_http_route_recognises_a_product_on_a_real_server(default_bundle, catalog, tmp_path):
     import httpx
 
     from benchmarks.serve_load import start_server, stop_server
-    from edgesight.export.default_products import catalog_products
 
+    csv_path, listed, _ = catalog
     proc, url = start_server(["--model", f"products={default_bundle}", "--threads", "1"],
-                             env={"EDGESIGHT_HOME": str(tmp_path)})
+                             env={"EDGESIGHT_HOME": str(tmp_path), "EDGESIGHT_PRODUCTS_CATALOG": str(csv_path)})
     try:
         buf = io.BytesIO()
-        render(catalog_products(24, seed=0)[7]).save(buf, "JPEG", quality=85)
+        render(listed[7]).save(buf, "JPEG", quality=85)
         r = httpx.post(url + "/v1/products", json={"image": base64.b64encode(buf.getvalue()).decode()}, timeout=60)
         assert r.status_code == 200, r.text
-        assert r.json()["title"] == catalog_products(24, seed=0)[7].title and r.json()["matches"]
+        assert r.json()["title"] == listed[7].title and r.json()["matches"]
         bad = httpx.post(url + "/v1/products", json={"photo": "x"}, timeout=60)
         assert bad.status_code == 400 and "products request" in bad.json()["error"]
     finally:

@@ -103,6 +103,7 @@ class ProductRecognizer(Task):
         self._ocr_engine, self._ocr_lock = None, threading.Lock()
         self.report: IngestReport | None = None
         self.catalog: CatalogIndex | None = None
+        catalog = catalog if catalog is not None else os.environ.get("EDGESIGHT_PRODUCTS_CATALOG") or None  # for `serve`
         if catalog is not None:
             self.set_catalog(catalog)
         elif bundle.has("catalog_embeddings"):
