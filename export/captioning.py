@@ -136,20 +136,13 @@ def _export_blip_graphs(blip, out_dir: Path, image_size: int) -> dict:
 # ---------------------------------------------------------------- quantization
 def quantize(src: Path, dst: Path, scheme: str) -> Path:
     """int8: dynamic int8 (encoders, single-pass graphs); int4: weight-only MatMulNBits (decoders:
-    dynamic int8 makes token-by-token decoding slower on this CPU, TOOLCHAIN.md)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    TOOLCHAIN.md found dynamic int8 slower for 1-row decoding; with beams + samples batched per token
+    both are measured in docs/captioning.md). The shared quantizers of edgesight.export.onnx do the work."""
+    from edgesight.export.onnx import quantize_int4, quantize_int8
 
-    if scheme == "int8":
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, extra_options={"EnableSubgraph": True})
-    elif scheme == "int4":
-        import onnx
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-        q = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=32, is_symmetric=True, accuracy_level=4)
-        q.process()
-        q.model.save_model_to_file(str(dst), use_external_data_format=False)
-    else:
+    if scheme not in ("int8", "int4"):
         raise ExportError(f"unknown quantization scheme {scheme!r}; use int8 or int4")
+    (quantize_int8 if scheme == "int8" else quantize_int4)(src, dst)
     return dst
 
 
