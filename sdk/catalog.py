@@ -332,9 +332,9 @@ class CatalogIndex:
         w.add_json({"encoder": self.encoder, "products": [p.to_dict() for p in self.products]},
                    f"{prefix}items.json", role="catalog_items")
         if self._ivf is not None:  # a trained inverted file is kept: retraining it at 100k items takes ~30 s
-            for role, arr in (("catalog_ivf_centroids", self._ivf.centroids), ("catalog_ivf_assign", self._ivf.assign)):
-                np.save(w.dir / f"{prefix}{role[8:]}.npy", arr, allow_pickle=False)
-                w.set_role(role, f"{prefix}{role[8:]}.npy")
+            for name, arr in (("ivf_centroids", self._ivf.centroids), ("ivf_assign", self._ivf.assign)):
+                np.save(w.dir / f"{prefix}{name}.npy", arr, allow_pickle=False)
+                w.set_role(f"catalog_{name}", f"{prefix}{name}.npy")
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> "CatalogIndex":

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import defaults
-from ..catalog import CatalogIndex, IngestReport, Product, encoder_fingerprint, parse_price, read_catalog_csv
+from ..catalog import CatalogIndex, IngestReport, Product, parse_price, read_catalog_csv
 from ..encoder import ImageEncoder
 from ..errors import CatalogError, InputError
 from ..images import decode_base64, load_image
@@ -254,9 +254,8 @@ def read_price(lines: list[str]) -> float | None:
     """A price printed in the photo: a currency-marked amount first, else an amount with two decimals."""
     marked = [m.group(1) for line in lines for m in _PRICE.finditer(line) if m.group(1)]
     plain = [m.group(2) for line in lines for m in _PRICE.finditer(line) if m.group(2)]
-    for text in marked + plain:
-        return float(text.replace(",", "."))
-    return None
+    found = marked + plain
+    return float(found[0].replace(",", ".")) if found else None
 
 
 def estimate_price(matches: list[Match], temperature: float = 0.03) -> PriceEstimate | None:
@@ -273,12 +272,7 @@ def estimate_price(matches: list[Match], temperature: float = 0.03) -> PriceEsti
 
 
 # -- CLI, HTTP, demo, eval hooks --------------------------------------------------------------------
-def _sample_inputs() -> list[str]:
-    sample = defaults.default_bundle_dir("products") / "samples" / "query.jpg"
-    return [str(sample)]
-
-
-SAMPLE_INPUTS = _sample_inputs()
+SAMPLE_INPUTS = [str(defaults.default_bundle_dir("products") / "samples" / "query.jpg")]  # a shop photo the default bundle ships
 
 
 def from_json(payload) -> bytes:
