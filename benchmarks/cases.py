@@ -291,7 +291,7 @@ def task_group(task: str, work: Path, threads: int, roots: list[Path], default: 
             case = Case(task, fmt, peer, "benchmarks.impls:replay_task", {**params, **extra}, str(b.path))
             cases.append(case)
             comps.append(Comparison(f"{task}.{fmt}.edgesight_over_{peer.replace('-', '_')}", sdk.id, case.id,
-                                    f"{spec.cls} vs {peer} doing the same model calls"))
+                                    f"{spec.cls} vs {peer} doing the same model calls", per_item=False))
     return Group(task, cases, comps, fidelity(by_case),
                  note=f"{spec.cls} on {len(bundles)} bundle(s), inputs: the task's SAMPLE_INPUTS; peers replay the "
                       "prompts and generation settings the task sent to its model; quality = export-time fidelity")

@@ -97,7 +97,7 @@ def plot(run: dict, path: Path) -> bool:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     points = [c for c in run["cases"] if c["status"] == "ok" and c.get("artifact_mb") and c.get("median_ms")]
     tasks = sorted({c["task"] for c in points})
@@ -105,8 +105,12 @@ def plot(run: dict, path: Path) -> bool:
         return False
     formats = sorted({c["format"] for c in points})
     colours = dict(zip(formats, plt.cm.tab10.colors))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    cols = min(3, len(tasks))
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(tasks):]:
+        ax.set_visible(False)
+    for ax, task in zip(axes.flat, tasks):
         for c in (c for c in points if c["task"] == task):
             marker = "o" if c["impl"] == "edgesight" else "x"
             ax.scatter(c["artifact_mb"], c["median_ms"], color=colours[c["format"]], marker=marker, s=50)
@@ -115,9 +119,9 @@ def plot(run: dict, path: Path) -> bool:
         ms = [c["median_ms"] for c in points if c["task"] == task]
         ax.set(title=task, xlabel="artifact size (MB)", ylabel="median latency per call (ms)", xscale="log",
                yscale="log" if max(ms) > 30 * min(ms) else "linear")
-        for axis in (ax.xaxis, ax.yaxis):
+        for axis in (ax.xaxis, ax.yaxis):  # plain numbers; minor ticks unlabelled (they crowd log axes)
             axis.set_major_formatter(FormatStrFormatter("%g"))
-            axis.set_minor_formatter(FormatStrFormatter("%g"))
+            axis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
     fig.suptitle(f"edgesight {run['mode']} run, {run['settings']['threads']} thread(s) (o = edgesight, x = peer)", fontsize=9)
     fig.tight_layout()

@@ -49,6 +49,7 @@ class Comparison:
     b: str
     what: str
     metric: str = "time"  # "time": paired per-round latency ratio; "size": artifact size ratio (exact)
+    per_item: bool = True  # a and b count the same items (tokens), so a per-item ratio means something
 
 
 @dataclass
@@ -225,7 +226,7 @@ def measure(group: Group, *, threads: int, rounds: int, warmup: int, batch_round
             else:
                 entry.update(status="skipped", reason="artifact missing")
         elif a and b and len(a) == len(b) == rounds and all(results[x]["status"] == "ok" for x in (comp.a, comp.b)):
-            entry.update(status="ok", **paired_ratio(a, b, items_a=items.get(comp.a), items_b=items.get(comp.b)))
+            entry.update(status="ok", **paired_ratio(a, b, **({"items_a": items.get(comp.a), "items_b": items.get(comp.b)} if comp.per_item else {})))
         else:
             why = [f"{x}: {results[x]['reason']}" for x in (comp.a, comp.b) if x in results and results[x]["status"] != "ok"]
             entry.update(status="skipped", reason="; ".join(why) or "case not defined")
