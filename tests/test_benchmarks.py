@@ -67,10 +67,19 @@ def test_guard_rejects_bad_baselines(tmp_path):
         guard.guard(tmp_path / "bad.json", tmp_path / "bad.json")
 
 
-def test_committed_baseline_is_well_formed():
-    base = json.loads((REPO / "benchmarks" / "baseline.json").read_text())
+@pytest.mark.parametrize("name", ["baseline.json", "baseline-full.json"])
+def test_committed_baselines_are_well_formed(name):
+    base = json.loads((REPO / "benchmarks" / name).read_text())
     assert base["ratios"] and all({"max", "min"} & set(rule) for rule in base["ratios"].values())
     assert all("why" in rule for rule in base["ratios"].values())
+
+
+def test_committed_full_run_backs_the_readme_claims():
+    """The README's <=5% SDK-overhead figures come from results/full.json; it must pass its bounds."""
+    out = guard.guard(REPO / "benchmarks" / "results" / "full.json", REPO / "benchmarks" / "baseline-full.json")
+    assert out.ok, out.report()
+    assert {c.key for c in out.checks if c.status == "pass"} >= {
+        "keywords.gguf-q8_0-base.edgesight_over_llama_cpp_python", "describe.onnx-fp32-base.edgesight_over_textmodel"}
 
 
 def test_paired_ratio_and_summary():
