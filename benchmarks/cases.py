@@ -233,11 +233,18 @@ NOT_METRICS = {"probes", "new_tokens", "mean_reference_length", "images", "max_n
 
 
 def fidelity(bundles: dict[str, object]):
-    """Quality of a task case: the agreement with the torch reference measured at export (manifest)."""
-    def score(outputs: dict[str, list]) -> dict[str, dict]:
-        return {cid: {f"export_{k}": v for k, v in (b.get("fidelity") or {}).items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_METRICS}
-                for cid, b in bundles.items() if cid in outputs and b.get("fidelity")}
+    """Quality of a task case: the task's own evaluation on the bundle (`eval.*`, run in the worker)
+    and the agreement with the torch reference measured at export (`export_*`, from the manifest)."""
+    def score(outputs: dict[str, dict]) -> dict[str, dict]:
+        scores = {}
+        for cid, b in bundles.items():
+            if cid in outputs:
+                ev = outputs[cid] if isinstance(outputs[cid], dict) else {}
+                scores[cid] = {**{f"eval.{k}": v for k, v in (ev.get("eval") or {}).items()},
+                               **({"eval_error": ev["eval_error"]} if "eval_error" in ev else {}),
+                               **{f"export_{k}": v for k, v in (b.get("fidelity") or {}).items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_METRICS}}
+        return scores
     return score
 
 

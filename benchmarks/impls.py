@@ -198,15 +198,65 @@ def _task(params: dict):
     return TASKS[params["task"]].load_class().from_pretrained(params["bundle"], threads=params["threads"])
 
 
+# `edgesight eval <task>` arguments that keep a benchmark's evaluation to a minute or so
+EVAL_ARGS = {"keywords": ["--limit", "40", "--no-baseline"], "describe": ["-n", "40", "--latency-n", "1"],
+             "products": ["--products", "16", "--views", "2", "--holdout", "4", "--ocr", "off"]}
+# report parts that are settings, sizes or timings rather than quality
+NOT_QUALITY = {"latency", "errors", "baseline", "seed_path", "speedup_vs_seed_path", "inputs", "n", "mean_ms",
+               "median_ms", "p90_ms", "seconds", "catalogue", "queries", "unknown_queries", "non_product_photos",
+               "threshold", "held_out", "views", "seed"}
+
+
+def _numbers(tree, prefix: str = "") -> dict:
+    """Numeric leaves of an eval report (quality figures), keyed by their path."""
+    if isinstance(tree, dict):
+        if {"bundle", "backend"} <= set(tree):  # a task's info(): where it ran, not how well
+            return {}
+        return {k: v for key, sub in tree.items() if key not in NOT_QUALITY
+                for k, v in _numbers(sub, f"{prefix}{key}.").items()}
+    if isinstance(tree, list) and len(tree) == 1:
+        return _numbers(tree[0], prefix)
+    is_number = isinstance(tree, (int, float)) and not isinstance(tree, bool)
+    return {prefix.rstrip("."): round(float(tree), 4)} if is_number else {}
+
+
+def task_quality(task_name: str, bundle: str, threads: int) -> dict:
+    """The task's own evaluation (`run_eval`, as `edgesight eval` runs it) on this bundle."""
+    import argparse
+
+    from edgesight.registry import TASKS
+
+    module = TASKS[task_name].load_module()
+    if task_name not in EVAL_ARGS or not hasattr(module, "run_eval"):
+        return {}
+    parser = argparse.ArgumentParser()
+    module.add_eval_arguments(parser)
+    args = parser.parse_args(["--model", bundle, "--threads", str(threads), *EVAL_ARGS[task_name]])
+    # short keys: "sets.x.jsonl.model.f1" -> "x.f1", "results.category_accuracy" -> "category_accuracy"
+    drop = {"sets", "model", "results", "bundles", "jsonl"}
+    return {".".join(p for p in k.split(".") if p not in drop): v
+            for k, v in _numbers(module.run_eval(args)).items()}
+
+
 def sdk_task(params: dict) -> Runner:
-    """The edgesight task class on a bundle: pre-processing, model, post-processing, typed result."""
+    """The edgesight task class on a bundle: pre-processing, model, post-processing, typed result.
+    Its outputs() is the task's own evaluation on this bundle (quality), or why that failed."""
     task = _task(params)
     inputs = _inputs(params)
 
     def run(xs):
         results = task(list(xs))
         return [r.to_dict() if hasattr(r, "to_dict") else r for r in results], len(xs)
-    return Runner(run, {**params, "inputs": inputs})
+
+    runner = Runner(run, {**params, "inputs": inputs})
+
+    def quality():
+        try:
+            return {"eval": task_quality(params["task"], params["bundle"], params["threads"])}
+        except Exception as exc:  # an eval that cannot run here must not lose the timings
+            return {"eval_error": f"{type(exc).__name__}: {exc}"[:300]}
+    runner.outputs = quality
+    return runner
 
 
 def _is_text_model(v) -> bool:

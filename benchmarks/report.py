@@ -60,8 +60,10 @@ def _fmt(value, spec: str = ".1f") -> str:
     return "–" if value is None else format(value, spec)
 
 
-def _quality(q: dict | None) -> str:
-    return ", ".join(f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in (q or {}).items()) or "–"
+def _quality(q: dict | None, most: int = 4) -> str:
+    """The first few quality figures (the JSON has them all)."""
+    items = [f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in (q or {}).items()]
+    return ", ".join(items[:most]) + (f" (+{len(items) - most} in JSON)" if len(items) > most else "") or "–"
 
 
 def markdown(run: dict) -> str:
