@@ -65,14 +65,16 @@ def _config(**kw):
 def test_causal_labels_cover_only_the_answer(llama_dir):
     from transformers import AutoTokenizer
 
-    from edgesight.training.trainer import encode_causal
+    from edgesight.training.trainer import chat_parts, encode_causal
     tok = AutoTokenizer.from_pretrained(llama_dir)
     row = encode_causal(tok, "Segment the cats", "Cat", _config(system="List objects."), chat=True)
     n_prompt = sum(label == -100 for label in row["labels"])
     answer = tok.decode(row["input_ids"][n_prompt:])
     assert row["labels"][:n_prompt] == [-100] * n_prompt and n_prompt > 5
     assert "Cat" in answer and "<|im_end|>" in answer          # the model learns to stop
-    assert tok.decode(row["input_ids"][:n_prompt]).endswith("<|im_start|>assistant\n")
+    head, _ = chat_parts(tok, "Segment the cats", "Cat", "List objects.")   # what inference sends
+    assert head.endswith("<|im_start|>assistant\n")
+    assert row["input_ids"][:n_prompt] == tok(head, add_special_tokens=False)["input_ids"]
     assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
 
 
