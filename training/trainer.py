@@ -12,8 +12,9 @@ Examples are {"input", "output"} dicts; `format_example` turns one into what the
 - token-classification: (text, spans) with spans = [(start, end, label), ...] character ranges;
   tokens get BIO tags over `TrainConfig.labels` (["O", "B-X", "I-X", ...]).
 
-Everything goes through accelerate's `Accelerator`, so `accelerate launch -m edgesight.cli train ...`
-runs it unchanged on several processes. Checkpoints (adapter + optimizer state) are safetensors and
+Everything goes through accelerate's `Accelerator` (batches sharded by process index, checkpoints
+written by the main process), so `accelerate launch -m edgesight.cli train ...` runs it unchanged;
+on this CPU-only machine only single-process launches were run. Checkpoints (adapter + optimizer state) are safetensors and
 JSON only, written atomically to `out_dir/checkpoint`; a second call with the same `out_dir` resumes
 from it. Batches are drawn from a generator seeded by (seed, step), so a resumed run sees the same
 batches as an uninterrupted one.
