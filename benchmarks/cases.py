@@ -301,4 +301,4 @@ def task_group(task: str, work: Path, threads: int, roots: list[Path], default: 
                                     f"{spec.cls} vs {peer} doing the same model calls", per_item=False))
     return Group(task, cases, comps, fidelity(by_case),
                  note=f"{spec.cls} on {len(bundles)} bundle(s), inputs: the task's SAMPLE_INPUTS; peers replay the "
-                      "prompts and generation settings the task sent to its model; quality = export-time fidelity")
+                      "model calls the task made; quality = the task's own eval (eval.*) and the export's fidelity (export_*)")
