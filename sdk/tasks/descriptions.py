@@ -569,17 +569,25 @@ def score_descriptions(inputs: list, results: list[Description], vocab: Vocabula
                          for x, r in zip(inputs, results) if r.fallback][:12]}
 
 
-def _timed(fn, inputs) -> tuple[list, dict]:
-    import time
+def _timed(paths: dict, inputs) -> tuple[dict, dict]:
+    """Time single descriptions round-robin over every path (so load changes on a shared machine hit
+    all paths alike): {name: outputs}, {name: {n, median_ms, p90_ms}}."""
     import statistics
-    fn(inputs[:1])                                   # warm-up: load, prefix cache
-    outs, ms = [], []
+    import time
+    outs: dict = {name: [] for name in paths}
+    ms: dict = {name: [] for name in paths}
+    for fn in paths.values():
+        fn(inputs[:1])                               # warm-up: load, prefix cache
     for x in inputs:
-        t0 = time.perf_counter()
-        outs += fn([x])
-        ms.append((time.perf_counter() - t0) * 1000)
-    ms.sort()
-    return outs, {"n": len(ms), "median_ms": round(statistics.median(ms), 1), "p90_ms": round(ms[int(0.9 * (len(ms) - 1))], 1)}
+        for name, fn in paths.items():
+            t0 = time.perf_counter()
+            outs[name] += fn([x])
+            ms[name].append((time.perf_counter() - t0) * 1000)
+    stats = {}
+    for name, v in ms.items():
+        v.sort()
+        stats[name] = {"n": len(v), "median_ms": round(statistics.median(v), 1), "p90_ms": round(v[int(0.9 * (len(v) - 1))], 1)}
+    return outs, stats
 
 
 def run_eval(args) -> dict:
@@ -587,14 +595,12 @@ def run_eval(args) -> dict:
     inputs = (load_inputs(args.inputs) if args.inputs else heldout_inputs(args.n))[: args.n]
     timed = inputs[: args.latency_n]
     report: dict = {"inputs": len(inputs), "source": args.inputs or "synthetic held-out (seed 10007)", "bundles": []}
-    task = None
-    for path in args.model:
-        task = Describer.from_pretrained(path, backend=args.backend, threads=args.threads)
-        results = task(inputs)                       # one batch: quality
-        _, latency = _timed(task, timed)             # one at a time: latency
-        report["bundles"].append({"model": task.info(), **score_descriptions(inputs, results, task.vocab),
-                                  "latency": latency})
-    if args.seed_path and task is not None:
+    tasks = {str(path): Describer.from_pretrained(path, backend=args.backend, threads=args.threads) for path in args.model}
+    for name, task in tasks.items():
+        report["bundles"].append({"model": task.info(), **score_descriptions(inputs, task(inputs), task.vocab)})
+    paths = dict(tasks)
+    task = next(iter(tasks.values()))
+    if args.seed_path:
         from ..training.descriptions import seed_path
         prov = task.bundle.get("provenance") or {}
         base = args.base or prov.get("base")
@@ -602,13 +608,17 @@ def run_eval(args) -> dict:
             from ..export.weights import smollm2_gguf
             base = str(smollm2_gguf())
         adapter = args.adapter or prov.get("adapter") or _shipped_adapter()
-        describe = seed_path(base, adapter, kind="seq2seq" if task.bundle.kind == "seq2seq" else "causal", threads=task.threads)
-        sentences, latency = _timed(describe, timed)
-        ref = [task.finish(parse_input(x), s) for x, s in zip(timed, sentences)]
-        report["seed_path"] = {"base": str(base), "adapter": str(adapter), **score_descriptions(timed, ref, task.vocab),
-                               "latency": latency}
-        report["speedup_vs_seed_path"] = {b["model"]["bundle"]: round(latency["median_ms"] / b["latency"]["median_ms"], 2)
-                                          for b in report["bundles"]}
+        paths["seed_path"] = seed_path(base, adapter, kind="seq2seq" if task.bundle.kind == "seq2seq" else "causal",
+                                       threads=task.threads)
+        report["seed_path"] = {"base": str(base), "adapter": str(adapter)}
+    outs, latency = _timed(paths, timed)
+    for entry, name in zip(report["bundles"], tasks):
+        entry["latency"] = latency[name]
+    if args.seed_path:
+        ref = [task.finish(parse_input(x), s) for x, s in zip(timed, outs["seed_path"])]
+        report["seed_path"].update(score_descriptions(timed, ref, task.vocab), latency=latency["seed_path"])
+        report["speedup_vs_seed_path"] = {name: round(latency["seed_path"]["median_ms"] / latency[name]["median_ms"], 2)
+                                          for name in tasks}
     return report
 
 
