@@ -107,7 +107,12 @@ def load_base(base: str | os.PathLike, kind: str):
     where = str(path.parent if kw else path)
     auto = {"causal": tf.AutoModelForCausalLM, "seq2seq": tf.AutoModelForSeq2SeqLM,
             "token-classification": tf.AutoModelForTokenClassification}[kind]
-    tok = tf.AutoTokenizer.from_pretrained(where, **kw)
+    if kw:  # the tokenizer llama.cpp and every export use, not transformers' lossy GGUF reading
+        import tempfile
+        from edgesight.export.merge import gguf_tokenizer
+        tok = gguf_tokenizer(path, tempfile.mkdtemp(prefix="edgesight-tok-"))
+    else:
+        tok = tf.AutoTokenizer.from_pretrained(where)
     return auto, where, kw, tok
 
 
