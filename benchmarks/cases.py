@@ -168,7 +168,9 @@ def task_groups(work: Path, threads: int, quick: bool, roots: list[Path] = ()) -
                                               note="tiny random Llama from tests/kit.py"),
                 "keywords": keywords}
     builders = {"smollm2": lambda: llm_group("smollm2", smollm2, work / "smollm2", threads, max_new_tokens=32,
-                                             note="real SmolLM2-135M-Instruct (base, no adapter)")}
+                                             note="real SmolLM2-135M-Instruct (base, no adapter)"),
+                "t5-small": lambda: t5_group(work / "t5-small", threads),
+                "clip-b32": lambda: clip_group(work / "clip-b32", threads)}
     for name in TASKS:
         builders[name] = lambda name=name: task_group(name, work / name, threads, list(roots))
     return builders
@@ -302,3 +304,172 @@ def task_group(task: str, work: Path, threads: int, roots: list[Path], default: 
     return Group(task, cases, comps, fidelity(by_case),
                  note=f"{spec.cls} on {len(bundles)} bundle(s), inputs: the task's SAMPLE_INPUTS; peers replay the "
                       "model calls the task made; quality = the task's own eval (eval.*) and the export's fidelity (export_*)")
+
+
+# --- real-size random-weight models (no real weights here): T5-small and CLIP ViT-B/32 ----------------
+
+DESCRIBE_INPUTS = [f"describe: {text}" for text in (
+    "cat, sofa, lamp", "dog, ball, grass, person", "car, traffic light, street", "cup, table, laptop, book",
+    "boat, bird, umbrella, beach", "horse, fence, field", "pizza, plate, knife", "bicycle, bus, building")]
+T5_GENERATION = {"num_beams": 4, "no_repeat_ngram_size": 2, "max_new_tokens": 24}
+
+
+def t5_small(work: Path) -> Path:
+    """T5-small sizes (d_model 512, 6+6 layers, 8 heads, d_ff 2048, vocab 32128), random weights
+    (seed 0), with tests/kit.py's offline unigram tokenizer (fewer pieces; the model keeps 32128 rows).
+    The eos row of the tied embedding is zeroed: its logit is then 0, far below the top of 32128
+    random logits, so every beam runs the full token budget as real traffic would."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    out = work / "hf"
+    if (out / "config.json").is_file() and (out / "READY").is_file():
+        return out
+    sys.path.insert(0, str(REPO / "tests"))
+    from kit import tiny_t5
+    tiny_t5(out)  # the tokenizer (and a tiny model, replaced below)
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6,
+                                                num_decoder_layers=6, num_heads=8, decoder_start_token_id=0,
+                                                pad_token_id=0, eos_token_id=1)).eval()
+    with torch.no_grad():
+        model.shared.weight[1] = 0
+    model.generation_config.decoder_start_token_id, model.generation_config.eos_token_id = 0, 1
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "READY").write_text("")
+    return out
+
+
+def t5_bundles(hf: Path, work: Path) -> dict[str, tuple[Path, Path]]:
+    """(bundle, optimum dir) by case format: the SDK's ONNX export (tests/kit.py's onnx_text_bundle),
+    and its dynamic int8 (edgesight.export.onnx.quantize_int8) on encoder and merged decoder."""
+    from edgesight.bundle import Bundle, BundleWriter
+    from edgesight.export.onnx import quantize_int8
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from kit import onnx_text_bundle
+
+    fp32 = work / "onnx-fp32"
+    if not (fp32 / "bundle" / "edgesight.json").is_file():
+        onnx_text_bundle(hf, fp32, "seq2seq", task="describe")
+    int8, src = work / "onnx-int8", Bundle.load(fp32 / "bundle")
+    if not (int8 / "bundle" / "edgesight.json").is_file():
+        (int8 / "onnx").mkdir(parents=True, exist_ok=True)
+        for f in (fp32 / "onnx").iterdir():  # optimum's directory: config + tokenizer, int8 graphs
+            if f.suffix != ".onnx" and not (int8 / "onnx" / f.name).exists():
+                (int8 / "onnx" / f.name).symlink_to(f.resolve())
+        for name in ("encoder_model.onnx", "decoder_model_merged.onnx"):
+            quantize_int8(fp32 / "onnx" / name, int8 / "onnx" / name)
+        roles = {rel: role for role, rel in src.manifest["components"].items()}
+        keep = {k: src.manifest[k] for k in ("tokens", "context_length") if k in src.manifest}
+        with BundleWriter(int8 / "bundle", task="describe", format="onnx", precision="int8", kind="seq2seq", **keep) as w:
+            for rel in src.manifest["files"]:
+                w.add_file(int8 / "onnx" / rel if rel.endswith(".onnx") else src.path / rel, rel, role=roles.get(rel))
+    return {f"onnx-{p}": (work / f"onnx-{p}" / "bundle", work / f"onnx-{p}" / "onnx") for p in ("fp32", "int8")}
+
+
+def t5_group(work: Path, threads: int) -> Group:
+    """Describe-style seq2seq at T5-small size: the seeds' torch generate() vs the SDK ONNX backend vs optimum."""
+    task = "t5-small"
+    common = {"threads": threads, "inputs": DESCRIBE_INPUTS, "max_new_tokens": T5_GENERATION["max_new_tokens"],
+              "generation": T5_GENERATION, "seq2seq": True, "batch_size": 4}
+    hf, why = _first_error(t5_small, work)
+    built, why = _first_error(t5_bundles, hf, work) if hf else (None, why)
+    built = built or {}
+    cases = [Case(task, "torch-fp32", "transformers", "benchmarks.impls:torch_text", {**common, "hf_dir": str(hf)},
+                  str(hf / "model.safetensors") if hf else None, None if hf else why)]
+    for fmt in ("onnx-fp32", "onnx-int8"):
+        b, peer = built.get(fmt, (None, None))
+        skip = None if b else why
+        cases.append(Case(task, fmt, SDK, "benchmarks.impls:sdk_text", {**common, "bundle": str(b)}, b and str(b), skip))
+        cases.append(Case(task, fmt, "optimum", "benchmarks.impls:optimum_text", {**common, "onnx_dir": str(peer)},
+                          b and str(b), skip))
+    cid = lambda fmt, impl: f"{task}/{fmt}/{impl}"  # noqa: E731
+    comps = [Comparison(f"{task}.{key}", cid(*a), cid(*b), what, metric) for key, a, b, what, metric in (
+        ("onnx-fp32.edgesight_over_optimum", ("onnx-fp32", SDK), ("onnx-fp32", "optimum"),
+         "SDK seq2seq loop vs optimum ORTModelForSeq2SeqLM, same ONNX files", "time"),
+        ("onnx-int8.edgesight_over_optimum", ("onnx-int8", SDK), ("onnx-int8", "optimum"),
+         "SDK seq2seq loop vs optimum, same int8 ONNX files", "time"),
+        ("onnx.int8_over_fp32", ("onnx-int8", SDK), ("onnx-fp32", SDK), "dynamic int8 vs fp32 on the SDK", "time"),
+        ("onnx-fp32.edgesight_over_transformers", ("onnx-fp32", SDK), TORCH, "SDK ONNX fp32 vs the seeds' torch fp32", "time"),
+        ("onnx-int8.edgesight_over_transformers", ("onnx-int8", SDK), TORCH, "SDK ONNX int8 vs the seeds' torch fp32", "time"),
+        ("size.onnx_int8_over_fp32", ("onnx-int8", SDK), ("onnx-fp32", SDK), "artifact size, int8 vs fp32 ONNX", "size"))]
+    return Group(task, cases, comps, note="T5-small sizes with random weights (seed 0), describe-style prompts, "
+                 f"beam 4, no_repeat_ngram 2, exactly {T5_GENERATION['max_new_tokens']} new tokens (eos suppressed); "
+                 "quality not meaningful")
+
+
+def clip_b32(work: Path) -> Path:
+    """CLIPConfig() defaults (ViT-B/32 at 224 px + 12-layer text tower, 151M params), random weights
+    (seed 0), with tests/kit_vision.py's offline BPE tokenizer (the model keeps 49408 rows)."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizerFast
+
+    out = work / "hf"
+    if (out / "READY").is_file():
+        return out
+    sys.path.insert(0, str(REPO / "tests"))
+    from kit_vision import tiny_clip
+    tiny_clip(out)  # the tokenizer (and a tiny model, replaced below)
+    tok = CLIPTokenizerFast.from_pretrained(out)
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config={"bos_token_id": tok.bos_token_id, "eos_token_id": eos,
+                                              "pad_token_id": eos})).eval()
+    model.save_pretrained(out, safe_serialization=True)
+    CLIPProcessor(CLIPImageProcessor(), tok).save_pretrained(out)  # CLIP's own 224 px preprocessing
+    (out / "READY").write_text("")
+    return out
+
+
+def clip_bundles(hf: Path, work: Path) -> dict[str, Path]:
+    """The SDK's CLIP part of a caption bundle (edgesight.export.captioning: optimum export split into
+    image / text graphs, tag text embeddings cached at export; int8 = dynamic int8 image graph)."""
+    import tempfile
+
+    from edgesight.bundle import BundleWriter
+    from edgesight.export.captioning import DEFAULT_TAG_VOCAB, _add_clip
+
+    made = {}
+    for precision in ("fp32", "int8"):
+        out = work / f"clip-{precision}"
+        if not (out / "edgesight.json").is_file():
+            with tempfile.TemporaryDirectory(prefix="es-clip-") as tmp, \
+                    BundleWriter(out, task="caption", format="onnx", precision=precision, kind="clip") as w:
+                _add_clip(w, hf, Path(tmp), list(DEFAULT_TAG_VOCAB), precision)
+        made[f"onnx-{precision}"] = out
+    return made
+
+
+def clip_group(work: Path, threads: int) -> Group:
+    """CLIP ViT-B/32 image tower: the SDK's tag scorer (preprocess + image graph + cached text embeddings),
+    its onnxruntime image session alone, and torch fp32 get_image_features on the same pixels."""
+    task = "clip-b32"
+    common = {"threads": threads, "batch_size": 4, "inputs": list(range(4))}  # seeds of synthetic photos
+    hf, why = _first_error(clip_b32, work)
+    built, why = _first_error(clip_bundles, hf, work) if hf else (None, why)
+    built = built or {}
+    fp32 = built.get("onnx-fp32")
+    cases = [Case(task, "torch-fp32", "transformers", "benchmarks.impls:torch_clip",
+                  {**common, "hf_dir": str(hf), "bundle": str(fp32)}, str(hf / "model.safetensors") if hf else None,
+                  None if hf and fp32 else why)]
+    for fmt in ("onnx-fp32", "onnx-int8"):
+        b = built.get(fmt)
+        for impl, factory in ((SDK, "sdk_clip"), ("onnxruntime", "ort_clip")):
+            cases.append(Case(task, fmt, impl, f"benchmarks.impls:{factory}", {**common, "bundle": str(b)},
+                              b and str(b / "clip_image.onnx"), None if b else why))
+    cid = lambda fmt, impl: f"{task}/{fmt}/{impl}"  # noqa: E731
+    comps = [Comparison(f"{task}.{key}", cid(*a), cid(*b), what, metric, per_item=False) for key, a, b, what, metric in (
+        ("onnx-fp32.edgesight_over_onnxruntime", ("onnx-fp32", SDK), ("onnx-fp32", "onnxruntime"),
+         "SDK tag scoring (preprocess + image graph + scores) vs the image session alone", "time"),
+        ("onnx-fp32.onnxruntime_over_transformers", ("onnx-fp32", "onnxruntime"), TORCH,
+         "image tower: onnxruntime fp32 vs torch fp32 get_image_features, same pixels", "time"),
+        ("onnx-int8.onnxruntime_over_transformers", ("onnx-int8", "onnxruntime"), TORCH,
+         "image tower: onnxruntime int8 vs torch fp32, same pixels", "time"),
+        ("onnx.int8_over_fp32", ("onnx-int8", "onnxruntime"), ("onnx-fp32", "onnxruntime"),
+         "image tower, dynamic int8 vs fp32", "time"),
+        ("onnx-int8.edgesight_over_transformers", ("onnx-int8", SDK), TORCH,
+         "SDK tag scoring on int8 vs torch fp32 image features alone", "time"),
+        ("size.onnx_int8_over_fp32", ("onnx-int8", SDK), ("onnx-fp32", SDK), "image graph size, int8 vs fp32", "size"))]
+    return Group(task, cases, comps, note="CLIPConfig() defaults (ViT-B/32, 224 px) with random weights (seed 0); "
+                 f"{len(common['inputs'])} synthetic photos; quality not meaningful")

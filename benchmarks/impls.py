@@ -145,8 +145,9 @@ def optimum_model(onnx_dir, threads: int, seq2seq: bool = False):
 
 
 def _greedy(params):
+    """Greedy up to max_new_tokens, unless the case gives its own `generation` settings (e.g. beams)."""
     from edgesight.generation import GenerationConfig
-    return GenerationConfig(max_new_tokens=params["max_new_tokens"])
+    return GenerationConfig.from_dict({"max_new_tokens": params["max_new_tokens"], **params.get("generation", {})})
 
 
 # --- model level: one causal LM, the SDK and three peers ----------------------------------------
@@ -167,13 +168,14 @@ def sdk_text(params: dict) -> Runner:
 
 def torch_text(params: dict) -> Runner:
     """The seeds' path: transformers fp32 on CPU, with PeftModel when the case has an adapter."""
-    gen, config = seeds_generator(params["hf_dir"], params.get("adapter"), params["threads"]), _greedy(params)
+    gen = seeds_generator(params["hf_dir"], params.get("adapter"), params["threads"], params.get("seq2seq", False))
+    config = _greedy(params)
     return Runner(_loop(lambda p: gen(p, config)), params)
 
 
 def optimum_text(params: dict) -> Runner:
-    """optimum's ORTModelForCausalLM on a directory whose model.onnx is the SDK bundle's file."""
-    gen, config = optimum_model(params["onnx_dir"], params["threads"]), _greedy(params)
+    """optimum's ORTModelForCausalLM (ORTModelForSeq2SeqLM) on the SDK bundle's ONNX files."""
+    gen, config = optimum_model(params["onnx_dir"], params["threads"], params.get("seq2seq", False)), _greedy(params)
     return Runner(_loop(lambda p: gen(p, config)), params)
 
 
@@ -181,6 +183,74 @@ def llama_text(params: dict) -> Runner:
     gen = llama_generator(params["gguf"], params["threads"], params.get("n_ctx"), tokenizer=params.get("tokenizer"))
     config = _greedy(params)
     return Runner(_loop(lambda p: gen(p, config)), params)
+
+
+# --- CLIP image tower: the SDK's tag scorer and its peers, on synthetic photos -------------------
+
+def photo(seed: int, size=(640, 480)):
+    """A deterministic photo-sized RGB image (smooth colour field + noise): decoding and resizing cost as a photo's."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size[1], 0:size[0]] / max(size)
+    base = np.stack([np.sin(x * rng.uniform(2, 9) + rng.uniform(0, 6)) for _ in range(3)], -1)
+    return Image.fromarray(np.clip((base + 1) * 110 + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8))
+
+
+def _clip_pixels(bundle, seeds):
+    from edgesight.tasks.captioning import preprocess
+    return [preprocess(photo(s), bundle.manifest["clip"]["preprocess"]) for s in seeds]
+
+
+def sdk_clip(params: dict) -> Runner:
+    """edgesight's CLIP tag scorer (captioning._Clip): preprocess, image graph, scores against the cached
+    text embeddings of the bundle's tag vocabulary."""
+    import json
+
+    from edgesight.bundle import Bundle
+    from edgesight.tasks.captioning import _Clip
+
+    bundle = Bundle.load(params["bundle"])
+    clip = _Clip(bundle, params["threads"])
+    vocab = json.loads(bundle.file("tag_vocab").read_text(encoding="utf-8"))
+    photos = {s: photo(s) for s in params["inputs"]}
+    return Runner(lambda seeds: ([clip.scores(photos[s], vocab)[:3] for s in seeds], None), params)
+
+
+def ort_clip(params: dict) -> Runner:
+    """The bundle's CLIP image graph alone (onnxruntime) on the SDK's preprocessed pixels."""
+    import numpy as np
+
+    from edgesight.backends.onnx import open_session
+    from edgesight.bundle import Bundle
+
+    bundle = Bundle.load(params["bundle"])
+    session = open_session(bundle.file("clip_image"), params["threads"])
+    pixels = dict(zip(params["inputs"], _clip_pixels(bundle, params["inputs"])))
+    def run(seeds):
+        session.run(None, {"pixel_values": np.concatenate([pixels[s] for s in seeds])})
+        return [None] * len(seeds), None
+    return Runner(run, params)
+
+
+def torch_clip(params: dict) -> Runner:
+    """torch fp32 CLIPModel.get_image_features on the same pixels the SDK computes (model work only)."""
+    import torch
+    from transformers import CLIPModel
+
+    from edgesight.bundle import Bundle
+
+    torch.set_num_threads(params["threads"])
+    model = CLIPModel.from_pretrained(params["hf_dir"], dtype=torch.float32).eval()
+    pixels = {s: torch.from_numpy(p) for s, p in zip(params["inputs"], _clip_pixels(Bundle.load(params["bundle"]),
+                                                                                     params["inputs"]))}
+
+    def run(seeds):
+        with torch.inference_mode():
+            model.get_image_features(pixel_values=torch.cat([pixels[s] for s in seeds]))
+        return [None] * len(seeds), None
+    return Runner(run, params)
 
 
 # --- task level: an edgesight task, and peers replaying its model calls -------------------------

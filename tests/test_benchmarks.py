@@ -180,3 +180,13 @@ def test_edgesight_bench_outside_a_checkout_says_what_to_do(monkeypatch):
     monkeypatch.setattr(bench, "_suite", lambda: None)  # as in a wheel install: no benchmarks/ anywhere
     with pytest.raises(EdgesightError, match="run `edgesight bench` from a checkout"):
         bench.main(argparse.Namespace(bench_command="run"))
+
+
+def test_full_mode_has_the_real_size_random_weight_groups(tmp_path):
+    # declared only: building them (T5-small, CLIP ViT-B/32 at real size) is the full run's job
+    from benchmarks.cases import task_groups
+    from benchmarks.impls import photo
+
+    builders = task_groups(tmp_path, 1, quick=False)
+    assert {"t5-small", "clip-b32"} <= set(builders) and "t5-small" not in task_groups(tmp_path, 1, quick=True)
+    assert photo(3).size == (640, 480) and photo(3).tobytes() == photo(3).tobytes()
