@@ -129,6 +129,9 @@ def test_cli_and_eval_hooks(llama_bundles, capsys, tmp_path):
     assert report["inputs"] == 12 and b["n"] == 12 and b["pass_after_fallback"] == 1.0
     assert 0.0 <= b["pass_before_fallback"] <= 1.0 and b["fallback_rate"] == pytest.approx(1 - b["pass_before_fallback"])
     assert b["latency"]["n"] == 3 and b["latency"]["median_ms"] > 0
+    quality_only = run_eval(Namespace(model=[str(path)], backend=None, threads=1, inputs=None, n=4, latency_n=0,
+                                      seed_path=False, base=None, adapter=None))
+    assert quality_only["bundles"][0]["n"] == 4 and "latency" not in quality_only["bundles"][0]
 
 
 @pytest.mark.defaults

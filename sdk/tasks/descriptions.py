@@ -611,6 +611,8 @@ def run_eval(args) -> dict:
         paths["seed_path"] = seed_path(base, adapter, kind="seq2seq" if task.bundle.kind == "seq2seq" else "causal",
                                        threads=task.threads)
         report["seed_path"] = {"base": str(base), "adapter": str(adapter)}
+    if not timed:  # --latency-n 0: quality only
+        return report
     outs, latency = _timed(paths, timed)
     for entry, name in zip(report["bundles"], tasks):
         entry["latency"] = latency[name]
