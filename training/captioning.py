@@ -7,25 +7,22 @@ Data: an image folder plus a captions file, CSV with columns `image,caption` or 
 {"image": ..., "caption": ...} (image paths relative to the folder; several captions per image are
 several rows). Images go through edgesight.images.load_image, so bad files fail with their name.
 
-The shared trainer (training/trainer.py) encodes text-only examples, so this module runs its own
-loop with the same features, reusing the trainer's pieces: TrainConfig knobs, batches drawn from a
-generator seeded by (seed, step), linear warm-up then decay, gradient accumulation, validation loss,
-safetensors checkpoints with resume, report.json. The decoder input starts with BLIP's [DEC] token
-(as generate() does) instead of [CLS].
+The shared trainer's `train_lora` encodes text-only examples, so this module encodes image +
+caption pairs itself and hands them to the trainer's `run_loop` (the same schedule, seeded batches,
+gradient accumulation, validation, resumable safetensors checkpoints, atomic adapter and report.json).
+The decoder input starts with BLIP's [DEC] token (as generate() does) instead of [CLS].
 """
 from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import TrainingError
-from ..progress import bar
-from .trainer import TrainConfig, TrainReport, _load_checkpoint, _save_checkpoint, _versions, data_fingerprint
+from .trainer import TrainConfig, TrainReport, _versions, data_fingerprint, run_loop
 
 TEXT_TARGETS = ["query", "key", "value", "dense"]      # BERT-style names in BLIP's text decoder
 VISION_TARGETS = ["qkv", "projection"]                   # BLIP vision attention
@@ -61,6 +58,7 @@ def train_captioning(base, train_examples, *, out_dir, config: TrainConfig | Non
                      vision_lora: bool = False, progress: bool | None = None) -> TrainReport:
     """Train a LoRA adapter on BLIP (HF directory `base`); writes out_dir/adapter and report.json."""
     import torch
+    from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
@@ -74,11 +72,9 @@ def train_captioning(base, train_examples, *, out_dir, config: TrainConfig | Non
     if config.threads:
         torch.set_num_threads(config.threads)
     out, t0 = Path(out_dir), time.perf_counter()
-    ckpt = out / "checkpoint"
     torch.manual_seed(config.seed)
     proc = BlipProcessor.from_pretrained(str(base))
     model = BlipForConditionalGeneration.from_pretrained(str(base), dtype=torch.float32)
-    targets = config.target_modules or TEXT_TARGETS + (VISION_TARGETS if vision_lora else [])
     # LoRA only inside the text decoder (and the vision encoder if asked); not the text/vision heads
     scope = r".*text_decoder\.bert\.encoder.*\.(" + "|".join(TEXT_TARGETS) + ")"
     if vision_lora:
@@ -110,65 +106,13 @@ def train_captioning(base, train_examples, *, out_dir, config: TrainConfig | Non
     load_s = time.perf_counter() - t0
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
+    accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, cpu=not torch.cuda.is_available())
     recipe = {"seed": config.seed, "steps": config.steps, "kind": "blip-caption", "base": str(base),
               "train_examples": len(train_examples), "train_fingerprint": data_fingerprint(train_examples),
               "val_examples": len(val), "vision_lora": vision_lora, "config": config.to_dict(), "versions": _versions()}
-    report = TrainReport(str(out), str(out / "adapter"), "blip-caption", str(base), config.steps, recipe=recipe)
-    start = 0
-    if (ckpt / "trainer_state.json").is_file():
-        state = _load_checkpoint(ckpt, model, optimizer)
-        if state["recipe"]["train_fingerprint"] != recipe["train_fingerprint"]:
-            raise TrainingError(f"{ckpt} was trained on other data; delete it or use another out_dir")
-        start = report.resumed_from = state["step"]
-        report.loss_curve, report.validation = state["loss_curve"], state["validation"]
-    warmup = config.warmup_steps if config.warmup_steps is not None else max(1, config.steps // 20)
-
-    def validate(step):
-        if val:
-            model.eval()
-            with torch.no_grad():
-                losses = [model(**collate(val[i:i + config.batch_size])).loss.item() for i in range(0, len(val), config.batch_size)]
-            model.train()
-            report.validation.append({"step": step, "loss": float(np.mean(losses))})
-
-    def save(step):
-        _save_checkpoint(ckpt, model, optimizer, {"step": step, "recipe": recipe, "loss_curve": report.loss_curve,
-                                                  "validation": report.validation})
-
-    t1 = time.perf_counter()
-    model.train()
-    for step in bar(range(start, config.steps), desc="LoRA caption", total=config.steps - start, progress=progress):
-        lr = config.lr * (step + 1) / warmup if step < warmup else \
-            config.lr * (1.0 - 0.9 * (step - warmup) / max(1, config.steps - warmup))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        rng = np.random.default_rng([config.seed, step])   # a resumed run sees the same batches
-        idx = rng.choice(len(train), size=config.batch_size * config.grad_accum, replace=len(train) < config.batch_size * config.grad_accum)
-        total = 0.0
-        for m in range(config.grad_accum):
-            loss = model(**collate([train[i] for i in idx[m * config.batch_size:(m + 1) * config.batch_size]])).loss
-            (loss / config.grad_accum).backward()
-            total += loss.item() / config.grad_accum
-        optimizer.step()
-        optimizer.zero_grad()
-        if not math.isfinite(total):
-            raise TrainingError(f"loss became {total} at step {step + 1}; lower the learning rate (now {config.lr})")
-        report.loss_curve.append([step + 1, round(total, 5)])
-        if config.eval_every and (step + 1) % config.eval_every == 0 and step + 1 < config.steps:
-            validate(step + 1)
-        if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
-            save(step + 1)
-    train_s = time.perf_counter() - t1
-    if not report.validation or report.validation[-1]["step"] != config.steps:
-        validate(config.steps)
-    save(config.steps)
-    model.save_pretrained(out / "adapter")
-    (out / "adapter" / "recipe.json").write_text(json.dumps(recipe, indent=2), encoding="utf-8")
-    done = config.steps - start
-    report.timings = {"load_s": round(load_s, 2), "train_s": round(train_s, 2),
-                      "s_per_step": round(train_s / done, 3) if done else None}
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-    return report
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return run_loop(model=model, optimizer=optimizer, accelerator=accelerator, train=train, val=val, collate=collate,
+                    config=config, out=out, recipe=recipe, desc="LoRA caption", load_s=load_s, progress=progress)
 
 
 def merge(base, adapter_dir, out_dir) -> Path:

@@ -289,7 +289,6 @@ def train_lora(base, train_examples: Sequence[dict], *, kind: str = "causal", ou
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(out_dir)
-    ckpt = out / "checkpoint"
     accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, cpu=not torch.cuda.is_available())
     torch.manual_seed(config.seed)
     format_example = format_example or default_format
@@ -316,7 +315,6 @@ def train_lora(base, train_examples: Sequence[dict], *, kind: str = "causal", ou
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
 
     recipe = {"seed": config.seed, "steps": config.steps, "kind": kind, "base": str(base),
               "base_sha256_16": _file_hash(Path(base)), "data_version": config.data_version,
@@ -326,7 +324,27 @@ def train_lora(base, train_examples: Sequence[dict], *, kind: str = "causal", ou
               "versions": _versions()}
     if chat:
         recipe["prompt_example"] = chat_parts(tok, "{input}", "{output}", config.system)
-    report = TrainReport(str(out), str(out / "adapter"), kind, str(base), config.steps, recipe=recipe)
+    point_metrics = None
+    if evaluate is not None:
+        def point_metrics():
+            return evaluate(accelerator.unwrap_model(model), tok, list(val_examples)[: config.val_limit])
+    return run_loop(model=model, optimizer=optimizer, accelerator=accelerator, train=train, val=val,
+                    collate=lambda rows: collate(rows, tok.pad_token_id), config=config, out=out, recipe=recipe,
+                    desc=f"LoRA {kind}", load_s=load_s, point_metrics=point_metrics, progress=progress)
+
+
+def run_loop(*, model, optimizer, accelerator, train: list, val: list, collate: Callable, config: TrainConfig,
+             out: Path, recipe: dict, desc: str, load_s: float, point_metrics: Callable | None = None,
+             progress: bool | None = None) -> TrainReport:
+    """The loop every LoRA trainer shares: resume from out/checkpoint (same data only), linear warm-up
+    then decay, seeded batches (a resumed run sees the same ones), validation loss (+ `point_metrics()`),
+    checkpoints, and finally out/adapter (written atomically, with recipe.json) and out/report.json.
+    `model` and `optimizer` are already prepared by `accelerator`; `collate(rows)` returns model inputs."""
+    import torch
+
+    ckpt = out / "checkpoint"
+    unwrapped = accelerator.unwrap_model(model)
+    report = TrainReport(str(out), str(out / "adapter"), recipe["kind"], recipe["base"], config.steps, recipe=recipe)
     start = 0
     if (ckpt / "trainer_state.json").is_file():
         state = _load_checkpoint(ckpt, unwrapped, optimizer)
@@ -342,26 +360,27 @@ def train_lora(base, train_examples: Sequence[dict], *, kind: str = "causal", ou
             return config.lr * (step + 1) / warmup
         return config.lr * (1.0 - 0.9 * (step - warmup) / max(1, config.steps - warmup))
 
+    def on_device(batch: dict) -> dict:
+        return {k: v.to(accelerator.device) for k, v in batch.items()}
+
     def batch_for(step: int):
         rng = np.random.default_rng([config.seed, step])
         n = config.batch_size * config.grad_accum * accelerator.num_processes
         idx = rng.choice(len(train), size=n, replace=len(train) < n)
         mine = idx[accelerator.process_index::accelerator.num_processes]
         for m in range(config.grad_accum):
-            rows = [train[i] for i in mine[m * config.batch_size:(m + 1) * config.batch_size]]
-            yield {k: v.to(accelerator.device) for k, v in collate(rows, tok.pad_token_id).items()}
+            yield on_device(collate([train[i] for i in mine[m * config.batch_size:(m + 1) * config.batch_size]]))
 
     def validate(step: int) -> None:
         if not val:
             return
         model.eval()
         with torch.no_grad():
-            losses = [model(**{k: v.to(accelerator.device) for k, v in collate(val[i:i + config.batch_size],
-                                                                             tok.pad_token_id).items()}).loss.item()
+            losses = [model(**on_device(collate(val[i:i + config.batch_size]))).loss.item()
                       for i in range(0, len(val), config.batch_size)]
             point = {"step": step, "loss": float(np.mean(losses))}
-            if evaluate is not None and accelerator.is_main_process:
-                point.update(evaluate(unwrapped, tok, list(val_examples)[: config.val_limit]))
+            if point_metrics is not None and accelerator.is_main_process:
+                point.update(point_metrics())
         model.train()
         report.validation.append(point)
 
@@ -374,7 +393,7 @@ def train_lora(base, train_examples: Sequence[dict], *, kind: str = "causal", ou
 
     t1 = time.perf_counter()
     model.train()
-    for step in bar(range(start, config.steps), desc=f"LoRA {kind}", total=config.steps - start, progress=progress):
+    for step in bar(range(start, config.steps), desc=desc, total=config.steps - start, progress=progress):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         total = 0.0
