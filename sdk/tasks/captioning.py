@@ -79,23 +79,25 @@ def preprocess(image: Image.Image, settings: dict) -> np.ndarray:
 # ----------------------------------------------------------------------------- 3. caption models
 class _BlipDecoder:
     """BLIP's decoder.onnx behind the generation loop's Decoder protocol. The image's cross K/V
-    have batch 1 and are broadcast by the graph over all rows (beams, samples)."""
+    have batch 1 and are broadcast by the graph over all rows (beams, samples). `run` replaces the
+    session call, so a _Lockstep member can route its calls into the shared batch."""
 
-    def __init__(self, session, cross: dict[str, np.ndarray], meta: dict):
-        self.session, self.cross = session, cross
+    def __init__(self, session, cross: dict[str, np.ndarray], meta: dict, run=None):
+        self.session, self.cross, self.meta = session, cross, meta
         self.past_names = [f"past_{kv}_{i}" for i in range(meta["num_layers"]) for kv in ("key", "value")]
         self.empty = np.zeros((1, meta["num_heads"], 0, meta["head_dim"]), np.float32)
+        self.run = run or self.run_session
 
-    def _run(self, ids: np.ndarray, past: list[np.ndarray]):
+    def run_session(self, ids: np.ndarray, past: list[np.ndarray]):
         out = self.session.run(None, {"input_ids": ids, **dict(zip(self.past_names, past)), **self.cross})
         return out[0], out[1:]
 
     def prefill(self, prompts):
         ids = np.asarray(prompts, dtype=np.int64)   # every row starts from the same [bos] + prompt
-        return self._run(ids, [np.repeat(self.empty, len(ids), axis=0)] * len(self.past_names))
+        return self.run(ids, [np.repeat(self.empty, len(ids), axis=0)] * len(self.past_names))
 
     def step(self, tokens, state):
-        return self._run(tokens.astype(np.int64)[:, None], state)
+        return self.run(tokens.astype(np.int64)[:, None], state)
 
     def select(self, state, rows):
         return [p[rows] for p in state]
@@ -111,20 +113,9 @@ class _Lockstep:
         self.decoder, self.active, self.cond = decoder, members, threading.Condition()
         self.pending, self.results, self.round = {}, {}, 0
 
-    def member(self, who: int):
-        group = self
-
-        class Member:
-            def prefill(self, prompts):
-                ids = np.asarray(prompts, dtype=np.int64)
-                return group._call(who, ids, [np.repeat(group.decoder.empty, len(ids), axis=0)] * len(group.decoder.past_names))
-
-            def step(self, tokens, state):
-                return group._call(who, tokens.astype(np.int64)[:, None], state)
-
-            def select(self, state, rows):
-                return [p[rows] for p in state]
-        return Member()
+    def member(self, who: int) -> _BlipDecoder:
+        d = self.decoder
+        return _BlipDecoder(d.session, d.cross, d.meta, run=lambda ids, past: self._call(who, ids, past))
 
     def _call(self, who, ids, past):
         with self.cond:
@@ -150,7 +141,7 @@ class _Lockstep:
         order = sorted(self.pending)
         parts = [self.pending[w] for w in order]
         try:
-            logits, present = self.decoder._run(np.concatenate([ids for ids, _ in parts]),
+            logits, present = self.decoder.run_session(np.concatenate([ids for ids, _ in parts]),
                                                 [np.concatenate(layer) for layer in zip(*(past for _, past in parts))])
             bounds = np.cumsum([0] + [len(ids) for ids, _ in parts])
             for w, a, b in zip(order, bounds[:-1], bounds[1:]):
