@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from typing import Protocol, Sequence, runtime_checkable
 
-from ..errors import BackendError
+from ..errors import BackendError, InputError
 from ..generation import GenerationConfig
 
 BACKENDS = {"onnx": "onnx", "gguf": "gguf", "torch": "torch"}   # backend name -> bundle format
@@ -29,6 +29,21 @@ class TextModel(Protocol):
 
     @property
     def context_length(self) -> int: ...
+
+
+class BaseTextModel:
+    """What every backend's text model shares around its own `encode`, `decode` and `generate_ids`."""
+
+    def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[str]]:
+        return [[self.decode(seq) for seq in seqs] for seqs in self.generate_ids(prompts, config)]
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    @staticmethod
+    def check_prompts(prompts) -> None:
+        if isinstance(prompts, str):
+            raise InputError("generate() takes a list of prompts; wrap a single prompt in a list")
 
 
 def check_backend(bundle, backend: str | None) -> str:

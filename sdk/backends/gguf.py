@@ -23,10 +23,11 @@ import numpy as np
 
 from .._optional import require
 from ..errors import BackendError, InputError
+from . import BaseTextModel
 from ..generation import GenerationConfig
 
 
-class GGUFTextModel:
+class GGUFTextModel(BaseTextModel):
     backend = "gguf"
 
     def __init__(self, model_path, *, threads: int, lora_path=None, n_ctx: int = 2048,
@@ -63,9 +64,6 @@ class GGUFTextModel:
             return self.tokenizer.encode(text).ids
         return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.encode(text))
-
     def decode(self, ids: Sequence[int]) -> str:
         if self.tokenizer is not None:
             from .onnx import _clean_up
@@ -75,13 +73,9 @@ class GGUFTextModel:
         # llama.cpp keeps a leading space that transformers' decode drops
         return self.llm.detokenize(list(ids)).decode("utf-8", errors="ignore").strip()
 
-    def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[str]]:
-        return [[self.decode(seq) for seq in seqs] for seqs in self.generate_ids(prompts, config)]
-
     def generate_ids(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[list[int]]]:
         """Per prompt, `config.num_return_sequences` continuations as token ids (eos excluded)."""
-        if isinstance(prompts, str):
-            raise InputError("generate() takes a list of prompts; wrap a single prompt in a list")
+        self.check_prompts(prompts)
         return [self._continuations(self.encode(p), config) for p in prompts]
 
     def _continuations(self, prompt_ids: list[int], config: GenerationConfig) -> list[list[int]]:

@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import BackendError, BundleError, InputError
+from . import BaseTextModel
 from ..generation import GenerationConfig, generate_ids
 from ..tasks.base import default_threads
 
@@ -65,7 +66,7 @@ def load_text_model(bundle, threads: int | None = None, arena: bool = True, pref
                        f"not {bundle.kind!r}")
 
 
-class _TextModel:
+class _TextModel(BaseTextModel):
     """Tokenizer, special tokens and the TextModel methods shared by both model kinds."""
 
     backend = "onnx"
@@ -96,9 +97,6 @@ class _TextModel:
     def context_length(self) -> int:
         return self._context
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.encode(text))
-
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
             raise InputError(f"prompt must be a string, got {type(text).__name__}")
@@ -113,8 +111,7 @@ class _TextModel:
         if config.grammar:
             raise BackendError("grammar-constrained generation needs the gguf backend; "
                                "use a GGUF bundle or drop `grammar`")
-        if isinstance(prompts, str):
-            raise InputError("generate() takes a list of prompts; wrap a single prompt in a list")
+        self.check_prompts(prompts)
         ids = [self.encode(p) for p in prompts]
         for p, i in zip(prompts, ids):
             if not i:
@@ -125,9 +122,6 @@ class _TextModel:
         eos = config.eos_token_ids or self.eos
         return generate_ids(self, ids, config, eos_token_ids=eos,
                             decoder_start_token_id=self.tokens.get("decoder_start") if self.is_seq2seq else None)
-
-    def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[str]]:
-        return [[self.decode(seq) for seq in seqs] for seqs in self.generate_ids(prompts, config)]
 
     def _prompt_budget(self, ids) -> int:
         return len(ids)

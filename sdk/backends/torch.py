@@ -15,10 +15,11 @@ import numpy as np
 
 from .._optional import require
 from ..errors import BackendError, InputError
+from . import BaseTextModel
 from ..generation import GenerationConfig
 
 
-class TorchTextModel:
+class TorchTextModel(BaseTextModel):
     backend = "torch"
 
     def __init__(self, model_dir, *, threads: int, adapter_dir=None, device: str = "cpu"):
@@ -52,20 +53,13 @@ class TorchTextModel:
             raise InputError(f"prompt must be a string, got {type(text).__name__}")
         return self.tokenizer(text)["input_ids"]
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.encode(text))
-
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
-
-    def generate(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[str]]:
-        return [[self.decode(seq) for seq in seqs] for seqs in self.generate_ids(prompts, config)]
 
     def generate_ids(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[list[int]]]:
         """Per prompt, `config.num_return_sequences` continuations as token ids (decoder start, eos, pad removed).
         Prompts run one at a time: no padding, so outputs do not depend on the batch."""
-        if isinstance(prompts, str):
-            raise InputError("generate() takes a list of prompts; wrap a single prompt in a list")
+        self.check_prompts(prompts)
         return [self._continuations(self.encode(p), config) for p in prompts]
 
     def _continuations(self, prompt_ids: list[int], config: GenerationConfig) -> list[list[int]]:
