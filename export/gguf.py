@@ -15,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edgesight.bundle import staging_file
 from edgesight.errors import ExportError
 
 from . import DiskFullError
@@ -70,15 +71,6 @@ def _run(script: str, args: list, what: str) -> None:
         raise ExportError(f"{what} failed (exit {proc.returncode}):\n{tail}")
 
 
-def _staged(out_file: Path):
-    """A temporary path next to `out_file`, renamed into place by the caller on success."""
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".gguf", dir=out_file.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)   # mkstemp makes it owner-only; bundles are meant to be shared
-    return Path(tmp)
-
-
 def convert_hf(model_dir, out_file, outtype: str = "f16") -> Path:
     """HF directory -> GGUF with the converter (`--outtype f32|f16|q8_0`)."""
     if outtype not in CONVERTER_TYPES:
@@ -95,12 +87,8 @@ def convert_hf(model_dir, out_file, outtype: str = "f16") -> Path:
             for f in model_dir.iterdir():
                 if f.name != "tokenizer.model":
                     os.symlink(f.resolve(), src / f.name)
-        tmp = _staged(out_file)
-        try:
+        with staging_file(out_file) as tmp:
             _run("convert_hf_to_gguf.py", [src, "--outfile", tmp, "--outtype", outtype], f"GGUF {outtype} conversion of {model_dir}")
-            os.replace(tmp, out_file)
-        finally:
-            tmp.unlink(missing_ok=True)
     return out_file
 
 
@@ -124,18 +112,14 @@ def quantize(src, dst, qtype: str = "q4_k_m", threads: int = 1) -> Path:
     import ctypes
 
     dst = Path(dst)
-    tmp = _staged(dst)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, LLAMA_FTYPES[qtype])
     params.nthread = threads
-    try:
+    with staging_file(dst) as tmp:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
         if rc != 0:
             raise ExportError(f"llama_model_quantize {src} -> {qtype} failed (code {rc}); "
                               "check that the source is an f16/f32 GGUF and that the disk is not full")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dst
 
 
@@ -167,11 +151,7 @@ def convert_lora(adapter_dir, base_dir, out_file) -> Path:
     check_lora_for_gguf(adapter_dir)
     check_architecture(Path(base_dir))
     out_file = Path(out_file)
-    tmp = _staged(out_file)
-    try:
+    with staging_file(out_file) as tmp:
         _run("convert_lora_to_gguf.py", ["--base", base_dir, "--outtype", "f32", "--outfile", tmp, adapter_dir],
              f"GGUF LoRA conversion of {adapter_dir}")
-        os.replace(tmp, out_file)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out_file

@@ -12,14 +12,12 @@ their weights in an external `<name>.onnx.data` file (protobuf cannot hold more 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-from edgesight.bundle import replace_dir
+from edgesight.bundle import staging_dir, staging_file
 from edgesight.errors import ExportError
 
 # task -> the .onnx files optimum writes for it (the first is the one a bundle cannot lack)
@@ -55,7 +53,7 @@ def export_onnx(model_dir, out_dir, task: str, *, opset: int | None = None, vali
         raise ExportError(f"{model_dir}: not a Hugging Face model directory (no config.json); "
                           "pass the merged model directory")
     start = time.perf_counter()
-    with _staging(out_dir) as tmp:
+    with staging_dir(out_dir) as tmp:
         try:
             main_export(model_name_or_path=str(model_dir), output=str(tmp), task=task, opset=opset,
                         device="cpu", do_validation=validate, local_files_only=True)
@@ -86,7 +84,7 @@ def quantize_int8(src_onnx, dst_onnx, per_channel: bool = False) -> dict:
     src, dst = _check_src(src_onnx), Path(dst_onnx)
     before = op_counts(src)
     start = time.perf_counter()
-    with _staging_file(dst) as tmp:
+    with staging_file(dst) as tmp:
         quantize_dynamic(fold_transposed_weights(src), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
                          use_external_data_format=_needs_external(src),
                          extra_options={"EnableSubgraph": True})
@@ -101,7 +99,7 @@ def quantize_int4(src_onnx, dst_onnx, block_size: int = 32) -> dict:
     src, dst = _check_src(src_onnx), Path(dst_onnx)
     before = op_counts(src)
     start = time.perf_counter()
-    with _staging_file(dst) as tmp:
+    with staging_file(dst) as tmp:
         quantizer = MatMulNBitsQuantizer(fold_transposed_weights(src), block_size=block_size, is_symmetric=True,
                                          accuracy_level=4)
         quantizer.process()
@@ -226,41 +224,3 @@ def _report(dst: Path, before: dict, start: float) -> dict:
             "ops_before": before, "ops_after": after,
             "quantized": {op: after[op] - before.get(op, 0) for op in QUANT_OPS
                           if after.get(op, 0) != before.get(op, 0)}}
-
-
-class _staging:
-    """A temporary sibling directory renamed onto `out` on success, deleted on failure."""
-
-    def __init__(self, out: Path):
-        self.out = out
-
-    def __enter__(self) -> Path:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return False
-        replace_dir(self.tmp, self.out)
-        return False
-
-
-class _staging_file(_staging):
-    """Yields `<tmpdir>/<dst name>`; on success moves it (and its .data file, written first) onto dst."""
-
-    def __enter__(self) -> Path:
-        super().__enter__()
-        return self.tmp / self.out.name
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                data = self.tmp / (self.out.name + ".data")
-                if data.exists():
-                    os.replace(data, self.out.with_name(data.name))
-                os.replace(self.tmp / self.out.name, self.out)
-        finally:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-        return False

@@ -211,3 +211,43 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class staging_dir:
+    """`with staging_dir(out) as tmp:` — fill the temporary sibling directory `tmp`; it is renamed onto
+    `out` on success and deleted on failure."""
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = Path(out)
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        replace_dir(self.tmp, self.out)
+        return False
+
+
+class staging_file(staging_dir):
+    """`with staging_file(dst) as tmp:` — write the file `tmp` (in a temporary sibling directory); on
+    success it (and an ONNX external-data `.data` companion, moved first) replaces `dst`."""
+
+    def __enter__(self) -> Path:
+        super().__enter__()
+        return self.tmp / self.out.name
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if exc_type is None:
+                data = self.tmp / (self.out.name + ".data")
+                if data.exists():
+                    os.replace(data, self.out.with_name(data.name))
+                os.replace(self.tmp / self.out.name, self.out)
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return False
