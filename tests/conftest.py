@@ -38,8 +38,6 @@ def blip_bundle(tiny_blip_dir, tiny_clip_dir, tmp_path_factory):
 
 
 # --- tiny real text models (tests/kit.py), built once per session ---------------------------------
-import pytest  # noqa: E402
-
 
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory):
