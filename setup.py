@@ -1,7 +1,8 @@
 """edgesight: edge-optimized, quantized inference for four vision-language tasks.
 
-One import namespace, three source folders (see DESIGN): sdk/ -> edgesight,
-export/ -> edgesight.export, training/ -> edgesight.training.
+One import namespace, four source folders (see DESIGN), imports one way (run time <- export <- training;
+evaluation may use all three): sdk/ -> edgesight, export/ -> edgesight.export,
+training/ -> edgesight.training, evaluation/ -> edgesight.evaluation.
 """
 from setuptools import setup
 
@@ -14,9 +15,11 @@ extras = {
     "train": TORCH + HF + ["accelerate>=1.0", "gguf>=0.10"],  # gguf: transformers reads GGUF bases
     "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9"],
     "ocr": ["rapidocr-onnxruntime==1.4.4"],
+    # device="cuda" for ONNX bundles; replaces the CPU onnxruntime (the two wheels share the import name)
+    "gpu": ["onnxruntime-gpu>=1.18"],
     "dev": ["pytest>=8", "pytest-timeout>=2.3", "matplotlib>=3.8", "scikit-image>=0.24", "httpx>=0.27", "psutil>=5.9"],
 }
-extras["all"] = sorted({req for reqs in extras.values() for req in reqs})
+extras["all"] = sorted({req for name, reqs in extras.items() if name != "gpu" for req in reqs})
 
 setup(
     name="edgesight",
@@ -27,10 +30,12 @@ setup(
         "edgesight": "sdk",
         "edgesight.export": "export",
         "edgesight.training": "training",
+        "edgesight.evaluation": "evaluation",
     },
-    packages=["edgesight", "edgesight.backends", "edgesight.tasks", "edgesight.export", "edgesight.training"],
+    packages=["edgesight", "edgesight.runtime", "edgesight.tasks", "edgesight.export", "edgesight.training",
+              "edgesight.training.data", "edgesight.evaluation"],
     package_data={"edgesight": ["data/*", "adapters/*/*"]},
-    install_requires=["numpy>=1.26", "pillow>=10", "onnxruntime>=1.18", "tokenizers>=0.19", "tqdm>=4.66"],
+    install_requires=["numpy>=1.26", "pillow>=10", "onnxruntime>=1.18", "tokenizers>=0.19", "tqdm>=4.66", "rapidfuzz>=3"],
     extras_require=extras,
     entry_points={"console_scripts": ["edgesight=edgesight.cli:main"]},
 )

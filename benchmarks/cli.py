@@ -18,12 +18,14 @@ SCRATCH = REPO / ".cache" / "bench"         # quick and guard runs: git-ignored
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    from edgesight.cli import threads_arg
+
     sub = parser.add_subparsers(dest="bench_command", metavar="{run,guard}", required=True)
     run = sub.add_parser("run", help="measure every case; write JSON, Markdown and a PNG plot")
     guard = sub.add_parser("guard", help="check ratios and quality against a baseline (runs --quick unless --results)")
     for p in (run, guard):
         p.add_argument("--task", action="append", default=None, help="only this task (repeatable); default all")
-        p.add_argument("--threads", type=int, default=None, help="threads per case (default: EDGESIGHT_THREADS, "
+        p.add_argument("--threads", type=threads_arg, default=None, help="threads per case (default: EDGESIGHT_THREADS, "
                        "OMP_NUM_THREADS, else usable cores); recorded in the JSON")
         p.add_argument("--rounds", type=int, default=None, help="interleaved timed rounds (default 12 quick, 9 full)")
         p.add_argument("--warmup", type=int, default=2, help="untimed calls per case after the first call")
@@ -43,7 +45,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> dict:
     from edgesight.errors import InputError
-    from edgesight.tasks.base import default_threads
+    from edgesight.runtime import default_threads
 
     from . import report
     from .cases import task_groups

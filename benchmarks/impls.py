@@ -154,7 +154,7 @@ def _greedy(params):
 
 def sdk_text(params: dict) -> Runner:
     """edgesight's TextModel (ONNX numpy loop or llama.cpp) on a bundle."""
-    from edgesight.backends import open_text_model
+    from edgesight.runtime import open_text_model
     from edgesight.bundle import Bundle
 
     model = open_text_model(Bundle.load(params["bundle"]), threads=params["threads"])
@@ -222,11 +222,11 @@ def ort_clip(params: dict) -> Runner:
     """The bundle's CLIP image graph alone (onnxruntime) on the SDK's preprocessed pixels."""
     import numpy as np
 
-    from edgesight.backends.onnx import open_session
+    from edgesight.runtime import open_session
     from edgesight.bundle import Bundle
 
     bundle = Bundle.load(params["bundle"])
-    session = open_session(bundle.file("clip_image"), params["threads"])
+    session = open_session(bundle, "clip_image", threads=params["threads"]).session   # the raw InferenceSession
     pixels = dict(zip(params["inputs"], _clip_pixels(bundle, params["inputs"])))
     def run(seeds):
         session.run(None, {"pixel_values": np.concatenate([pixels[s] for s in seeds])})

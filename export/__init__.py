@@ -110,7 +110,7 @@ def export(base, adapter=None, *, task: str, out, formats=DEFAULT_FORMATS, probe
     validate each through its SDK backend against the merged torch model, and write OUT/<format>."""
     from edgesight.progress import bar
     from edgesight.registry import TASKS
-    from edgesight.tasks.base import default_threads
+    from edgesight.runtime import default_threads
 
     from . import merge, validate
 
@@ -137,7 +137,7 @@ def export(base, adapter=None, *, task: str, out, formats=DEFAULT_FORMATS, probe
 
         # 2. the reference: the merged torch model, greedy on the probes
         steps.set_postfix_str("reference")
-        from edgesight.backends.torch import TorchTextModel
+        from edgesight.runtime.torch import TorchTextModel
 
         probes = list(probes or validate.default_probes(task))
         ref_model = TorchTextModel(merged.dir, threads=threads)
@@ -226,7 +226,7 @@ def _manifest_fields(merged, base, adapter, prompt, generation) -> dict:
 
 
 def _export_one(fmt: str, ctx: _Context, task: str, dest: Path, fields: dict, ref) -> FormatResult:
-    from edgesight.backends import open_text_model
+    from edgesight.runtime import open_text_model
     from edgesight.bundle import Bundle, BundleWriter
 
     from . import merge, validate
@@ -293,7 +293,7 @@ def _build(fmt: str, ctx: _Context, w) -> dict | None:
             if (fp32 / name).is_file():
                 w.add_file(fp32 / name, name, role="tokenizer" if name == "tokenizer.json" else None)
         return ops or None
-    # GGUF bundles carry the tokenizer too: all backends then tokenize identically (see backends/gguf.py)
+    # GGUF bundles carry the tokenizer too: all backends then tokenize identically (see runtime/llamacpp.py)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         if (ctx.merged / name).is_file():
             w.add_file(ctx.merged / name, name, role="tokenizer" if name == "tokenizer.json" else None)

@@ -12,6 +12,8 @@ from edgesight.errors import ExportError, InputError
 
 
 def add_cli_arguments(p) -> None:
+    from edgesight.cli import threads_arg
+
     from . import DEFAULT_FORMATS, FORMATS
 
     p.add_argument("--base", required=True, help="base model: an HF directory or a .gguf file")
@@ -26,7 +28,7 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--prompt", default=None, help="the task's prompt template (a .json/.txt file or the text), "
                                                   "stored in the manifests")
     p.add_argument("--per-channel", action="store_true", help="per-channel int8 weights for onnx-int8")
-    p.add_argument("--threads", type=int, default=None, help="threads for torch, onnxruntime and llama.cpp")
+    p.add_argument("--threads", type=threads_arg, default=None, help="threads for torch, onnxruntime and llama.cpp")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
 

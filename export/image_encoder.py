@@ -132,11 +132,11 @@ def fidelity(module, onnx_path: Path, batch: np.ndarray, threads: int) -> dict:
     """Agreement of the ONNX file with the torch module on `batch`: embedding cosine and top-1 of the logits."""
     import torch
 
-    from edgesight.backends.onnx import open_session
+    from edgesight.runtime import open_graph
 
     with torch.no_grad():
         ref_emb, ref_logits = (t.numpy() for t in module(torch.from_numpy(batch)))
-    emb, logits = open_session(onnx_path, threads).run(None, {"pixel_values": batch})
+    emb, logits = open_graph(onnx_path, threads=threads).run({"pixel_values": batch})
 
     def unit(x):
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

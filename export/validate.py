@@ -60,7 +60,7 @@ class Fidelity:
 
 
 def reference(model, prompts: list[str], max_new_tokens: int, eos=()) -> Reference:
-    """Run the reference model (edgesight.backends.torch.TorchTextModel) on the probes."""
+    """Run the reference model (edgesight.runtime.torch.TorchTextModel) on the probes."""
     ids = [model.encode(p) for p in prompts]
     outs, margins = zip(*(model.greedy_margins(p, max_new_tokens) for p in prompts))
     return Reference(prompts, ids, list(outs), list(margins), [first_logits(model, i) for i in ids],

@@ -1,6 +1,10 @@
 """The `edgesight` command line. Task subcommands come from the task registry; each task module
 adds its own arguments (`add_cli_arguments`) and turns a loaded task plus arguments into a
-JSON-able result (`run_cli`). Bad input exits with status 2 and a one-line reason."""
+JSON-able result (`run_cli`). Bad input exits with status 2 and a one-line reason.
+
+Only the module of the command that runs is imported (building the parser of `edgesight keywords`
+imports no export, training or benchmark code), and nothing is ever imported from the current
+directory."""
 from __future__ import annotations
 
 import argparse
@@ -15,37 +19,54 @@ from .registry import TASKS
 # Non-task subcommands: name -> (module, help). Each module has add_cli_arguments(p) and main(args).
 TOOLS = {
     "train": ("edgesight.training.cli", "train a LoRA adapter for a task"),
-    "export": ("edgesight.export.cli", "merge an adapter and export ONNX / GGUF bundles, validated"),
-    "eval": ("edgesight.evaluate", "evaluate a task's bundle on its evaluation set"),
-    "bench": ("edgesight.bench", "run the benchmark suite (same as python -m benchmarks)"),
+    "export": ("edgesight.export.cli", "merge an adapter and export ONNX / GGUF bundles for a task, validated"),
+    "eval": ("edgesight.evaluation.cli", "evaluate a task's bundle on its evaluation set"),
+    "bench": ("edgesight.bench", "run the benchmark suite of this edgesight checkout (same as python -m benchmarks)"),
     "serve": ("edgesight.serve", "serve all tasks over HTTP"),
-    "build-defaults": ("edgesight.export.defaults", "build the embedded default bundles on this machine"),
+    "build-defaults": ("edgesight.training.defaults", "build the embedded default bundles on this machine"),
     "demo": ("edgesight.demo", "run all four tasks on sample inputs with the default bundles"),
 }
+MAX_THREADS = 1024
 
 
-def build_parser() -> argparse.ArgumentParser:
+def threads_arg(value: str) -> int:
+    """argparse type of every --threads: a whole number from 1 to 1024 (exit 2 with a reason otherwise)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads takes a whole number, got {value!r}") from None
+    if not 1 <= n <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"--threads must be from 1 to {MAX_THREADS}, got {n}")
+    return n
+
+
+def add_task_arguments(p: argparse.ArgumentParser) -> None:
+    """--model/--backend/--device/--threads, shared by `edgesight <task>` and the tools that load tasks."""
+    from .runtime import DEVICES, RUNTIMES
+
+    p.add_argument("--model", default=None, help="bundle directory (default: the embedded default bundle)")
+    p.add_argument("--backend", choices=list(RUNTIMES), default=None, help="default: the bundle's format")
+    p.add_argument("--device", choices=list(DEVICES), default="cpu", help="cpu (default), cuda, or auto (cuda if usable)")
+    p.add_argument("--threads", type=threads_arg, default=None, help="inference threads (default: usable cores)")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s own arguments are added (its module imported)."""
     parser = argparse.ArgumentParser(prog="edgesight", description="Edge-optimized, quantized vision-language tasks.")
     parser.add_argument("--version", action="version", version=f"edgesight {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for spec in TASKS.values():
         p = sub.add_parser(spec.name, help=spec.summary, description=spec.summary)
-        p.add_argument("--model", default=None, help="bundle directory (default: the embedded default bundle)")
-        p.add_argument("--backend", choices=["onnx", "gguf", "torch"], default=None, help="default: the bundle's format")
-        p.add_argument("--threads", type=int, default=None, help="inference threads (default: usable cores)")
-        p.add_argument("--json", action="store_true", help="print the result as JSON")
         p.set_defaults(spec=spec)
-        try:
+        if command == spec.name:
+            add_task_arguments(p)
+            p.add_argument("--json", action="store_true", help="print the result as JSON")
             spec.load_module().add_cli_arguments(p)
-        except ImportError:
-            pass  # the task's own module failed to import: report it when the command runs
     for name, (module, help_) in TOOLS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(tool=module)
-        try:
+        if command == name:
             importlib.import_module(module).add_cli_arguments(p)
-        except ImportError:
-            p.set_defaults(tool_missing=True)
     return parser
 
 
@@ -63,7 +84,13 @@ def _jsonable(obj):
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    try:
+        parser = build_parser(command if command in TASKS or command in TOOLS else None)
+    except ImportError as exc:  # the command's module needs an extra: say which
+        print(f"edgesight {command}: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -71,9 +98,9 @@ def main(argv=None) -> int:
     try:
         if getattr(args, "spec", None) is not None:
             spec = args.spec
-            module = spec.load_module()
-            task = spec.load_class().from_pretrained(args.model, backend=args.backend, threads=args.threads)
-            _print(module.run_cli(task, args), args.json)
+            task = spec.load_class().from_pretrained(args.model, backend=args.backend, threads=args.threads,
+                                                     device=args.device)
+            _print(spec.load_module().run_cli(task, args), args.json)
         else:
             result = importlib.import_module(args.tool).main(args)
             if result is not None:

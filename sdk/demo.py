@@ -10,7 +10,9 @@ from .registry import TASKS
 
 
 def add_cli_arguments(parser) -> None:
-    parser.add_argument("--threads", type=int, default=None, help="inference threads (default: usable cores)")
+    from .cli import threads_arg
+
+    parser.add_argument("--threads", type=threads_arg, default=None, help="inference threads (default: usable cores)")
     parser.add_argument("--task", choices=list(TASKS), action="append", help="only these tasks (repeatable)")
 
 

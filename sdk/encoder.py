@@ -3,7 +3,7 @@ L2-normalised `embedding` (catalogue search) and `logits` (ImageNet class names 
 
 Shared by product recognition and the default captioner; no torch, only numpy, PIL and onnxruntime.
 
-    enc = ImageEncoder.from_bundle(bundle, threads=2)
+    enc = ImageEncoder.from_bundle(bundle, threads=2)      # or .from_task(task): the task's runtime and device
     enc.embed([img])          # (1, 1280) float32, unit rows
     enc.classify([img], 3)    # [[("Egyptian cat", 0.76), ...]]
 """
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from .backends.onnx import open_session
+from . import runtime
 from .errors import BundleError
 from .images import load_image
 
@@ -72,7 +72,7 @@ class ImageEncoder:
 
     def __init__(self, session, preprocessing: Preprocessing, labels: list[str] | None = None):
         self.session, self.preprocessing, self.labels = session, preprocessing, labels
-        outputs = {o.name: o.shape for o in session.get_outputs()}
+        outputs = session.outputs
         if "embedding" not in outputs:
             raise BundleError(f"image encoder has no 'embedding' output (outputs: {', '.join(outputs)}); "
                               "re-export it with edgesight.export.image_encoder")
@@ -81,22 +81,26 @@ class ImageEncoder:
 
     @classmethod
     def from_file(cls, path, preprocessing: Preprocessing, threads: int = 1, labels=None) -> "ImageEncoder":
-        return cls(open_session(path, threads), preprocessing, labels)
+        return cls(runtime.open_graph(path, threads=threads), preprocessing, labels)
 
     @classmethod
-    def from_bundle(cls, bundle, threads: int = 1) -> "ImageEncoder":
+    def from_bundle(cls, bundle, threads: int = 1, device: str = "cpu", backend: str | None = None) -> "ImageEncoder":
         if bundle.kind != "image-encoder" or "preprocessing" not in bundle.manifest:
             raise BundleError(f"{bundle.path}: not an image-encoder bundle (kind {bundle.kind!r}); "
                               "export one with edgesight.export.image_encoder")
         labels = bundle.file("labels").read_text(encoding="utf-8").splitlines() if bundle.has("labels") else None
-        return cls.from_file(bundle.file("model"), Preprocessing.from_dict(bundle.manifest["preprocessing"]),
-                             threads, labels)
+        session = runtime.open_session(bundle, "model", threads=threads, device=device, backend=backend)
+        return cls(session, Preprocessing.from_dict(bundle.manifest["preprocessing"]), labels)
+
+    @classmethod
+    def from_task(cls, task) -> "ImageEncoder":
+        return cls.from_bundle(task.bundle, task.threads, task.device, task.backend)
 
     def run(self, images: list) -> tuple[np.ndarray, np.ndarray | None]:
         """Images (anything load_image takes) -> (unit embeddings (N, dim), logits (N, classes) or None)."""
         batch = np.concatenate([self.preprocessing.apply(load_image(im)) for im in images])
         names = ["embedding"] + (["logits"] if self.num_classes else [])
-        out = self.session.run(names, {"pixel_values": batch})
+        out = self.session.run({"pixel_values": batch}, names)
         emb = out[0].astype(np.float32)
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         return emb, (out[1] if self.num_classes else None)

@@ -36,6 +36,10 @@ class BackendError(EdgesightError):
     """The requested backend cannot run this bundle (wrong format, unsupported model kind)."""
 
 
+class DeviceError(BackendError):
+    """The requested device (e.g. "cuda") is not available to the runtime; the message says what to install."""
+
+
 class MissingExtraError(BackendError, ImportError):
     """An optional dependency is not installed; the message carries the exact pip command."""
 

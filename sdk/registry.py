@@ -1,7 +1,17 @@
-"""The one table of tasks. The CLI, the export stage, the server and the benchmarks all read it.
+"""The one table of tasks. The CLI, `build-defaults`, `export --task`, `train`, `eval`, `serve`,
+`demo` and the benchmarks all read it; none of them keeps a per-task table of its own.
 
-Each task lives in one module `edgesight.tasks.<module>` that defines the task class and two CLI
-hooks: `add_cli_arguments(parser)` and `run_cli(task, args) -> JSON-able`.
+A row names where each piece of a task lives ("module:attribute" strings, imported only when used,
+so `import edgesight` stays cheap and the run time never imports export or training code):
+
+- `module`  edgesight.tasks.<module>: the task class, its typed result, and the run-time hooks
+            `from_json(payload)` (HTTP body -> input), `add_cli_arguments(p)` / `run_cli(task, args)`,
+            `SAMPLE_INPUTS` (demo), `export_spec(adapter_dir, kind) -> dict` (what a bundle of this
+            task must carry besides the weights: prompt, vocabulary, labels, generation, probes);
+- `train`   the training module: `add_train_arguments(p)` / `train_main(args) -> report`;
+- `recipe`  the default-bundle recipe: `build_default(out_dir, *, threads, progress) -> Path`;
+- `evaluate` the evaluation module: `run_eval(bundle, **options) -> dict` (typed, for the CLI and
+            the benchmarks), `add_eval_arguments(p)`, `EVAL_OPTIONS` (from_args) and `BENCH_OPTIONS`.
 """
 from __future__ import annotations
 
@@ -9,37 +19,64 @@ import importlib
 from dataclasses import dataclass
 
 
+def load_hook(ref: str):
+    """"package.module:attribute" (or just "package.module") -> the object."""
+    module, _, attr = ref.partition(":")
+    obj = importlib.import_module(module)
+    return getattr(obj, attr) if attr else obj
+
+
 @dataclass(frozen=True)
 class TaskSpec:
-    name: str                 # registry key, CLI subcommand, default bundle name
+    name: str                 # registry key, CLI subcommand, default bundle name, HTTP route /v1/<name>
     module: str               # edgesight.tasks.<module>
     cls: str                  # public class name, exported as edgesight.<cls>
     result: str               # result type name (for docs and --help)
     formats: tuple[str, ...]  # bundle formats the task can run
     default_format: str       # format of the embedded default bundle
     summary: str
+    train: str | None = None      # training module
+    recipe: str | None = None     # default-bundle recipe
+    evaluate: str | None = None   # evaluation module
 
-    def load_class(self):
-        return getattr(importlib.import_module(f"edgesight.tasks.{self.module}"), self.cls)
+    @property
+    def module_path(self) -> str:
+        return f"edgesight.tasks.{self.module}"
 
     def load_module(self):
-        return importlib.import_module(f"edgesight.tasks.{self.module}")
+        return importlib.import_module(self.module_path)
+
+    def load_class(self):
+        return getattr(self.load_module(), self.cls)
+
+    def hook(self, name: str):
+        """The task module's hook `name` (e.g. "export_spec", "from_json"), or None if it has none."""
+        return getattr(self.load_module(), name, None)
 
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in [
     TaskSpec("keywords", "keywords", "KeywordExtractor", "list[str]", ("onnx", "gguf", "torch"), "onnx",
-             "free-text segmentation prompt -> object names to segment"),
+             "free-text segmentation prompt -> object names to segment",
+             train="edgesight.training.keywords", recipe="edgesight.training.keywords:build_default",
+             evaluate="edgesight.evaluation.keywords"),
     TaskSpec("describe", "descriptions", "Describer", "Description", ("onnx", "gguf", "torch"), "gguf",
-             "detector + scene JSON -> one natural sentence"),
-    TaskSpec("caption", "captioning", "Captioner", "CaptionResult", ("onnx", "torch"), "onnx",
-             "image -> caption, sampled captions and tag scores"),
+             "detector + scene JSON -> one natural sentence",
+             train="edgesight.training.descriptions", recipe="edgesight.training.descriptions:build_default",
+             evaluate="edgesight.evaluation.descriptions"),
+    TaskSpec("caption", "captioning", "Captioner", "CaptionResult", ("onnx",), "onnx",
+             "image -> caption, sampled captions and tag scores",
+             train="edgesight.training.captioning", recipe="edgesight.training.captioning:build_default"),
     TaskSpec("products", "products", "ProductRecognizer", "ProductResult", ("onnx",), "onnx",
-             "product photo -> title, category, price from a catalogue"),
+             "product photo -> title, category, price from a catalogue",
+             train="edgesight.training.products", recipe="edgesight.training.products:build_default",
+             evaluate="edgesight.evaluation.products"),
 ]}
 
 
 def get(name: str) -> TaskSpec:
+    from .errors import InputError
+
     try:
         return TASKS[name]
     except KeyError:
-        raise KeyError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}") from None
+        raise InputError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}") from None

@@ -185,10 +185,12 @@ def create_app(config: ServeConfig, tasks: dict | None = None, missing: dict | N
 
 
 def add_cli_arguments(parser) -> None:
+    from .cli import threads_arg
+
     env = ServeConfig.from_env()
     parser.add_argument("--host", default=env.host, help="bind address (default 127.0.0.1; 0.0.0.0 exposes it)")
     parser.add_argument("--port", type=int, default=env.port)
-    parser.add_argument("--threads", type=int, default=env.threads, help="threads per inference")
+    parser.add_argument("--threads", type=threads_arg, default=env.threads, help="threads per inference")
     parser.add_argument("--concurrency", type=int, default=env.concurrency, help="inferences run at once")
     parser.add_argument("--queue", type=int, default=env.queue, help="requests that may wait; beyond: 503")
     parser.add_argument("--max-body-mb", type=float, default=env.max_body_mb, help="request size limit (413 beyond)")

@@ -1,12 +1,12 @@
 """The test catalogue: products rendered with PIL (package shapes, brand colours, printed brand names
-and prices) by edgesight.export.default_products — the same generator `edgesight eval products`
+and prices) by edgesight.training.data.products — the same generator `edgesight eval products`
 uses — plus augmented "shop photo" queries and deliberately broken catalogues for the error paths."""
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-from edgesight.export.default_products import augment, catalog_products, queries, render, write_catalog
+from edgesight.training.data.products import augment, catalog_products, queries, render, write_catalog
 
 __all__ = ["augment", "render", "make_catalog", "photo_queries", "broken_catalog", "real_photo"]
 

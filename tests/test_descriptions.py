@@ -9,8 +9,8 @@ import pytest
 from edgesight.errors import InputError, TrainingError
 from edgesight.tasks.descriptions import (Facts, Vocabulary, check_sentence, first_sentence, from_json, parse_input,
                                           pluralize, read_inputs, render_facts, template_sentence)
-from edgesight.training.descriptions import (build_examples, heldout_inputs, load_inputs, read_jsonl,
-                                             synthetic_inputs, train_format, write_jsonl)
+from edgesight.training.data.descriptions import (build_examples, heldout_inputs, load_inputs, read_jsonl,
+                                                  synthetic_inputs, train_format, write_jsonl)
 
 VOCAB = Vocabulary.from_dict(None)
 GRASS = {"class": "grass", "confidence": 0.95}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from edgesight.backends import open_text_model
+from edgesight.runtime import open_text_model
 from edgesight.bundle import Bundle, sha256_file
 from edgesight.errors import ExportError
 from edgesight.generation import GenerationConfig
@@ -102,7 +102,7 @@ def test_lora_gguf_on_f16_base_equals_merged_f16(llama_export):
 
 @pytest.mark.slow
 def test_adapter_changed_the_model(llama_export, tiny_llama_dir):
-    from edgesight.backends.torch import TorchTextModel
+    from edgesight.runtime.torch import TorchTextModel
 
     base = TorchTextModel(tiny_llama_dir, threads=1)
     base_out = [base.decode(s[0]) for s in base.generate_ids(PROBES, GenerationConfig(max_new_tokens=12))]
@@ -228,32 +228,37 @@ def test_cli_exports_and_prints_the_table(tiny_llama_dir, tmp_path, capsys):
 # --- build-defaults -----------------------------------------------------------------------------------
 
 def test_build_defaults_builds_then_skips_up_to_date_bundles(tmp_path, monkeypatch, capsys):
-    """The orchestration with a small real builder module standing in for export/default_products.py."""
+    """The orchestration, driven by the registry's recipe hook, with a small real recipe module."""
+    import dataclasses
+    import sys
     import types
 
+    from edgesight import registry
     from edgesight.bundle import BundleWriter
     from edgesight.defaults import default_bundle_dir
-    from edgesight.export import defaults
+    from edgesight.training import defaults
 
     calls = []
 
-    def build(out_dir, *, threads, progress):
+    def build_default(out_dir, *, threads, progress):
         calls.append((str(out_dir), threads))
         with BundleWriter(out_dir, task="products", format="onnx", precision="fp32", kind="image-encoder") as w:
             w.add_json({"labels": ["a"]}, "labels.json", role="labels")
 
-    module = types.ModuleType("edgesight.export.default_products")
-    module.__file__ = str(tmp_path / "default_products.py")
-    (tmp_path / "default_products.py").write_text("# builder v1\n")
-    module.build = build
-    monkeypatch.setitem(__import__("sys").modules, "edgesight.export.default_products", module)
+    module = types.ModuleType("recipe_under_test")
+    module.__file__ = str(tmp_path / "recipe_under_test.py")
+    (tmp_path / "recipe_under_test.py").write_text("# recipe v1\n")
+    module.build_default = build_default
+    monkeypatch.setitem(sys.modules, "recipe_under_test", module)
+    monkeypatch.setitem(registry.TASKS, "products",
+                        dataclasses.replace(registry.TASKS["products"], recipe="recipe_under_test:build_default"))
     monkeypatch.setenv("EDGESIGHT_HOME", str(tmp_path / "home"))
 
     rows = defaults.build_all(["products"], threads=1, progress=False)
     assert [r["status"] for r in rows] == ["built"] and calls == [(str(default_bundle_dir("products")), 1)]
     assert Bundle.load(default_bundle_dir("products")).task == "products"
     assert defaults.build_all(["products"], threads=1)[0]["status"] == "up-to-date" and len(calls) == 1
-    (tmp_path / "default_products.py").write_text("# builder v2\n")      # the builder changed: rebuild
+    (tmp_path / "recipe_under_test.py").write_text("# recipe v2\n")      # the recipe changed: rebuild
     assert defaults.build_all(["products"], threads=1)[0]["status"] == "built" and len(calls) == 2
     with pytest.raises(ExportError, match="unknown task"):
         defaults.build_all(["nope"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import edgesight
-from edgesight.backends import check_backend
+from edgesight.runtime import runtime_for
 from edgesight.bundle import MANIFEST, Bundle, BundleWriter
 from edgesight.errors import BackendError, BundleError, BundleNotFoundError, IntegrityError, MissingExtraError
 
@@ -108,11 +108,11 @@ def test_not_a_bundle_and_corrupt_manifest(tmp_path):
 
 def test_backend_mismatch_is_a_clear_error(tmp_path):
     b = make_bundle(tmp_path / "b", fmt="onnx")
-    assert check_backend(b, None) == "onnx"
+    assert runtime_for(b, None).name == "onnx"
     with pytest.raises(BackendError, match="cannot run on the 'gguf' backend"):
-        check_backend(b, "gguf")
+        runtime_for(b, "gguf")
     with pytest.raises(BackendError, match="unknown backend"):
-        check_backend(b, "tensorrt")
+        runtime_for(b, "tensorrt")
 
 
 def test_wrong_task_bundle_is_refused(tmp_path):

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from edgesight.backends import open_text_model
+from edgesight.runtime import open_text_model
 from edgesight.bundle import Bundle
-from edgesight.errors import BackendError, InputError, MissingExtraError
+from edgesight.errors import BackendError, DeviceError, InputError, MissingExtraError
 from edgesight.generation import GenerationConfig
 
 pytest.importorskip("llama_cpp")
@@ -127,10 +127,8 @@ def test_count_tokens_context_and_limits(gguf_model):
 
 
 def test_wrong_bundle_format_and_missing_llama_cpp(tiny_bundles, monkeypatch):
-    from edgesight.backends import gguf as gguf_backend
-
-    with pytest.raises(BackendError, match="cannot run on the gguf backend"):
-        gguf_backend.load_text_model(tiny_bundles[1], threads=1)
+    with pytest.raises(BackendError, match="cannot run on the 'gguf' backend"):
+        open_text_model(tiny_bundles[1], backend="gguf", threads=1)
     monkeypatch.setitem(sys.modules, "llama_cpp", None)   # import llama_cpp now fails
     with pytest.raises(MissingExtraError, match=r"edgesight\[gguf\]"):
         open_text_model(tiny_bundles[0], threads=1)
@@ -142,5 +140,5 @@ def test_torch_backend_refuses_grammars_and_reports_missing_cuda(torch_model, ti
     import torch
 
     if not torch.cuda.is_available():
-        with pytest.raises(BackendError, match="no CUDA device"):
+        with pytest.raises(DeviceError, match=r"no CUDA support.*pip install|CUDA build of torch"):
             open_text_model(tiny_bundles[1], threads=1, device="cuda")

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from edgesight.tasks.keywords import KeywordExtractor
-from edgesight.training import keywords as kwdata
+from edgesight.training.data import keywords as kwdata
 
 pytest.importorskip("llama_cpp")
 
@@ -56,11 +56,11 @@ def test_vocabulary_becomes_a_grammar_on_gguf(gguf_bundle):
 def test_grammar_constrains_the_raw_generation(gguf_bundle):
     from dataclasses import replace
 
-    from edgesight.tasks.keywords import Vocabulary
+    from edgesight.lexicon import LabelMap
     kw = KeywordExtractor.from_pretrained(gguf_bundle, threads=1)
     labels = ["Cat", "Dog", "Umbrella"]
     gen = kw._model
-    config = replace(gen.config, grammar=Vocabulary(labels).grammar(), max_new_tokens=12)
+    config = replace(gen.config, grammar=LabelMap(labels).grammar(), max_new_tokens=12)
     raw = gen.model.generate([gen.prefix + "Segment the cats" + gen.suffix], config)[0][0]
     items = raw.split(", ")
     assert raw == "None" or all(i in labels for i in items[:-1]) and any(lab.startswith(items[-1]) for lab in labels), raw

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from edgesight.backends import TextModel, open_text_model
-from edgesight.backends.onnx import open_session
+from edgesight.runtime import TextModel, open_text_model
+from edgesight.runtime import open_graph
 from edgesight.bundle import Bundle, BundleWriter
 from edgesight.errors import BackendError, BundleError, ExportError, InputError
 from edgesight.generation import GenerationConfig
@@ -121,11 +121,11 @@ def test_session_errors_name_the_file(tmp_path, tiny_llama_onnx):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"this is not a protobuf")
     with pytest.raises(BundleError, match="model.onnx"):
-        open_session(bad, threads=1)
+        open_graph(bad, threads=1)
     with pytest.raises(BundleError, match="not found"):
-        open_session(tmp_path / "missing.onnx", threads=1)
-    session = open_session(Bundle.load(tiny_llama_onnx).file("model"), threads=1, arena=False)
-    opts = session.get_session_options()
+        open_graph(tmp_path / "missing.onnx", threads=1)
+    session = open_graph(Bundle.load(tiny_llama_onnx).file("model"), threads=1, arena=False)
+    opts = session.session.get_session_options()
     assert (opts.intra_op_num_threads, opts.inter_op_num_threads, opts.enable_cpu_mem_arena) == (1, 1, False)
     # a bundle whose .onnx is corrupt (hash matches, content is garbage) fails at load with the file name
     src = Bundle.load(tiny_llama_onnx)
@@ -206,8 +206,8 @@ def test_external_data_is_written_and_loads(tmp_path, tiny_llama_onnx, monkeypat
     report = exp.quantize_int4(src, tmp_path / "q" / "model.onnx")
     assert (tmp_path / "q" / "model.onnx.data").stat().st_size > 0.5 * report["bytes"]
     assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["model.onnx", "model.onnx.data"]
-    session = open_session(tmp_path / "q" / "model.onnx", threads=1)
-    assert session.get_outputs()[0].name == "logits"
+    session = open_graph(tmp_path / "q" / "model.onnx", threads=1)
+    assert list(session.outputs)[0] == "logits"
 
 
 def test_onnx_text_bundle_roundtrip_reexport(tiny_t5_dir, tmp_path):
@@ -250,8 +250,8 @@ def test_tied_lm_head_is_folded_so_quantizers_reach_it(tiny_llama_onnx, tmp_path
     ids = np.array([[5, 17, 300, 42]], dtype=np.int64)   # logits of the last position only (export default)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(4)[None],
              **{f"past_key_values.{i}.{kv}": np.zeros((1, 2, 0, 64), np.float32) for i in range(2) for kv in ("key", "value")}}
-    before = open_session(src, threads=1).run(["logits"], feeds)[0]
-    after = open_session(tmp_path / "folded.onnx", threads=1).run(["logits"], feeds)[0]
+    before = open_graph(src, threads=1).run(feeds, ["logits"])[0]
+    after = open_graph(tmp_path / "folded.onnx", threads=1).run(feeds, ["logits"])[0]
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
     report = quantize_int4(src, tmp_path / "q" / "model.onnx")
     assert report["quantized"]["MatMulNBits"] == 2 * 7 + 1          # 7 projections per layer + lm_head
@@ -271,8 +271,8 @@ def test_last_logits_only_export_matches_full_logits(tiny_llama_dir, tiny_llama_
     ids = np.array([[5, 17, 300, 42, 9]], dtype=np.int64)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(5)[None],
              **{f"past_key_values.{i}.{kv}": np.zeros((1, 2, 0, 64), np.float32) for i in range(2) for kv in ("key", "value")}}
-    all_positions = open_session(tmp_path / "full" / "model.onnx", threads=1).run(["logits"], feeds)[0]
-    last = open_session(tiny_llama_onnx.parent / "onnx" / "model.onnx", threads=1).run(["logits"], feeds)[0]
+    all_positions = open_graph(tmp_path / "full" / "model.onnx", threads=1).run(feeds, ["logits"])[0]
+    last = open_graph(tiny_llama_onnx.parent / "onnx" / "model.onnx", threads=1).run(feeds, ["logits"])[0]
     assert all_positions.shape[1] == 5 and last.shape[1] == 1 and "model.onnx" in full["files"]
     np.testing.assert_allclose(last[:, 0], all_positions[:, -1], rtol=1e-5, atol=1e-5)
 

@@ -18,7 +18,7 @@ from edgesight.tasks.products import (Match, ProductRecognizer, estimate_price, 
 @pytest.fixture(scope="session")
 def default_bundle(tmp_path_factory):
     """The default products bundle as `edgesight build-defaults` makes it (int8 + sample catalogue)."""
-    from edgesight.export.default_products import build
+    from edgesight.training.products import build_default as build
     return build(tmp_path_factory.mktemp("bundles") / "products", threads=1, progress=False).path
 
 
@@ -56,7 +56,7 @@ def test_encoder_bundle_classifies_real_photos_and_records_fidelity(fp32_bundle,
 
 
 def test_default_bundle_recognises_its_sample_query(default_bundle):
-    from edgesight.export.default_products import catalog_products
+    from edgesight.training.data.products import catalog_products
 
     pr = ProductRecognizer.from_pretrained(default_bundle, threads=1)
     result = pr(str(default_bundle / "samples" / "query.jpg"))

@@ -119,7 +119,7 @@ def test_settings_from_environment(blip_bundle, tmp_path):
 def test_load_default_model_no_errors_flat_memory(tmp_path):
     """8 concurrent clients on the embedded default captioner (the real EfficientNet-Lite0), bounded
     in count and time; the full 8 x 500 run is benchmarks/serve_load.py (figures in docs/captioning.md)."""
-    from edgesight.export.default_caption import build
+    from edgesight.training.captioning import build_default as build
 
     build(tmp_path / "bundles" / "caption", threads=1, progress=False)
     proc, url = start_server(tmp_path, "--threads", "1")

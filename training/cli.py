@@ -19,6 +19,8 @@ _DEFAULTS = TrainConfig()
 
 def add_config_arguments(p, **defaults) -> None:
     """The TrainConfig options; a task passes its own defaults (e.g. steps=300, lr=1e-3)."""
+    from ..cli import threads_arg
+
     d = {**_DEFAULTS.to_dict(), **defaults}
     p.add_argument("--out", required=True, help="output directory (adapter/, checkpoint/, report.json); "
                    "an existing checkpoint there is resumed")
@@ -36,7 +38,7 @@ def add_config_arguments(p, **defaults) -> None:
     p.add_argument("--eval-every", type=int, default=d["eval_every"])
     p.add_argument("--save-every", type=int, default=d["save_every"])
     p.add_argument("--val-limit", type=int, default=d["val_limit"])
-    p.add_argument("--threads", type=int, default=d["threads"], help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=threads_arg, default=d["threads"], help="torch threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

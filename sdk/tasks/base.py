@@ -1,43 +1,41 @@
-"""What every task shares: bundle resolution, backend choice, thread count, batch dispatch."""
+"""What every task shares: bundle resolution, runtime and device choice, thread count, batch dispatch.
+
+A task opens its models through `self.session(role)` (a tensor graph) or `self.text_model()` (a text
+generator): the runtime layer (edgesight.runtime) decides how, on which device, with how many threads.
+"""
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from .. import defaults
-from ..backends import check_backend
-
-
-def default_threads(threads: int | None) -> int:
-    """Explicit threads win; else EDGESIGHT_THREADS; else OMP_NUM_THREADS; else the usable cores
-    (onnxruntime and llama.cpp would otherwise size pools from host cores and ignore cgroups)."""
-    if threads is not None:
-        if int(threads) < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        return int(threads)
-    for var in ("EDGESIGHT_THREADS", "OMP_NUM_THREADS"):
-        if os.environ.get(var, "").isdigit() and int(os.environ[var]) > 0:
-            return int(os.environ[var])
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+from .. import defaults, runtime
 
 
 class Task:
-    """Base of the four task classes. Subclasses set `name` and implement `_run_batch`."""
+    """Base of the task classes. Subclasses set `name` and implement `_run_batch`."""
 
     name: str = ""
 
-    def __init__(self, bundle, backend: str | None = None, threads: int | None = None):
+    def __init__(self, bundle, backend: str | None = None, threads: int | None = None, device: str | None = "cpu"):
         self.bundle = bundle
-        self.backend = check_backend(bundle, backend)
-        self.threads = default_threads(threads)
+        self.runtime = runtime.runtime_for(bundle, backend)
+        self.backend = self.runtime.name
+        self.threads = runtime.default_threads(threads)
+        self.device, self.device_note = runtime.resolve_device(self.runtime, device)
 
     @classmethod
-    def from_pretrained(cls, path=None, backend: str | None = None, threads: int | None = None, **kwargs):
-        """Load a bundle directory (None = the embedded default) on `backend` with `threads` threads."""
-        return cls(defaults.resolve(path, cls.name), backend=backend, threads=threads, **kwargs)
+    def from_pretrained(cls, path=None, backend: str | None = None, threads: int | None = None,
+                        device: str | None = "cpu", **kwargs):
+        """Load a bundle directory (None = the embedded default) on `backend` and `device`
+        ("cpu", "cuda" or "auto") with `threads` threads."""
+        return cls(defaults.resolve(path, cls.name), backend=backend, threads=threads, device=device, **kwargs)
+
+    # -- the runtime layer, with this task's runtime, device and threads --
+    def session(self, role: str, **kwargs) -> runtime.Session:
+        return runtime.open_session(self.bundle, role, threads=self.threads, device=self.device,
+                                    backend=self.backend, **kwargs)
+
+    def text_model(self, **kwargs) -> runtime.TextModel:
+        return runtime.open_text_model(self.bundle, self.backend, self.threads, self.device, **kwargs)
 
     def __call__(self, inputs, **kwargs) -> Any:
         """One input gives one result; a list gives a list of results (run as a batch)."""
@@ -52,4 +50,5 @@ class Task:
         m = self.bundle.manifest
         return {"task": self.name, "bundle": str(self.bundle.path), "format": m["format"],
                 "precision": m.get("precision"), "kind": m.get("kind"), "backend": self.backend,
+                "device": self.device, **({"device_note": self.device_note} if self.device_note else {}),
                 "threads": self.threads, "provenance": m.get("provenance", {}), "fidelity": m.get("fidelity", {})}

@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..backends.onnx import _clean_up, open_session
 from ..errors import BundleError, InputError
 from ..generation import GenerationConfig, generate_ids
 from ..images import decode_base64, load_image
+from ..inflect import singular
+from ..tokenizer import TextTokenizer
 from .base import Task
 
 DEFAULT_SAMPLES = 5  # the seed's total_captions_number
@@ -89,7 +90,7 @@ class _BlipDecoder:
         self.run = run or self.run_session
 
     def run_session(self, ids: np.ndarray, past: list[np.ndarray]):
-        out = self.session.run(None, {"input_ids": ids, **dict(zip(self.past_names, past)), **self.cross})
+        out = self.session.run({"input_ids": ids, **dict(zip(self.past_names, past)), **self.cross})
         return out[0], out[1:]
 
     def prefill(self, prompts):
@@ -155,18 +156,17 @@ class _Lockstep:
 
 
 class _Blip:
-    def __init__(self, bundle, threads: int):
-        from tokenizers import Tokenizer
-
+    def __init__(self, task: Task):
+        bundle = task.bundle
         self.meta, self.settings = bundle.manifest["blip"], bundle.manifest["preprocess"]
-        self.encoder = open_session(bundle.file("encoder"), threads)
-        self.decoder = open_session(bundle.file("decoder"), threads)
-        self.tokenizer = Tokenizer.from_file(str(bundle.file("tokenizer")))
-        self.cross_names = [o.name for o in self.encoder.get_outputs()]
+        self.encoder, self.decoder = task.session("encoder"), task.session("decoder")
+        # transformers' BertTokenizer decode: skip specials, then clean_up_tokenization spaces
+        self.tokenizer = TextTokenizer.from_file(bundle.file("tokenizer"), clean_up_spaces=True)
+        self.cross_names = list(self.encoder.outputs)
 
     def captions(self, image: Image.Image, configs: list[GenerationConfig]) -> list[list[str]]:
         """Encode once, then decode once per config (beam, samples) from the shared cross K/V."""
-        cross = dict(zip(self.cross_names, self.encoder.run(None, {"pixel_values": preprocess(image, self.settings)})))
+        cross = dict(zip(self.cross_names, self.encoder.run({"pixel_values": preprocess(image, self.settings)})))
         dec = _BlipDecoder(self.decoder, cross, self.meta)
         prompt = [self.meta["bos_token_id"], *self.meta.get("prompt_ids", [])]
         eos = [self.meta["eos_token_id"]]
@@ -198,21 +198,18 @@ class _Blip:
         return results
 
     def decode(self, ids: list[int]) -> str:
-        # transformers' BertTokenizer decode: skip specials, then clean_up_tokenization spaces
-        return _clean_up(self.tokenizer.decode(ids, skip_special_tokens=True)).strip()
+        return self.tokenizer.decode(ids).strip()
 
 
 class _VisionEncoderDecoder:
     """optimum's image-to-text-with-past export (encoder_model + decoder[_merged]) on the ONNX
     backend's seq2seq model, started from the image encoder's output."""
 
-    def __init__(self, bundle, threads: int):
-        from ..backends.onnx import OnnxSeq2SeqLM
-
-        self.lm, self.settings = OnnxSeq2SeqLM(bundle, threads), bundle.manifest["preprocess"]
+    def __init__(self, task: Task):
+        self.lm, self.settings = task.text_model(), task.bundle.manifest["preprocess"]
 
     def captions(self, image: Image.Image, configs: list[GenerationConfig]) -> list[list[str]]:
-        hidden = self.lm.sessions["encoder"].run(None, {"pixel_values": preprocess(image, self.settings)})[0]
+        hidden = self.lm.sessions["encoder"].run({"pixel_values": preprocess(image, self.settings)})[0]
         start = int(self.lm.tokens["decoder_start"])
         return [[self.lm.decode(s) for s in generate_ids(self.lm.from_encoder_output(hidden), [[start]], cfg,
                                                           eos_token_ids=self.lm.eos, decoder_start_token_id=start)[0]]
@@ -223,10 +220,11 @@ class _Classifier:
     """The offline default: an ImageNet classifier (edgesight.encoder) -> top classes; the caption is
     a template over them. Clearly not a captioning model: the bundle and /v1/models say so."""
 
-    def __init__(self, bundle, threads: int):
+    def __init__(self, task: Task):
         from ..encoder import ImageEncoder
 
-        self.encoder = ImageEncoder.from_bundle(bundle, threads)
+        bundle = task.bundle
+        self.encoder = ImageEncoder.from_task(task)
         self.template = bundle.get("caption_template", "a photo of {article} {label}")
 
     def top(self, image: Image.Image, k: int) -> list[tuple[str, float]]:
@@ -242,21 +240,9 @@ up down out off near next top front back side this that these those there here i
 been being has have had do does did some any each two three four five several many few one other another
 very while as than then who whom which what where when his her their our your my him them they we you she
 he i me us picture image photo photograph shot view close closeup""".split())
-_IRREGULAR = {"people": "person", "men": "man", "women": "woman", "children": "child", "feet": "foot",
-              "teeth": "tooth", "mice": "mouse", "geese": "goose", "knives": "knife", "leaves": "leaf"}
-
-
 def lemma(word: str) -> str:
-    """Plural -> singular with a few rules (no dictionary): 'cats' -> 'cat', 'buses' -> 'bus', 'berries' -> 'berry'."""
-    if word in _IRREGULAR:
-        return _IRREGULAR[word]
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 4 and word.endswith(("sses", "shes", "ches", "xes", "zes", "uses")):
-        return word[:-2]
-    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
+    """Plural -> singular ('cats' -> 'cat', 'buses' -> 'bus', 'berries' -> 'berry'): edgesight.inflect."""
+    return singular(word)
 
 
 def caption_words(captions: list[str]) -> list[str]:
@@ -275,18 +261,18 @@ def clip_text_embeddings(session, tokenizer, words: list[str]) -> np.ndarray:
     mask = np.zeros((len(encs), width), np.int64)
     for i, e in enumerate(encs):
         ids[i, :len(e.ids)], mask[i, :len(e.ids)] = e.ids, 1
-    emb = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    emb = session.run({"input_ids": ids, "attention_mask": mask})[0]
     return emb / np.linalg.norm(emb, axis=-1, keepdims=True)
 
 
 class _Clip:
-    def __init__(self, bundle, threads: int):
+    def __init__(self, task: Task):
         from tokenizers import Tokenizer
 
+        bundle = task.bundle
         meta = bundle.manifest["clip"]
         self.settings, self.scale = meta["preprocess"], float(meta["logit_scale"])
-        self.image = open_session(bundle.file("clip_image"), threads)
-        self.text = open_session(bundle.file("clip_text"), threads)
+        self.image, self.text = task.session("clip_image"), task.session("clip_text")
         self.tokenizer = Tokenizer.from_file(str(bundle.file("clip_tokenizer")))
         vocab = json.loads(bundle.file("tag_vocab").read_text(encoding="utf-8"))
         self.cache = dict(zip(vocab, np.load(bundle.file("tag_embeds"), allow_pickle=False)))
@@ -301,7 +287,7 @@ class _Clip:
             emb = clip_text_embeddings(self.text, self.tokenizer, new)
             with self.lock:
                 self.cache.update(zip(new, emb))
-        img = self.image.run(None, {"pixel_values": preprocess(image, self.settings)})[0][0]
+        img = self.image.run({"pixel_values": preprocess(image, self.settings)})[0][0]
         img = img / np.linalg.norm(img)
         logits = self.scale * np.stack([self.cache[w] for w in words]) @ img
         p = np.exp(logits - logits.max())
@@ -322,18 +308,19 @@ class Captioner(Task):
 
     name = "caption"
 
-    def __init__(self, bundle, backend=None, threads=None, num_samples: int = DEFAULT_SAMPLES, seed: int | None = 0):
-        super().__init__(bundle, backend, threads)
+    def __init__(self, bundle, backend=None, threads=None, device: str | None = "cpu", num_samples: int = DEFAULT_SAMPLES,
+                 seed: int | None = 0):
+        super().__init__(bundle, backend, threads, device)
         if bundle.kind == "blip":
-            self.model = _Blip(bundle, self.threads)
+            self.model = _Blip(self)
         elif bundle.kind == "vision-encoder-decoder":
-            self.model = _VisionEncoderDecoder(bundle, self.threads)
+            self.model = _VisionEncoderDecoder(self)
         elif bundle.kind == "image-encoder":
-            self.model = _Classifier(bundle, self.threads)
+            self.model = _Classifier(self)
         else:
             raise BundleError(f"{bundle.path}: caption bundle kind {bundle.kind!r} is not supported "
                               "(expected 'blip', 'vision-encoder-decoder' or 'image-encoder'); re-export with edgesight.export.captioning")
-        self.clip = _Clip(bundle, self.threads) if bundle.has("clip_image") else None
+        self.clip = _Clip(self) if bundle.has("clip_image") else None
         self.num_samples, self.seed = num_samples, seed
         gen = bundle.get("generation", {})
         self.beam = GenerationConfig.from_dict(gen.get("beam", {"num_beams": 3, "max_new_tokens": 20}))

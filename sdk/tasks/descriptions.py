@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from ..inflect import plural as pluralize
 from .base import Task
 
 MIN_CONFIDENCE = 0.5    # the seed's detector threshold
@@ -56,32 +57,9 @@ GARBAGE_VOCAB = {
     },
 }
 
-IRREGULAR = {"person": "people", "man": "men", "woman": "women", "child": "children", "foot": "feet",
-             "tooth": "teeth", "mouse": "mice", "goose": "geese", "knife": "knives", "leaf": "leaves",
-             "shelf": "shelves", "wolf": "wolves", "half": "halves", "loaf": "loaves", "fish": "fish",
-             "sheep": "sheep", "deer": "deer", "scissors": "scissors", "glasses": "glasses"}
 # Words that carry no scene identity: a scene is recognised by its distinctive words only.
 PLACE_STOPWORDS = {"on", "in", "at", "the", "a", "an", "of", "near", "among", "between", "along", "inside",
                    "area", "terrain", "ground", "space", "scene", "setting", "green", "scattered"}
-
-
-def pluralize(phrase: str) -> str:
-    """English plural of a noun phrase: the head noun changes ("piece of glass" -> "pieces of glass")."""
-    head, sep, tail = phrase.partition(" of ")
-    words = head.split(" ")
-    last = words[-1]
-    low = last.lower()
-    if low in IRREGULAR:
-        plural = IRREGULAR[low]
-    elif low.endswith("s") and not low.endswith(("ss", "us", "is")):
-        plural = last                        # already plural ("sneakers", "gloves")
-    elif low.endswith(("s", "x", "z", "ch", "sh")):
-        plural = last + "es"
-    elif low.endswith("y") and len(low) > 1 and low[-2] not in "aeiou":
-        plural = last[:-1] + "ies"
-    else:
-        plural = last + "s"
-    return " ".join(words[:-1] + [plural]) + (sep + tail if sep else "")
 
 
 def humanize(label: str) -> str:
@@ -432,10 +410,9 @@ class Describer(Task):
 
     name = "describe"
 
-    def __init__(self, bundle, backend: str | None = None, threads: int | None = None, *,
+    def __init__(self, bundle, backend: str | None = None, threads: int | None = None, device: str | None = "cpu", *,
                  min_confidence: float = MIN_CONFIDENCE, scene_threshold: float = SCENE_THRESHOLD, guard: bool = True):
-        super().__init__(bundle, backend, threads)
-        from ..backends import open_text_model
+        super().__init__(bundle, backend, threads, device)
         from ..generation import GenerationConfig
         self.min_confidence = _confidence(min_confidence, "min_confidence")
         self.scene_threshold = _confidence(scene_threshold, "scene_threshold")
@@ -443,7 +420,7 @@ class Describer(Task):
         self.vocab = Vocabulary.from_dict(bundle.get("vocab") or (bundle.get("prompt") or {}).get("vocab"))
         self.prompt_template = _prompt_template(bundle)
         self.generation = GenerationConfig.from_dict(default_generation(bundle.kind) | (bundle.get("generation") or {}))
-        self.model = open_text_model(bundle, self.backend, self.threads)
+        self.model = self.text_model()
 
     def facts(self, payload, min_confidence: float | None = None, scene_threshold: float | None = None) -> Facts:
         return parse_input(payload, min_confidence=self.min_confidence if min_confidence is None else min_confidence,

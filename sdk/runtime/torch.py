@@ -1,4 +1,4 @@
-"""Torch backend: the transformers reference (causal LMs and seq2seq), optionally with a peft adapter.
+"""torch: the transformers reference (causal LMs and seq2seq), optionally with a peft adapter.
 
 Used for parity checks (the export validation's reference), for the seeds' path in benchmarks and
 on GPUs (`device="cuda"`). Weights are read with use_safetensors=True only.
@@ -15,8 +15,13 @@ import numpy as np
 
 from .._optional import require
 from ..errors import BackendError, InputError
-from . import BaseTextModel
 from ..generation import GenerationConfig
+from . import BaseTextModel, check_text
+
+
+def devices() -> list[str]:
+    torch = require("torch", "export")
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 class TorchTextModel(BaseTextModel):
@@ -28,10 +33,7 @@ class TorchTextModel(BaseTextModel):
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise BackendError(f"{model_dir}: not a Hugging Face model directory (no config.json)")
-        if device == "cpu":
-            torch.set_num_threads(threads)
-        elif device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendError(f"device={device!r} was asked for but torch sees no CUDA device; use device='cpu'")
+        torch.set_num_threads(threads)   # also the CPU side of a CUDA run (tokenizing, sampling glue)
         config = transformers.AutoConfig.from_pretrained(model_dir)
         self.kind = "seq2seq" if config.is_encoder_decoder else "causal-lm"
         cls = transformers.AutoModelForSeq2SeqLM if self.kind == "seq2seq" else transformers.AutoModelForCausalLM
@@ -49,9 +51,7 @@ class TorchTextModel(BaseTextModel):
         return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 512)
 
     def encode(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise InputError(f"prompt must be a string, got {type(text).__name__}")
-        return self.tokenizer(text)["input_ids"]
+        return self.tokenizer(check_text(text))["input_ids"]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -123,12 +123,8 @@ def _until(ids: list[int], stop: set[int]) -> list[int]:
     return ids
 
 
-def load_text_model(bundle, threads: int | None = None, adapter_dir=None, device: str = "cpu", **_) -> TorchTextModel:
+def load_text_model(bundle, *, threads: int, device: str = "cpu", adapter_dir=None, **_) -> TorchTextModel:
     """Open a "torch" bundle: component "model" is an HF directory, optional "adapter" a peft directory."""
-    from ..tasks.base import default_threads
-
-    if bundle.format != "torch":
-        raise BackendError(f"{bundle.path}: a {bundle.format} bundle cannot run on the torch backend")
     if adapter_dir is None and bundle.has("adapter"):
         adapter_dir = bundle.file("adapter")
-    return TorchTextModel(bundle.file("model"), threads=default_threads(threads), adapter_dir=adapter_dir, device=device)
+    return TorchTextModel(bundle.file("model"), threads=threads, adapter_dir=adapter_dir, device=device)

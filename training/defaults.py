@@ -1,14 +1,14 @@
 """`edgesight build-defaults`: build the embedded default bundles on this machine.
 
-For each task in the registry, `edgesight.export.default_<task>.build(out_dir, threads=, progress=)`
-writes the bundle into `edgesight.defaults.default_bundle_dir(task)`. A bundle is up to date when it
-verifies and its build stamp matches the fingerprint of what built it (the builder module, the shipped
-adapters and the edgesight version); those are skipped unless --force.
+For each task in the registry, its `recipe` hook (`build_default(out_dir, threads=, progress=)`, in the
+task's training module) writes the bundle into `edgesight.defaults.default_bundle_dir(task)`: the shipped
+adapter + the real base weights through the export stage. A bundle is up to date when it verifies and
+its build stamp matches the fingerprint of what built it (the recipe's module, the shipped adapters and
+the edgesight version); those are skipped unless --force.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import time
 from pathlib import Path
@@ -17,15 +17,17 @@ from edgesight.errors import EdgesightError, ExportError
 
 
 def add_cli_arguments(p) -> None:
+    from edgesight.cli import threads_arg
+
     p.add_argument("--tasks", default=None, help="comma-separated subset of tasks (default: all)")
     p.add_argument("--force", action="store_true", help="rebuild bundles that are up to date")
-    p.add_argument("--threads", type=int, default=None, help="threads for the builds (default: usable cores)")
+    p.add_argument("--threads", type=threads_arg, default=None, help="threads for the builds (default: usable cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def fingerprint(module) -> str:
-    """What a default bundle depends on: its builder's source, the shipped adapters, the version."""
+    """What a default bundle depends on: its recipe module's source, the shipped adapters, the version."""
     from edgesight import __version__
     from edgesight.defaults import ADAPTERS_DIR
 
@@ -60,8 +62,8 @@ def build_all(tasks=None, *, force: bool = False, threads: int | None = None, pr
     """Build the default bundles; one summary row per task (built, up-to-date, no-builder, failed)."""
     from edgesight.bundle import atomic_write_bytes
     from edgesight.defaults import default_bundle_dir
-    from edgesight.registry import TASKS
-    from edgesight.tasks.base import default_threads
+    from edgesight.registry import TASKS, load_hook
+    from edgesight.runtime import default_threads
 
     names = list(TASKS) if not tasks else list(tasks)
     unknown = [t for t in names if t not in TASKS]
@@ -72,20 +74,18 @@ def build_all(tasks=None, *, force: bool = False, threads: int | None = None, pr
     for task in names:
         row = {"task": task, "bundle": str(default_bundle_dir(task)), "status": "", "seconds": None, "error": None}
         rows.append(row)
-        try:
-            module = importlib.import_module(f"edgesight.export.default_{task}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"edgesight.export.default_{task}":
-                raise
+        recipe = TASKS[task].recipe
+        if recipe is None:
             row["status"] = "no-builder"
             continue
-        key = fingerprint(module)
+        build = load_hook(recipe)
+        key = fingerprint(load_hook(recipe.partition(":")[0]))
         if not force and up_to_date(task, key):
             row["status"] = "up-to-date"
             continue
         start = time.perf_counter()
         try:
-            module.build(out_dir=default_bundle_dir(task), threads=threads, progress=progress)
+            build(default_bundle_dir(task), threads=threads, progress=progress)
             atomic_write_bytes(_stamp(task), json.dumps({"fingerprint": key, "built": time.time()}).encode())
             row["status"] = "built"
         except EdgesightError as exc:

@@ -1,6 +1,7 @@
-"""GGUF backend: llama.cpp through llama-cpp-python (decoder-only models).
+"""llama.cpp through llama-cpp-python's public API (decoder-only GGUF models), on the CPU or, with a
+CUDA build of llama-cpp-python, with every layer offloaded to the GPU (n_gpu_layers=-1).
 
-    model = load_text_model(bundle, threads=2)              # bundle format "gguf"
+    model = load_text_model(bundle, threads=2, device="cpu")   # bundle format "gguf"
     model.generate(["<prompt>"], GenerationConfig())        # [["continuation"]]
 
 Greedy decoding is top_k=1 / temp=0 / repeat_penalty=1; sampling is seeded. A GBNF grammar
@@ -14,24 +15,29 @@ prompts that share an instruction prefix pay only for their own text.
 """
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .._optional import require
 from ..errors import BackendError, InputError
-from . import BaseTextModel
 from ..generation import GenerationConfig
+from ..tokenizer import TextTokenizer
+from . import BaseTextModel, check_text
+
+
+def devices() -> list[str]:
+    llama_cpp = require("llama_cpp", "gguf")
+    return ["cpu"] + (["cuda"] if llama_cpp.llama_supports_gpu_offload() else [])
 
 
 class GGUFTextModel(BaseTextModel):
     backend = "gguf"
+    supports_grammar = True
 
     def __init__(self, model_path, *, threads: int, lora_path=None, n_ctx: int = 2048,
-                 eos_token_ids: Sequence[int] = (), tokenizer_file=None):
+                 eos_token_ids: Sequence[int] = (), tokenizer_file=None, device: str = "cpu"):
         llama_cpp = require("llama_cpp", "gguf")
         if not os.path.isfile(model_path):
             raise BackendError(f"{model_path}: GGUF file not found")
@@ -39,17 +45,13 @@ class GGUFTextModel(BaseTextModel):
         # host cores, which collapses on a shared 2-core machine.
         self.llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads,
                                    n_threads_batch=threads, lora_path=str(lora_path) if lora_path else None,
-                                   verbose=False)
+                                   n_gpu_layers=-1 if device.startswith("cuda") else 0,
+                                   main_gpu=int(device.partition(":")[2] or 0), verbose=False)
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)   # public C API over the public model pointer
         self._llama_cpp = llama_cpp
         self._eos = set(int(t) for t in eos_token_ids)
         self._grammars: dict[str, object] = {}
-        self.tokenizer, self.clean_up_spaces = None, False
-        if tokenizer_file is not None:
-            from tokenizers import Tokenizer
-
-            self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-            cfg = Path(tokenizer_file).with_name("tokenizer_config.json")   # transformers' decode clean-up
-            self.clean_up_spaces = cfg.is_file() and bool(json.loads(cfg.read_text()).get("clean_up_tokenization_spaces"))
+        self.tokenizer = TextTokenizer.from_file(tokenizer_file) if tokenizer_file is not None else None
 
     # -- protocol -------------------------------------------------------------------------------
     @property
@@ -58,18 +60,14 @@ class GGUFTextModel(BaseTextModel):
 
     def encode(self, text: str) -> list[int]:
         """Ids from the bundle's tokenizer.json, else from llama.cpp (BOS per the GGUF metadata)."""
-        if not isinstance(text, str):
-            raise InputError(f"prompt must be a string, got {type(text).__name__}")
+        check_text(text)
         if self.tokenizer is not None:
-            return self.tokenizer.encode(text).ids
+            return self.tokenizer.encode(text)
         return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
 
     def decode(self, ids: Sequence[int]) -> str:
         if self.tokenizer is not None:
-            from .onnx import _clean_up
-
-            text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
-            return _clean_up(text) if self.clean_up_spaces else text
+            return self.tokenizer.decode(ids)
         # llama.cpp keeps a leading space that transformers' decode drops
         return self.llm.detokenize(list(ids)).decode("utf-8", errors="ignore").strip()
 
@@ -93,7 +91,7 @@ class GGUFTextModel(BaseTextModel):
             ids = []
             for tok in self.llm.generate(prompt_ids, min_p=0.0, typical_p=1.0,
                                          repeat_penalty=config.repetition_penalty, grammar=grammar, **kw):
-                if tok in eos or self._llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, tok):
+                if tok in eos or self._llama_cpp.llama_vocab_is_eog(self.vocab, tok):
                     break
                 ids.append(tok)
                 if len(ids) >= config.max_new_tokens:
@@ -105,7 +103,7 @@ class GGUFTextModel(BaseTextModel):
         """Logits of the token after `prompt_ids` (float32, vocab-sized; the export validation compares them)."""
         self.llm.reset()
         self.llm.eval(list(prompt_ids))
-        ptr = self._llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        ptr = self._llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).astype(np.float32).copy()
 
     def _check(self, config: GenerationConfig, n_prompt: int) -> None:
@@ -129,7 +127,7 @@ class GGUFTextModel(BaseTextModel):
 
             # from_string does not parse, and a NULL sampler would crash the chain: parse it here first.
             lc = self._llama_cpp
-            probe = lc.llama_sampler_init_grammar(self.llm._model.vocab, text.encode("utf-8"), b"root")
+            probe = lc.llama_sampler_init_grammar(self.vocab, text.encode("utf-8"), b"root")
             if not probe:
                 raise InputError("the GBNF grammar does not parse; check it against llama.cpp's "
                                  "grammars/README.md (it needs a `root ::= ...` rule)")
@@ -139,18 +137,14 @@ class GGUFTextModel(BaseTextModel):
         return self._grammars[text]
 
 
-def load_text_model(bundle, threads: int | None = None, lora_path=None, n_ctx: int | None = None, **_) -> GGUFTextModel:
+def load_text_model(bundle, *, threads: int, device: str = "cpu", lora_path=None, n_ctx: int | None = None,
+                    **_) -> GGUFTextModel:
     """Open a "gguf" bundle: component "model" (GGUF), optional "lora" (GGUF adapter; `lora_path`
     overrides it), eos ids from the manifest's "tokens"."""
-    from ..tasks.base import default_threads
-
-    if bundle.format != "gguf":
-        raise BackendError(f"{bundle.path}: a {bundle.format} bundle cannot run on the gguf backend")
     if lora_path is None and bundle.has("lora"):
         lora_path = bundle.file("lora")
-    tokens = bundle.get("tokens") or {}
-    eos = tokens.get("eos") or []   # {"eos": [ids], "pad", "bos", "decoder_start"} (export/onnx.special_tokens)
-    eos = [eos] if isinstance(eos, int) else eos
-    return GGUFTextModel(bundle.file("model"), threads=default_threads(threads), lora_path=lora_path,
-                         n_ctx=n_ctx or int(bundle.get("context_length", 2048)), eos_token_ids=eos,
+    eos = (bundle.get("tokens") or {}).get("eos") or []   # {"eos": [ids], "pad", ...} (export/onnx.special_tokens)
+    return GGUFTextModel(bundle.file("model"), threads=threads, lora_path=lora_path, device=device,
+                         n_ctx=n_ctx or int(bundle.get("context_length", 2048)),
+                         eos_token_ids=[eos] if isinstance(eos, int) else eos,
                          tokenizer_file=bundle.file("tokenizer") if bundle.has("tokenizer") else None)

@@ -1,7 +1,8 @@
-"""ONNX backend: onnxruntime sessions + the numpy generation loop (edgesight.generation). No torch.
+"""Language models over ONNX graphs in optimum's layout, run by the numpy generation loop
+(edgesight.generation) on any session runtime (runtime/onnxruntime.py today). No torch.
 
-    load_text_model(bundle, threads, arena=True, prefix_cache=True) -> OnnxCausalLM | OnnxSeq2SeqLM
-    open_session(path, threads, arena=True) -> onnxruntime.InferenceSession   (also for image models)
+    load_text_model(bundle, opener, prefix_cache=True) -> OnnxCausalLM | OnnxSeq2SeqLM
+    # opener(path) -> a Session (runtime/__init__.py): the runtime decides threads and device
 
 Text bundles (written by the export stage):
     kind "causal-lm": components "model" (model.onnx with KV-cache inputs/outputs, optimum layout:
@@ -14,8 +15,7 @@ Text bundles (written by the export stage):
          "bos": id or null (informational: tokenizer.json's post-processor adds it),
          "decoder_start": id (seq2seq only: first decoder token)}
     manifest "context_length" (optional): the model's maximum sequence length (default 2048 / 512).
-    A `tokenizer_config.json` next to tokenizer.json with clean_up_tokenization_spaces=true makes
-    decode() apply transformers' clean-up, so strings equal transformers' decode().
+    Tokenizing and decoding: edgesight.tokenizer (identical to transformers' decode).
 
 Prefix KV cache (causal LM): the model keeps the KV cache of the last prompt it saw; the next call
 reuses the longest common token prefix (a task's instruction prefix) and runs only the new tokens.
@@ -24,44 +24,21 @@ position ids make that layout compute the same values as [pad][prefix][rest].
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import BackendError, BundleError, InputError
-from . import BaseTextModel
 from ..generation import GenerationConfig, generate_ids
-from ..tasks.base import default_threads
+from ..tokenizer import TextTokenizer
+from . import BaseTextModel, check_text
 
 
-def open_session(path, threads: int | None = None, arena: bool = True):
-    """An onnxruntime CPU session with an explicit thread pool (onnxruntime would size it from the
-    host's cores, ignoring cgroup limits). arena=False returns memory to the OS between calls."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = default_threads(threads)
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.enable_cpu_mem_arena = bool(arena)
-    so.log_severity_level = 3
-    path = Path(path)
-    if not path.is_file():
-        raise BundleError(f"{path}: ONNX file not found; re-export the bundle")
-    try:
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
-        raise BundleError(f"{path}: onnxruntime cannot load this model ({type(exc).__name__}: "
-                          f"{str(exc).strip()[:300]}); re-export the bundle") from exc
-
-
-def load_text_model(bundle, threads: int | None = None, arena: bool = True, prefix_cache: bool = True, **_):
+def load_text_model(bundle, opener, prefix_cache: bool = True, backend: str = "onnx"):
     if bundle.kind == "causal-lm":
-        return OnnxCausalLM(bundle, threads, arena, prefix_cache)
-    if bundle.kind == "seq2seq":
-        return OnnxSeq2SeqLM(bundle, threads, arena)
+        return OnnxCausalLM(bundle, opener, prefix_cache, backend=backend)
+    if bundle.kind in ("seq2seq", "vision-encoder-decoder"):   # the latter: fed by an image encoder
+        return OnnxSeq2SeqLM(bundle, opener, backend=backend)
     raise BackendError(f"{bundle.path}: the onnx text backend runs kinds 'causal-lm' and 'seq2seq', "
                        f"not {bundle.kind!r}")
 
@@ -72,18 +49,9 @@ class _TextModel(BaseTextModel):
     backend = "onnx"
     default_context = 2048
 
-    def __init__(self, bundle, threads, arena):
-        from tokenizers import Tokenizer
-
-        self.bundle, self.threads, self.arena = bundle, default_threads(threads), arena
-        tok_path = bundle.file("tokenizer")
-        try:
-            self.tokenizer = Tokenizer.from_file(str(tok_path))
-        except Exception as exc:
-            raise BundleError(f"{tok_path}: not a tokenizers JSON file ({exc}); re-export the bundle") from exc
-        cfg_path = tok_path.with_name("tokenizer_config.json")
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
-        self.clean_up_spaces = bool(cfg.get("clean_up_tokenization_spaces", False))
+    def __init__(self, bundle, opener, backend: str = "onnx"):
+        self.bundle, self.opener, self.backend = bundle, opener, backend
+        self.tokenizer = TextTokenizer.from_file(bundle.file("tokenizer"))
         tokens = bundle.get("tokens")
         if not isinstance(tokens, dict) or not tokens.get("eos") or tokens.get("pad") is None:
             raise BundleError(f"{bundle.path}: manifest field 'tokens' must give 'eos' (list of ids) and 'pad' "
@@ -98,13 +66,10 @@ class _TextModel(BaseTextModel):
         return self._context
 
     def encode(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise InputError(f"prompt must be a string, got {type(text).__name__}")
-        return self.tokenizer.encode(text).ids
+        return self.tokenizer.encode(check_text(text))
 
     def decode(self, ids: Sequence[int]) -> str:
-        text = self.tokenizer.decode(list(ids), skip_special_tokens=True)
-        return _clean_up(text) if self.clean_up_spaces else text
+        return self.tokenizer.decode(ids)
 
     def generate_ids(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[list[int]]]:
         """Token ids instead of text (tests compare these with transformers)."""
@@ -126,26 +91,15 @@ class _TextModel(BaseTextModel):
     def _prompt_budget(self, ids) -> int:
         return len(ids)
 
-    @staticmethod
-    def _run(session, feeds: dict, path) -> list[np.ndarray]:
-        wanted = getattr(session, "edgesight_inputs", None)
-        if wanted is None:   # get_inputs() costs ~0.4 ms: once per session, not per token
-            wanted = session.edgesight_inputs = {i.name for i in session.get_inputs()}
-        try:
-            return session.run(None, {k: v for k, v in feeds.items() if k in wanted})
-        except Exception as exc:
-            raise BackendError(f"{path}: onnxruntime run failed ({str(exc).strip()[:300]})") from exc
 
 
 def _past_spec(session, prefix: str):
     """(names of the past inputs in order, (heads, head_dim), dtype) for inputs starting with `prefix`."""
-    names = [i.name for i in session.get_inputs() if i.name.startswith(prefix)]
+    names = [name for name in session.inputs if name.startswith(prefix)]
     if not names:
         return [], (0, 0), np.float32
-    first = next(i for i in session.get_inputs() if i.name == names[0])
-    heads, dim = first.shape[1], first.shape[3]
-    dtype = np.float16 if "float16" in first.type else np.float32
-    return names, (int(heads), int(dim)), dtype
+    shape, dtype = session.inputs[names[0]]
+    return names, (int(shape[1]), int(shape[3])), dtype
 
 
 class OnnxCausalLM(_TextModel):
@@ -153,15 +107,15 @@ class OnnxCausalLM(_TextModel):
 
     is_seq2seq = False
 
-    def __init__(self, bundle, threads=None, arena=True, prefix_cache=True):
-        super().__init__(bundle, threads, arena)
+    def __init__(self, bundle, opener, prefix_cache=True, backend: str = "onnx"):
+        super().__init__(bundle, opener, backend)
         self.path = bundle.file("model")
-        self.session = open_session(self.path, self.threads, arena)
+        self.session = opener(self.path)
         self.past_names, (self.heads, self.head_dim), self.dtype = _past_spec(self.session, "past_key_values.")
         if not self.past_names:
             raise BundleError(f"{self.path}: model has no past_key_values inputs; export it with the "
                               "'text-generation-with-past' task")
-        self.present_names = [o.name for o in self.session.get_outputs()][1:]
+        self.present_names = list(self.session.outputs)[1:]
         self.prefix_cache = prefix_cache
         self._cache: tuple[list[int], list[np.ndarray]] | None = None   # (prompt ids, its KV, 1 row)
         self.reused_tokens = 0     # prompt tokens the last prefill took from the cache (benchmarks, tests)
@@ -205,7 +159,7 @@ class OnnxCausalLM(_TextModel):
         pos[mask == 0] = 1                             # as transformers: pad positions are masked anyway
         feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": pos[:, -ids.shape[1]:],
                  **dict(zip(self.past_names, past))}
-        out = self._run(self.session, feeds, self.path)
+        out = self.session.run(feeds)
         logits = np.asarray(out[0][:, -1, :], dtype=np.float32)
         return logits, {"mask": mask, "past": out[1:]}
 
@@ -216,16 +170,16 @@ class OnnxSeq2SeqLM(_TextModel):
     is_seq2seq = True
     default_context = 512
 
-    def __init__(self, bundle, threads=None, arena=True):
-        super().__init__(bundle, threads, arena)
+    def __init__(self, bundle, opener, backend: str = "onnx"):
+        super().__init__(bundle, opener, backend)
         if self.tokens.get("decoder_start") is None:
             raise BundleError(f"{bundle.path}: seq2seq bundle lacks tokens.decoder_start; re-export the bundle")
         self.paths = {"encoder": bundle.file("encoder"), "decoder": bundle.file("decoder")}
         if bundle.has("decoder_with_past"):
             self.paths["decoder_with_past"] = bundle.file("decoder_with_past")
-        self.sessions = {role: open_session(p, self.threads, arena) for role, p in self.paths.items()}
+        self.sessions = {role: opener(p) for role, p in self.paths.items()}
         dec = self.sessions["decoder"]
-        self.merged = any(i.name == "use_cache_branch" for i in dec.get_inputs())
+        self.merged = "use_cache_branch" in dec.inputs
         spec_session = dec if self.merged else self.sessions.get("decoder_with_past")
         if spec_session is None:
             raise BundleError(f"{bundle.path}: decoder has no use_cache_branch and there is no "
@@ -242,8 +196,7 @@ class OnnxSeq2SeqLM(_TextModel):
         for i, p in enumerate(prompts):                # right padding, as T5 tokenizers pad
             ids[i, :len(p)] = p
             mask[i, :len(p)] = 1
-        hidden = self._run(self.sessions["encoder"], {"input_ids": ids, "attention_mask": mask},
-                           self.paths["encoder"])[0]
+        hidden = self.sessions["encoder"].run({"input_ids": ids, "attention_mask": mask})[0]
         return self.from_encoder_output(hidden, mask).prefill([[int(self.tokens["decoder_start"])]] * n)
 
     def from_encoder_output(self, hidden: np.ndarray, mask: np.ndarray | None = None) -> "EncoderOutput":
@@ -272,8 +225,8 @@ class OnnxSeq2SeqLM(_TextModel):
             past = state["past"] or []
         feeds.update(zip(self.past_names, past))
         session = self.sessions[role]
-        out = self._run(session, feeds, self.paths[role])
-        names = [o.name for o in session.get_outputs()]
+        out = session.run(feeds)
+        names = list(session.outputs)
         presents = dict(zip(names[1:], out[1:]))
         # the cross-attention (".encoder.") half of the cache is fixed after the first step: merged
         # decoders output placeholders for it on the cache branch, decoder_with_past omits it
@@ -308,11 +261,3 @@ def _common_prefix(cached: list[int], prompts: list[list[int]]) -> int:
             i += 1
         c = i
     return c
-
-
-def _clean_up(text: str) -> str:
-    """transformers' clean_up_tokenization (spaces before punctuation and in English contractions)."""
-    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
-                 (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
-        text = text.replace(a, b)
-    return text

@@ -1,0 +1,242 @@
+"""Keyword extraction training data (`edgesight train keywords` trains on it).
+
+Prompts a person would type to ask for segmentation, built from the Objects365 category list
+and 100+ templates in the seed's families (simple, question, negation, action, detailed, contextual,
+alternative, uncertainty) plus free phrasing. Unlike the seed, excluded objects ("but not humans",
+"ignore the cars") never appear in the target, and prompts with nothing to segment map to [].
+Surface forms vary (plurals, case, synonyms, slashed names split, adjectives and colours that are
+not part of the name, a few misspellings). Each example also carries the character spans of the
+kept objects, which is what the extractive (token-classifier) family learns.
+
+The split is by template *and* by category: validation prompts use templates and categories that
+training never saw, so validation measures generalisation. Everything is deterministic in `seed`.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+from pathlib import Path
+
+from ...inflect import ACRONYMS, PLURAL_ONLY
+from ...inflect import plural as pluralize
+from ...lexicon import FORMS, canonical, dedupe, objects365
+
+DATA_VERSION = "kw-data-2"
+SYSTEM = "List the objects to segment."
+LABELS = ["O", "B-OBJ", "I-OBJ"]
+
+# {K}/{K2}: objects to keep; {X}/{X2}: objects mentioned but excluded. Templates without {K} give [].
+TEMPLATES = {
+    "simple": [
+        "Detect and segment the following objects in the image: {K}.", "Identify and locate the following elements: {K}.",
+        "Segment {K}.", "Precisely segment the objects: {K}.", "Find and mark the visible elements: {K}.",
+        "Draw the contours of each {K} in the image.", "List all objects present in the image, including {K}.",
+        "Accurately locate the objects: {K}.", "Separate and distinguish the following objects: {K}.", "{K}",
+        "segment: {K}", "Objects to segment: {K}", "Recognize and annotate the following elements: {K}.",
+    ],
+    "question": [
+        "What detectable objects are in the image? {K}.", "Can {K} be seen in this image?", "Does the image contain {K}?",
+        "How many {K} are present in the image?", "Which elements are the most visible, including {K}?",
+        "What is the main object in the image among {K}?", "Where are the {K}?", "Could you segment {K} for me?",
+        "Can you find {K}?", "Is there any {K} here?", "Are there {K} in this picture?",
+        "Does the image depict a scene containing {K}?",
+    ],
+    "negation": [
+        "Segment {K}, but not {X}.", "Segment {K} but ignore {X}.", "Find {K}; skip {X}.", "Detect {K} and exclude {X}.",
+        "Highlight {K}, not {X}.", "Segment everything except {X}.", "Detect all objects except {X}.", "Ignore {X}.",
+        "Do not segment {X}.", "The image does NOT contain {X}. Identify only the other objects.",
+        "Ignore elements that are not {K}.", "Do not consider objects other than {K}.",
+        "Do not segment any objects other than {K}.", "Segment nothing other than {K}.",
+        "Avoid detecting anything except {K}.", "Include only {K} in the analysis.", "Only {K}, no {X}.",
+        "{K} without {X}", "Segment {K} and leave out {X}.", "I don't want {X}, just {K}.", "No {X} please, only {K}.",
+        "Exclude {X} and keep {K}.", "Segment {K} instead of {X}.", "Instead of {X}, segment {K}.",
+        "Segment neither {X} nor {X2}.", "Segment {K}, but neither {X} nor {X2}.", "Not only {K} but also {K2}.",
+        "Segment not only {K} but also {K2}.", "Everything but {X}.", "Segment {K}, except for {X}.",
+        "Keep {K}, drop {X}.", "{K} yes, {X} no.", "Don't include {X} in the mask, only {K}.",
+        "Filter only for the presence of {K}.", "Exclude elements that do not belong to category {K}.",
+        "Mask {K} but leave {X} untouched.", "Skip {X}, we only care about {K}.", "Nothing except {K}, please.",
+        "Don't mask {X}, mask {K}.", "Get {K}, leave {X}.", "I don't care about {X}, just segment {K}.",
+        "Segment {K} and not {X}.", "Everything except {X}, please.", "Not {X}. Segment {K}.",
+        "Find {K} rather than {X}.", "Segment {K} in place of {X}.", "Rather than {X}, outline {K}.",
+        "Instead of {X}, I want {K}.", "Disregard anything that isn't {K}.", "Leave out everything that is not {K}.",
+        "Don't segment anything other than {K}.", "Do not mask anything except {K}.", "Nothing but {K}.",
+        "Mask nothing besides {K}.", "Neither {X} nor {X2}, please.", "I want neither {X} nor {X2} but {K}.",
+        "Both {K} and {K2}.", "Not just {K}, also {K2}.", "Segment {K} as well as {K2}.",
+        "Don't forget {K}.", "Make sure you don't miss {K}.", "Never mind {X}; segment {K}.",
+    ],
+    "action": [
+        "Draw a box around {K}.", "Highlight the area containing {K}.", "Outline the exact shape of {K}.",
+        "Create a segmentation mask for {K}.", "Add a label for each {K}.", "Put a mask on {K}.",
+        "Cut out {K} from the background.", "Color the {K} in red.", "Blur {K}.", "Crop {K}.",
+        "Track {K} across the frames.", "Remove {K} from the photo.", "Emphasize the presence of {K} in the image.",
+    ],
+    "detailed": [
+        "Describe in detail the following objects in the image: {K}.", "Analyze the image and precisely identify {K}.",
+        "Classify the detected objects, including {K}.", "Associate each {K} with its exact position in the image.",
+        "What types of objects appear here? Included list: {K}.", "Detail the shape and color of {K}.",
+        "Summarize the objects present, focusing on {K}.", "Explain how {K} interact with other objects.",
+        "Give me a precise mask of {K}, with clean edges.", "Provide an explanation of the presence of {K}.",
+    ],
+    "contextual": [
+        "How far is {K} from other objects?", "Is there any overlap between {K} and other elements?",
+        "How is {K} positioned in the image?", "Determine if {K} is in the foreground or background.",
+        "Check if {K} is in motion or static.", "See if {K} is partially hidden by other objects.",
+        "Compare the size of {K} with other objects present.", "In the photo I took in Paris last summer, find {K}.",
+        "On my holiday picture, segment {K}.", "From this video still, extract {K}.",
+        "In yesterday's snapshot from the garden, mark {K}.",
+    ],
+    "alternative": [
+        "Indicate the position of {K} in the image.", "Segment each {K} found in this scene.",
+        "Which categories of objects are represented, including {K}?", "Identify all {K} and estimate their relative size.",
+        "Count the exact number of {K}.", "Locate {K} and mark their precise placement.", "Pick out {K}.",
+        "Spot {K} in the shot.", "Isolate {K}.", "Extract {K} from this image.", "Define the outline of {K} in this image.",
+    ],
+    "uncertainty": [
+        "Is it possible that the image contains {K}?", "Detect all visible objects, assuming the presence of {K}.",
+        "List the potential objects in the image, including {K}.", "Find identifiable objects, focusing on {K}.",
+        "Estimate the presence of {K} among the visible elements.", "Detect the objects with the highest probability, including {K}.",
+        "I think there might be {K}, can you check?", "Maybe {K}? Segment them if you see any.",
+        "Not sure, but there could be {K} somewhere.", "Is {K} fully visible or partially hidden?",
+    ],
+    "free": [
+        "i need masks for {K}", "hey can u segment {K} pls", "{K} only", "just the {K}", "show me where the {K} are",
+        "I'm looking for {K} in this picture.", "need {K} segmented asap", "Please segment {K} in the photo I took in Paris last summer.",
+        "what about {K}?", "Segment {K}. Thanks!", "For my robotics project, locate {K}.", "{K}, nothing else.",
+        "Nothing to segment here, just testing.", "Hello!", "What a beautiful day.", "Can you help me with the image?",
+        "ok so basically i want {K} highlighted", "{K}!!!", "Could you please, if possible, segment {K}?",
+        "What a lovely sunset.", "Thanks, that's all for now.", "The weather in the picture looks nice.",
+        "Is this photo from last summer?", "Good morning, how are you?", "Test test 123", "No objects this time.",
+        "Tell me a joke about the weekend.", "segment please", "Can you describe the mood of the scene?",
+    ],
+}
+ADJECTIVES = ["red", "blue", "white", "black", "green", "yellow", "small", "large", "big", "old", "wooden",
+              "metal", "plastic", "tiny", "shiny", "dirty", "new", "brown", "grey", "pink"]
+UNCOUNTABLE = {"rice", "pasta", "luggage", "bread", "toilet paper", "tape", "corn", "lettuce", "garlic", "broccoli",
+               "okra", "cabbage", "red cabbage", "asparagus", "cheese", "candy", "steak", "sushi", "ice cream",
+               "canned food", "soap", "tissue", "notepaper", "cosmetics", "noodles", "chips", "nuts"}
+SINGULAR_DETS = ["", "a ", "the ", "every ", "each ", "one ", "that "]
+PLURAL_DETS = ["", "the ", "all the ", "all ", "some ", "two ", "any ", "three ", "these "]
+
+
+def surface_forms(label: str) -> list[str]:
+    """Lower-case singular names a person would type for one Objects365 label."""
+    forms = FORMS.get(label) or [p.strip().lower() for p in label.split("/")]
+    return [f.lower() for f in forms if canonical(pluralize(f.lower())).lower() == canonical(f).lower()]
+
+
+def _misspell(word: str, rng: random.Random) -> str:
+    if len(word) < 6 or " " in word:
+        return word
+    i = rng.randrange(1, len(word) - 2)
+    return word[:i] + word[i + 1] + word[i] + word[i + 2:] if rng.random() < 0.5 else word[:i] + word[i + 1:]
+
+
+def _case(text: str, rng: random.Random) -> str:
+    r = rng.random()
+    return text.title() if r < 0.2 else text.upper() if r < 0.25 else text
+
+
+def _render_object(form: str, rng: random.Random, misspell: float, bare: bool) -> tuple[str, int, int]:
+    """One object mention: (text, noun start, noun end); determiners and adjectives are not tagged.
+    `bare`: the template already put a determiner before the slot ("each {K}")."""
+    plural = rng.random() < 0.55 and form not in PLURAL_ONLY and form not in UNCOUNTABLE
+    noun = pluralize(form) if plural else form
+    if rng.random() < misspell:
+        noun = _misspell(noun, rng)
+    noun = ACRONYMS.get(noun, noun) if rng.random() < 0.5 else noun
+    noun = _case(noun, rng)
+    det = "" if bare else rng.choice(PLURAL_DETS if plural else SINGULAR_DETS)
+    if form in UNCOUNTABLE and det.strip() in ("a", "an", "one", "two", "three", "every", "each"):
+        det = "the "
+    adj = rng.choice(ADJECTIVES) + " " if rng.random() < 0.25 else ""
+    head = det + adj
+    return head + noun, len(head), len(head) + len(noun)
+
+
+def _render_list(items: list[str], rng: random.Random, misspell: float, bare: bool):
+    """Join object mentions like a person would: 'a, b and c', 'a/b', 'a & b', 'a,b'."""
+    rendered = [_render_object(f, rng, misspell, bare and i == 0) for i, f in enumerate(items)]
+    seps = [", ", ", ", ",", " / ", "; "]
+    last = rng.choice([" and ", ", ", " & ", " or ", ", and ", " and also "])
+    sep = rng.choice(seps)
+    text, spans = "", []
+    for i, (t, s, e) in enumerate(rendered):
+        if i:
+            text += last if i == len(rendered) - 1 else sep
+        spans.append((len(text) + s, len(text) + e))
+        text += t
+    return text, spans
+
+
+# Context that names things which are not objects to segment (places, people, times, scene parts).
+CONTEXTS = [" in the photo I took in Paris last summer", " from my holiday pictures", " near the river",
+            " on the left side of the frame", " for my school project", " in the image my friend sent yesterday",
+            " on the road", " under the bright sky", " in the kitchen", " at the beach", " in the living room",
+            " on the statue", " by the window", " in this shot from the parking lot", " at my grandmother's house",
+            " from the video my brother recorded", " in the background", " on the street"]
+
+
+def make_example(template: str, labels: list[str], rng: random.Random, misspell: float = 0.0) -> dict:
+    """Fill one template with objects drawn from `labels`; returns input, output, spans."""
+    if "{K" in template and rng.random() < 0.25:
+        stem = template.rstrip(".!?")
+        template = stem + rng.choice(CONTEXTS) + template[len(stem):]
+    slots = re.findall(r"\{(K2?|X2?)\}", template)
+    need = {s: rng.choice([1, 1, 2, 2, 3, 4]) if s == "K" else rng.choice([1, 1, 2]) for s in slots}
+    if "X2" in need:
+        need["X"] = need["X2"] = 1
+    chosen = rng.sample(labels, sum(need.values()))
+    text, spans, output = "", [], []
+    for piece in re.split(r"(\{K2?\}|\{X2?\})", template):
+        slot = piece[1:-1] if piece.startswith("{") else None
+        if slot is None:
+            text += piece
+            continue
+        group, chosen = chosen[: need[slot]], chosen[need[slot]:]
+        forms = [rng.choice(surface_forms(label)) for label in group]
+        bare = re.search(r"\b(each|every|the|a|all|any|of)\s$", text.lower()) is not None
+        rendered, rspans = _render_list(forms, rng, misspell, bare)
+        if slot.startswith("K"):
+            spans += [(len(text) + s, len(text) + e) for s, e in rspans]
+            output += [canonical(f) for f in forms]
+        text += rendered
+    return {"input": text, "output": dedupe(output), "spans": [list(s) for s in spans]}
+
+
+def build(n_train: int = 4000, n_val: int = 400, *, seed: int = 0, val_fraction: float = 0.2) -> dict:
+    """{"train": [...], "val": [...]} split by template and by category (see module doc)."""
+    rng = random.Random(seed)
+    labels = [label for label in objects365() if surface_forms(label)]
+    rng.shuffle(labels)
+    n_val_labels = int(len(labels) * val_fraction)
+    val_labels, train_labels = labels[:n_val_labels], labels[n_val_labels:]
+    train_t, val_t = [], []
+    for family, templates in sorted(TEMPLATES.items()):
+        ts = list(templates)
+        rng.shuffle(ts)
+        k = max(1, round(len(ts) * val_fraction))
+        val_t += [(family, t) for t in ts[:k]]
+        train_t += [(family, t) for t in ts[k:]]
+    out = {}
+    for split, n, temps, labs, miss in (("train", n_train, train_t, train_labels, 0.03),
+                                        ("val", n_val, val_t, val_labels, 0.0)):
+        srng = random.Random(f"{seed}-{split}")
+        rows = []
+        for i in range(n):
+            family, t = temps[i % len(temps)] if i < len(temps) else srng.choice(temps)
+            ex = make_example(t, labs, srng, miss)
+            ex.update(family=family, template=t)
+            rows.append(ex)
+        out[split] = rows
+    out["meta"] = {"version": DATA_VERSION, "seed": seed, "templates": sum(map(len, TEMPLATES.values())),
+                   "train_templates": len(train_t), "val_templates": len(val_t),
+                   "train_categories": len(train_labels), "val_categories": len(val_labels)}
+    return out
+
+
+def write_jsonl(rows, path) -> Path:
+    from ...bundle import atomic_write_bytes
+    path = Path(path)
+    atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    return path
