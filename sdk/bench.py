@@ -21,8 +21,9 @@ def _suite():
     """benchmarks.cli from the checkout, or None when edgesight is not installed from one."""
     if not (CHECKOUT / "benchmarks" / "cli.py").is_file() or not (CHECKOUT / "setup.py").is_file():
         return None
-    if str(CHECKOUT) not in sys.path:
-        sys.path.insert(0, str(CHECKOUT))
+    if str(CHECKOUT) in sys.path:   # first, ahead of the current directory (`python -m` puts it first)
+        sys.path.remove(str(CHECKOUT))
+    sys.path.insert(0, str(CHECKOUT))
     loaded = sys.modules.get("benchmarks")
     if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve().parent.parent != CHECKOUT:
         raise EdgesightError(f"a different 'benchmarks' package is already imported ({loaded.__file__}); "

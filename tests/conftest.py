@@ -72,3 +72,21 @@ def tiny_vit_gpt2_dir(tmp_path_factory):
     """A tiny ViT+GPT2 VisionEncoderDecoderModel HF directory (byte-level BPE, random weights)."""
     from kit_vision import tiny_vit_gpt2
     return tiny_vit_gpt2(tmp_path_factory.mktemp("tiny-vit-gpt2") / "model")
+
+
+@pytest.fixture(scope="session")
+def tagger_bundle(tmp_path_factory):
+    """Tiny BERT -> LoRA token classifier (shared trainer) -> merged -> ONNX int8 bundle."""
+    from test_trainer import tiny_bert
+
+    from edgesight.export.tagger import export_tagger
+    from edgesight.training.data import keywords as kwdata
+    from edgesight.training.trainer import TrainConfig, train_lora
+    work = tmp_path_factory.mktemp("kw")
+    base = tiny_bert(work / "bert")
+    data = kwdata.build(600, 40, seed=0)
+    rep = train_lora(base, data["train"], kind="token-classification", out_dir=work / "run",
+                     config=TrainConfig(steps=60, batch_size=16, lr=5e-3, rank=8, alpha=16, labels=kwdata.LABELS,
+                                        save_every=0, threads=1, max_length=96),
+                     format_example=kwdata.format_extractive, progress=False)
+    return export_tagger(base, rep.adapter_dir, work / "bundle", precision="int8", threads=1, progress=False)

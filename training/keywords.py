@@ -6,20 +6,12 @@ default) and generative (chat LoRA on SmolLM2). Data: edgesight.training.data.ke
 from __future__ import annotations
 
 from ..defaults import ADAPTERS_DIR
-from .data.keywords import DATA_VERSION, LABELS, SYSTEM, build
+from .data.keywords import DATA_VERSION, LABELS, SYSTEM, build, format_extractive, format_generative
 
 DEFAULT_ADAPTER = ADAPTERS_DIR / "keywords-minilm"
 
 
 # ----------------------------------------------------------------------------- training
-
-def format_generative(example: dict) -> tuple[str, str]:
-    return example["input"], ", ".join(example["output"]) or "None"
-
-
-def format_extractive(example: dict) -> tuple[str, list]:
-    return example["input"], [(s, e, "OBJ") for s, e in example["spans"]]
-
 
 def add_train_arguments(p) -> None:
     """train a keyword extractor (extractive token classifier or generative LoRA chat LM)"""

@@ -240,3 +240,11 @@ def write_jsonl(rows, path) -> Path:
     path = Path(path)
     atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     return path
+
+
+def format_generative(example: dict) -> tuple[str, str]:
+    return example["input"], ", ".join(example["output"]) or "None"
+
+
+def format_extractive(example: dict) -> tuple[str, list]:
+    return example["input"], [(s, e, "OBJ") for s, e in example["spans"]]
