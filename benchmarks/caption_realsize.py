@@ -84,7 +84,7 @@ def bench_onnx(bundle, image, samples: int, threads: int, repeats: int) -> dict:
     enc = cap.model.encoder
     pixels = preprocess(img, cap.model.settings)
     sample = GenerationConfig.from_dict({**cap.sample.to_dict(), "num_return_sequences": samples})
-    return {"vision_encoder_s": _median(lambda: enc.run(None, {"pixel_values": pixels}), repeats),
+    return {"vision_encoder_s": _median(lambda: enc.run({"pixel_values": pixels}), repeats),
             "encoder_plus_beam3_s": _median(lambda: cap.model.captions(img, [cap.beam]), repeats),
             "encoder_plus_samples_s": _median(lambda: cap.model.captions(img, [sample]), repeats),
             "full_response_s": _median(lambda: cap(img), repeats),

@@ -149,7 +149,6 @@ def quantize(src: Path, dst: Path, scheme: str) -> Path:
 # ---------------------------------------------------------------- CLIP (optimum) split into image / text graphs
 def _export_clip(clip_dir: Path, work: Path, vocab: list[str]) -> dict:
     import onnx
-    import onnxruntime as ort
     from onnx.utils import Extractor
     from optimum.exporters.onnx import main_export
     from transformers import CLIPModel
@@ -161,8 +160,10 @@ def _export_clip(clip_dir: Path, work: Path, vocab: list[str]) -> dict:
     onnx.save(ex.extract_model(["pixel_values"], ["image_embeds"]), str(work / "clip_image.onnx"))
     onnx.save(ex.extract_model(["input_ids", "attention_mask"], ["text_embeds"]), str(work / "clip_text.onnx"))
     logit_scale = float(CLIPModel.from_pretrained(str(clip_dir)).logit_scale.exp().item())
-    embeds = encode_clip_text(ort.InferenceSession(str(work / "clip_text.onnx"), providers=["CPUExecutionProvider"]),
-                              _tokenizer(full), vocab)
+    from edgesight.runtime import open_graph
+    from edgesight.tasks.captioning import clip_text_embeddings
+
+    embeds = clip_text_embeddings(open_graph(work / "clip_text.onnx", threads=1), _tokenizer(full), vocab)
     np.save(work / "tag_embeds.npy", embeds.astype(np.float32), allow_pickle=False)
     return {"logit_scale": logit_scale, "dir": full}
 
@@ -173,14 +174,6 @@ def _tokenizer(hf_dir: Path):
     return Tokenizer.from_file(str(hf_dir / "tokenizer.json"))
 
 
-def encode_clip_text(session, tokenizer, words: list[str]) -> np.ndarray:
-    """Normalised CLIP text embeddings of `words` (the SDK uses the same function)."""
-    from edgesight.tasks.captioning import clip_text_embeddings
-
-    return clip_text_embeddings(session, tokenizer, words)
-
-
-# ---------------------------------------------------------------- the bundle
 def _processor_settings(proc) -> dict:
     size = proc.size
     return {"size": size, "crop_size": getattr(proc, "crop_size", None), "do_center_crop": bool(getattr(proc, "do_center_crop", False)),
