@@ -76,7 +76,8 @@ def bench_torch(model_dir: Path, image, tokens: int, samples: int, threads: int,
 def bench_onnx(bundle, image, samples: int, threads: int, repeats: int) -> dict:
     from edgesight.generation import GenerationConfig
     from edgesight.images import load_image
-    from edgesight.tasks.captioning import Captioner, preprocess
+    from edgesight.images import preprocess
+    from edgesight.tasks.captioning import Captioner
 
     cap = Captioner(bundle, threads=threads, num_samples=samples)
     img = load_image(image)

@@ -177,11 +177,14 @@ def task_groups(work: Path, threads: int, quick: bool, roots: list[Path] = ()) -
 
 
 def build_default(task: str, out: Path, threads: int) -> Path:
-    """The task's embedded default bundle, built as `edgesight build-defaults` does (cached in `out`)."""
-    import importlib
+    """The task's embedded default bundle, built by its registry recipe as `edgesight build-defaults` does
+    (cached in `out`)."""
+    from edgesight.registry import TASKS, load_hook
 
     if not (out / "edgesight.json").is_file():
-        importlib.import_module(f"edgesight.export.default_{task}").build(out, threads=threads, progress=False)
+        if TASKS[task].recipe is None:
+            raise RuntimeError(f"task {task} has no default-bundle recipe")
+        load_hook(TASKS[task].recipe)(out, threads=threads, progress=False)
     return out
 
 

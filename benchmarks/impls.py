@@ -199,8 +199,8 @@ def photo(seed: int, size=(640, 480)):
 
 
 def _clip_pixels(bundle, seeds):
-    from edgesight.tasks.captioning import preprocess
-    return [preprocess(photo(s), bundle.manifest["clip"]["preprocess"]) for s in seeds]
+    from edgesight.images import Preprocessing, preprocess
+    return [preprocess(photo(s), Preprocessing.from_manifest(bundle.manifest["clip"])) for s in seeds]
 
 
 def sdk_clip(params: dict) -> Runner:
@@ -268,9 +268,6 @@ def _task(params: dict):
     return TASKS[params["task"]].load_class().from_pretrained(params["bundle"], threads=params["threads"])
 
 
-# `edgesight eval <task>` arguments that keep a benchmark's evaluation to a minute or so
-EVAL_ARGS = {"keywords": ["--limit", "40", "--no-baseline"], "describe": ["-n", "40", "--latency-n", "1"],
-             "products": ["--products", "16", "--views", "2", "--holdout", "4", "--ocr", "off"]}
 # report parts that are settings, sizes or timings rather than quality
 NOT_QUALITY = {"latency", "errors", "baseline", "seed_path", "speedup_vs_seed_path", "inputs", "n", "mean_ms",
                "median_ms", "p90_ms", "seconds", "catalogue", "queries", "unknown_queries", "non_product_photos",
@@ -291,21 +288,18 @@ def _numbers(tree, prefix: str = "") -> dict:
 
 
 def task_quality(task_name: str, bundle: str, threads: int) -> dict:
-    """The task's own evaluation (`run_eval`, as `edgesight eval` runs it) on this bundle."""
-    import argparse
+    """The task's own evaluation (its registry `evaluate` module's `run_eval`, with the module's
+    BENCH_OPTIONS that keep it to a minute or so) on this bundle; {} for a task without one."""
+    from edgesight.registry import TASKS, load_hook
 
-    from edgesight.registry import TASKS
-
-    module = TASKS[task_name].load_module()
-    if task_name not in EVAL_ARGS or not hasattr(module, "run_eval"):
+    if not TASKS[task_name].evaluate:
         return {}
-    parser = argparse.ArgumentParser()
-    module.add_eval_arguments(parser)
-    args = parser.parse_args(["--model", bundle, "--threads", str(threads), *EVAL_ARGS[task_name]])
+    module = load_hook(TASKS[task_name].evaluate)
+    report = module.run_eval(bundle, threads=threads, **module.BENCH_OPTIONS)
     # short keys: "sets.x.jsonl.model.f1" -> "x.f1", "results.category_accuracy" -> "category_accuracy"
     drop = {"sets", "model", "results", "bundles", "jsonl"}
     return {".".join(p for p in k.split(".") if p not in drop): v
-            for k, v in _numbers(module.run_eval(args)).items()}
+            for k, v in _numbers(report).items()}
 
 
 def sdk_task(params: dict) -> Runner:

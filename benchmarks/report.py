@@ -9,7 +9,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from edgesight.bundle import atomic_write_bytes
+from edgesight.bundle import atomic_write_bytes, staging_file
 
 from . import SCHEMA
 from .runner import REPO
@@ -127,8 +127,7 @@ def plot(run: dict, path: Path) -> bool:
         ax.grid(alpha=0.3)
     fig.suptitle(f"edgesight {run['mode']} run, {run['settings']['threads']} thread(s) (o = edgesight, x = peer)", fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with staging_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return True

@@ -1,4 +1,4 @@
-"""The export stage: base + LoRA adapter -> merged HF model -> ONNX / GGUF bundles, each validated
+"""The export stage: base + LoRA adapter -> merged model -> ONNX / GGUF bundles, each validated
 against the merged torch model in the same run.
 
     from edgesight.export import export
@@ -7,10 +7,20 @@ against the merged torch model in the same run.
     print(report.table())           # format, size, time, exact-match, agreed prefix, max |logit diff|
     report.to_dict()                # also written to OUT/export-report.json
 
-Each format becomes its own bundle directory OUT/<format> (BundleWriter: atomic, sha256 per file)
-whose manifest records provenance, special tokens, prompt/generation settings, export time/size and
-the fidelity figures. An fp32/f16 format that does not reproduce the reference's greedy tokens gets
-no bundle, and export() raises ExportError (with `.report`) after the other formats are done.
+What a bundle carries besides the weights comes from the task: its run-time module's hook
+`export_spec(adapter_dir, kind)` (edgesight.tasks.<module>, named by the registry) gives the prompt,
+vocabulary, generation settings and validation probes (describe: the adapter's chat prompt and
+vocabulary; keywords: the chat prompt or the tagger's probes; products: an image encoder). Explicit
+`prompt` / `generation` / `probes` / `max_new_tokens` arguments override it.
+
+The model kind picks the path: causal-lm / seq2seq (merge -> ONNX, GGUF, torch; greedy tokens
+compared with the reference), token-classifier (a TOKEN_CLS adapter: edgesight.export.tagger, tag
+agreement), image-encoder (edgesight.export.image_encoder, embedding cosine). FORMATS says which
+formats serve which kinds. Each format becomes its own bundle directory OUT/<format> (BundleWriter:
+atomic, sha256 per file) whose manifest records provenance, special tokens, prompt/generation
+settings, export time/size and the fidelity figures. An fp32/f16 format that does not reproduce the
+reference's greedy tokens gets no bundle, and export() raises ExportError (with `.report`) after the
+other formats are done.
 """
 from __future__ import annotations
 
@@ -41,11 +51,14 @@ def disk_full(exc: BaseException) -> bool:
 
 # One table drives argument checks, building and validation. exact: must reproduce the reference's
 # greedy tokens, except at near-ties (reference top-2 logits within tie_tol: f16 rounding may flip
-# those); logits: record max |logit diff| of the first step; kinds: model kinds it supports.
+# those); logits: record max |logit diff| of the first step; kinds: model kinds it supports (token
+# classifiers and image encoders are checked their own way: tag agreement, embedding cosine).
+LM_KINDS = ("causal-lm", "seq2seq")
+ALL_KINDS = LM_KINDS + ("token-classifier", "image-encoder")
 FORMATS = {
-    "torch":       dict(bundle="torch", precision="fp32", exact=True, tie_tol=0.0, logits=True, kinds=("causal-lm", "seq2seq")),
-    "onnx":        dict(bundle="onnx", precision="fp32", exact=True, tie_tol=0.01, logits=True, kinds=("causal-lm", "seq2seq")),
-    "onnx-int8":   dict(bundle="onnx", precision="int8", exact=False, logits=False, kinds=("causal-lm", "seq2seq")),
+    "torch":       dict(bundle="torch", precision="fp32", exact=True, tie_tol=0.0, logits=True, kinds=LM_KINDS),
+    "onnx":        dict(bundle="onnx", precision="fp32", exact=True, tie_tol=0.01, logits=True, kinds=ALL_KINDS),
+    "onnx-int8":   dict(bundle="onnx", precision="int8", exact=False, logits=False, kinds=ALL_KINDS),
     "onnx-int4":   dict(bundle="onnx", precision="int4", exact=False, logits=False, kinds=("causal-lm",)),
     "gguf-f32":    dict(bundle="gguf", precision="f32", exact=True, tie_tol=0.01, logits=True, kinds=("causal-lm",)),
     "gguf-f16":    dict(bundle="gguf", precision="f16", exact=True, tie_tol=0.1, logits=True, kinds=("causal-lm",)),
@@ -77,7 +90,9 @@ class FormatResult:
                 "mb": None if self.bytes is None else round(self.bytes / 1e6, 2), "seconds": self.seconds,
                 "exact_match": f.get("exact_match"), "near_ties": f.get("near_ties"),
                 "mean_agreed_prefix": f.get("mean_agreed_prefix"),
-                "max_logit_diff": f.get("max_logit_diff")}
+                "max_logit_diff": f.get("max_logit_diff"),
+                # token classifiers: tag agreement with torch; image encoders: the lowest embedding cosine
+                "agreement": f.get("token_tag_agreement", f.get("embedding_cosine_min"))}
 
 
 @dataclass
@@ -103,27 +118,166 @@ class ExportReport:
         return table([r.row() for r in self.formats])
 
 
-def export(base, adapter=None, *, task: str, out, formats=DEFAULT_FORMATS, probes: list[str] | None = None,
-           max_new_tokens: int = 16, prompt=None, generation: dict | None = None, per_channel: bool = False,
+def export(base=None, adapter=None, *, task: str, out, formats=None, probes: list[str] | None = None,
+           max_new_tokens: int | None = None, prompt=None, generation: dict | None = None, per_channel: bool = False,
            threads: int | None = None, progress: bool | None = None) -> ExportReport:
-    """Merge `adapter` into `base` (HF directory or .gguf file), export every format in `formats`,
-    validate each through its SDK backend against the merged torch model, and write OUT/<format>."""
-    from edgesight.progress import bar
-    from edgesight.registry import TASKS
+    """Merge `adapter` into `base` (HF directory or .gguf file; an image encoder name for image
+    encoders; None = the real weights of the adapter's model kind, see default_base), export every
+    format in `formats` (None: those of DEFAULT_FORMATS that serve the kind) with what the task's
+    export spec adds, validate each against the merged torch model, and write OUT/<format>."""
     from edgesight.runtime import default_threads
 
-    from . import merge, validate
+    from .validate import default_probes
 
-    formats = [formats] if isinstance(formats, str) else list(dict.fromkeys(formats))
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown or not formats:
-        raise ExportError(f"unknown export format(s) {', '.join(unknown) or '(none given)'}; "
-                          f"choose from {', '.join(FORMATS)}")
-    if task not in TASKS:
-        raise ExportError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    if formats is not None:
+        formats = [formats] if isinstance(formats, str) else list(dict.fromkeys(formats))
+        unknown = [f for f in formats if f not in FORMATS]
+        if unknown or not formats:
+            raise ExportError(f"unknown export format(s) {', '.join(unknown) or '(none given)'}; "
+                              f"choose from {', '.join(FORMATS)}")
+    kind, spec = task_spec(task, base, adapter)
+    if base is None:
+        base = default_base(kind)
+    if formats is None:
+        formats = [f for f in DEFAULT_FORMATS if kind in FORMATS[f]["kinds"] and (adapter or f != "gguf-lora")]
+    bad = [f for f in formats if kind not in FORMATS[f]["kinds"]]
+    if bad:
+        works = [f for f, fs in FORMATS.items() if kind in fs["kinds"]]
+        raise ExportError(f"format(s) {', '.join(bad)} do not support {kind} models; for this model use: {', '.join(works)}")
     threads = default_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        if kind == "token-classifier":
+            report = _export_tagger(base, adapter, task, out, formats, list(probes or spec.get("probes") or []),
+                                    threads, progress)
+        elif kind == "image-encoder":
+            report = _export_encoder(base, adapter, task, out, formats, spec, threads, progress)
+        else:
+            report = _export_lm(base, adapter, task, out, formats, kind,
+                                probes=list(probes or spec.get("probes") or default_probes(task)),
+                                max_new_tokens=max_new_tokens or spec.get("max_new_tokens") or 16,
+                                prompt=prompt if prompt is not None else spec.get("prompt"),
+                                generation=generation if generation is not None else spec.get("generation"),
+                                per_channel=per_channel, threads=threads, progress=progress)
+    except Exception as exc:
+        if disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(f"the disk is full while exporting to {out}; free space there and retry "
+                                "(no partial bundle was left behind)") from exc
+        raise
+    from edgesight.bundle import atomic_write_bytes
+
+    atomic_write_bytes(out / "export-report.json", json.dumps(report.to_dict(), indent=2).encode())
+    if not report.ok:
+        failed = [r for r in report.formats if r.status != "ok"]
+        err = ExportError("; ".join(f"{r.format}: {r.error}" for r in failed))
+        err.report = report
+        raise err
+    return report
+
+
+def export_into(out_dir, base=None, adapter=None, *, task: str, format: str, threads: int | None = None,
+                progress: bool | None = None) -> Path:
+    """One format of export() placed at `out_dir` itself (an older bundle there is replaced only once
+    the new one is complete): what the default-bundle recipes call."""
+    from edgesight.bundle import replace_dir
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.build-", dir=out_dir.parent))
+    try:
+        export(base, adapter, task=task, out=work, formats=[format], threads=threads, progress=progress)
+        replace_dir(work / format, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out_dir
+
+
+# ----------------------------------------------------------------------------- the task and the model kind
+
+def task_spec(task: str, base, adapter) -> tuple[str, dict]:
+    """(model kind, the task's export spec for it): the kind from the adapter and base (detect_kind),
+    or the one the task declares (products: "image-encoder"); the spec from the task module's
+    `export_spec(adapter_dir, kind)` hook ({} for a task without one)."""
+    from edgesight.registry import TASKS
+
+    if task not in TASKS:
+        raise ExportError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    hook = TASKS[task].hook("export_spec")
+    kind = detect_kind(base, adapter)
+    spec = dict(hook(adapter, kind)) if hook else {}
+    declared = spec.pop("kind", None)
+    if declared and kind not in (None, declared):
+        raise ExportError(f"task {task} exports {declared} models, but {base if base is not None else adapter} "
+                          f"is a {kind}; pass a {declared} base and adapter")
+    if kind is None:
+        kind = declared or "causal-lm"   # no base, no adapter: the task's kind, else the default LM
+        if hook and not declared:
+            spec = dict(hook(adapter, kind))
+            spec.pop("kind", None)
+    return kind, spec
+
+
+def detect_kind(base, adapter) -> str | None:
+    """causal-lm | seq2seq | token-classifier | image-encoder, from the adapter's task type and the
+    base (an image encoder name or CLIP directory, an HF directory's config, a .gguf); None if neither says."""
+    from .image_encoder import is_image_encoder
+    from .merge import model_kind
+
+    task_type = None
+    cfg = Path(adapter) / "adapter_config.json" if adapter is not None else None
+    if cfg is not None and cfg.is_file():
+        task_type = json.loads(cfg.read_text(encoding="utf-8")).get("task_type")
+    if task_type == "TOKEN_CLS":
+        return "token-classifier"
+    if is_image_encoder(base):
+        return "image-encoder"
+    if base is not None:
+        path = Path(base)
+        if (path / "config.json").is_file():
+            return model_kind(path)[0]
+        return "causal-lm" if path.suffix == ".gguf" else None
+    return {"CAUSAL_LM": "causal-lm", "SEQ_2_SEQ_LM": "seq2seq"}.get(task_type)
+
+
+def default_base(kind: str):
+    """The real weights a kind exports from when no base is given (edgesight.export.weights)."""
+    from . import weights
+    from .image_encoder import DEFAULT_ENCODER
+
+    if kind == "image-encoder":
+        return DEFAULT_ENCODER
+    if kind == "token-classifier":
+        return weights.minilm_dir()
+    if kind == "causal-lm":
+        return weights.smollm2_gguf()
+    raise ExportError(f"{kind} models have no default base; pass --base (an HF directory, e.g. flan-t5-small)")
+
+
+def resolve_stop_tokens(generation: dict | None, model_dir) -> dict | None:
+    """generation["stop_tokens"] (token strings) -> generation["eos_token_ids"]: their ids in the merged
+    tokenizer's vocabulary (those it has) plus the tokenizer's own eos."""
+    if not generation or "stop_tokens" not in generation:
+        return generation
+    from transformers import AutoTokenizer
+
+    generation = dict(generation)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    vocab = tok.get_vocab()
+    ends = [tok.convert_tokens_to_ids(t) for t in generation.pop("stop_tokens") if t in vocab]
+    ends += [tok.eos_token_id] if tok.eos_token_id is not None else []
+    generation["eos_token_ids"] = sorted(set(ends) | set(generation.get("eos_token_ids") or []))
+    return generation
+
+
+# ----------------------------------------------------------------------------- causal / seq2seq LMs
+
+def _export_lm(base, adapter, task: str, out: Path, formats: list[str], kind: str, *, probes, max_new_tokens,
+               prompt, generation, per_channel, threads, progress) -> ExportReport:
+    from edgesight.progress import bar
+
+    from . import merge, validate
+
     work = Path(tempfile.mkdtemp(prefix=".export-work-", dir=out))
     steps = bar(total=2 + len(formats), desc="export", progress=progress, unit="step")
     try:
@@ -131,7 +285,7 @@ def export(base, adapter=None, *, task: str, out, formats=DEFAULT_FORMATS, probe
         steps.set_postfix_str("merge")
         base_dir = merge.materialize_base(base, work)
         kind, _ = merge.model_kind(base_dir)
-        _check_formats(formats, kind, base_dir, adapter)
+        _check_formats(formats, base_dir, adapter)
         merged = merge.merge(base_dir, adapter, work / "merged")
         steps.update()
 
@@ -139,9 +293,8 @@ def export(base, adapter=None, *, task: str, out, formats=DEFAULT_FORMATS, probe
         steps.set_postfix_str("reference")
         from edgesight.runtime.torch import TorchTextModel
 
-        probes = list(probes or validate.default_probes(task))
         ref_model = TorchTextModel(merged.dir, threads=threads)
-        fields = _manifest_fields(merged, base, adapter, prompt, generation)
+        fields = _manifest_fields(merged, base, adapter, prompt, resolve_stop_tokens(generation, merged.dir))
         ref = validate.reference(ref_model, probes, max_new_tokens, eos=fields["tokens"]["eos"])
         report = ExportReport(str(out), task, kind, str(base), str(adapter) if adapter else None, merged.seconds,
                               {"probes": probes, "new_tokens": max_new_tokens,
@@ -155,34 +308,78 @@ def export(base, adapter=None, *, task: str, out, formats=DEFAULT_FORMATS, probe
             steps.set_postfix_str(fmt)
             report.formats.append(_export_one(fmt, ctx, task, out / fmt, fields, ref))
             steps.update()
-    except Exception as exc:
-        if disk_full(exc) and not isinstance(exc, DiskFullError):
-            raise DiskFullError(f"the disk is full while exporting to {out}; free space there and retry "
-                                "(no partial bundle was left behind)") from exc
-        raise
     finally:
         steps.close()
         shutil.rmtree(work, ignore_errors=True)
-    from edgesight.bundle import atomic_write_bytes
-
-    atomic_write_bytes(out / "export-report.json", json.dumps(report.to_dict(), indent=2).encode())
-    if not report.ok:
-        failed = [r for r in report.formats if r.status != "ok"]
-        err = ExportError("; ".join(f"{r.format}: {r.error}" for r in failed))
-        err.report = report
-        raise err
     return report
 
 
-def _check_formats(formats, kind: str, base_dir: Path, adapter) -> None:
-    """Unsupported format/model combinations, a missing converter or an adapter the GGUF adapter
-    path cannot carry: refuse before doing any work."""
+# ----------------------------------------------------------------------------- token classifiers, image encoders
+
+def _bundle_result(fmt: str, make) -> FormatResult:
+    """Run `make()` (which commits the bundle of `fmt` and returns its directory) into a FormatResult."""
+    from edgesight.bundle import Bundle
+
+    result = FormatResult(fmt, FORMATS[fmt]["precision"], "failed")
+    start = time.perf_counter()
+    try:
+        bundle = Bundle.load(make(), verify=False)
+    except ExportError as exc:
+        if disk_full(exc):
+            raise
+        result.error = str(exc)
+        return result
+    result.status, result.bundle = "ok", str(bundle.path)
+    result.seconds = round(time.perf_counter() - start, 2)
+    result.bytes = sum(f["bytes"] for f in bundle.manifest["files"].values())
+    result.fidelity = bundle.get("fidelity")
+    return result
+
+
+def _export_tagger(base, adapter, task: str, out: Path, formats, probes, threads, progress) -> ExportReport:
+    """Token classifiers (the extractive keywords family): edgesight.export.tagger, per format."""
+    from .tagger import CHECK_PROMPTS, export_tagger
+
+    if adapter is None:
+        raise ExportError("a token-classifier export needs --adapter (the trained head and its labels come from it)")
+    probes = probes or list(CHECK_PROMPTS)
+    report = ExportReport(str(out), task, "token-classifier", str(base), str(adapter), 0.0, {"probes": probes})
+    for fmt in formats:
+        report.formats.append(_bundle_result(fmt, lambda: export_tagger(
+            base, adapter, out / fmt, precision=FORMATS[fmt]["precision"], threads=threads, progress=progress,
+            probes=probes)))
+    return report
+
+
+def _export_encoder(base, adapter, task: str, out: Path, formats, spec: dict, threads, progress) -> ExportReport:
+    """Image encoders (products): base encoder + the conv LoRA merged, then edgesight.export.image_encoder."""
+    from edgesight.bundle import sha256_file
+    from edgesight.encoder import Preprocessing
+
+    from .captioning import sample_images
+    from .image_encoder import export_image_encoder, load_encoder
+
+    start = time.perf_counter()
+    prep = Preprocessing.from_dict(spec["preprocessing"]) if spec.get("preprocessing") else None
+    module, prep, name = load_encoder(base, adapter, prep)
+    merge_seconds = round(time.perf_counter() - start, 2)
+    calibration = spec.get("calibration") or sample_images()
+    provenance = {"base": str(base), "adapter": str(adapter) if adapter else None,
+                  "adapter_sha256": sha256_file(Path(adapter) / "adapter_model.safetensors") if adapter else None}
+    report = ExportReport(str(out), task, "image-encoder", str(base), str(adapter) if adapter else None, merge_seconds,
+                          {"images": len(calibration)})
+    for fmt in formats:
+        report.formats.append(_bundle_result(fmt, lambda: export_image_encoder(
+            module, out / fmt, preprocessing=prep, precision=FORMATS[fmt]["precision"], calibration=calibration,
+            task=task, name=name, provenance=provenance, threads=threads, progress=progress).path))
+    return report
+
+
+def _check_formats(formats, base_dir: Path, adapter) -> None:
+    """A missing converter or an adapter the GGUF adapter path cannot carry: refuse before doing any
+    work (export() has refused format/kind combinations FORMATS does not list)."""
     from . import gguf
 
-    bad = [f for f in formats if kind not in FORMATS[f]["kinds"]]
-    if bad:
-        works = [f for f, spec in FORMATS.items() if kind in spec["kinds"]]
-        raise ExportError(f"format(s) {', '.join(bad)} do not support {kind} models; for this model use: {', '.join(works)}")
     if any(f.startswith("gguf") for f in formats):
         gguf.converter_dir()
         gguf.check_architecture(base_dir)

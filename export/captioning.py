@@ -208,7 +208,7 @@ def _add_clip(w: BundleWriter, clip_dir, tmp: Path, vocab: list[str], precision:
     w.add_file(tmp / "tag_embeds.npy", "tag_embeds.npy", role="tag_embeds")
     w.add_json(vocab, "tag_vocab.json", role="tag_vocab")
     w.manifest["clip"] = {"logit_scale": clip["logit_scale"],
-                          "preprocess": _processor_settings(CLIPProcessor.from_pretrained(str(clip_dir)).image_processor)}
+                          "preprocessing": _processor_settings(CLIPProcessor.from_pretrained(str(clip_dir)).image_processor)}
 
 
 def _export(kind: str, model_dir, out, write_graphs, reference, *, clip_dir, precision, tag_vocab, validation_images,
@@ -259,7 +259,7 @@ def export_blip(model_dir, out, *, clip_dir=None, precision: str = "fp32", tag_v
         w.set_role("tokenizer", "tokenizer.json")
         prompt_ids = proc.tokenizer(prompt, add_special_tokens=False).input_ids if prompt else []
         w.manifest.update(blip=meta | {"prompt": prompt, "prompt_ids": prompt_ids},
-                          preprocess=_processor_settings(proc.image_processor),
+                          preprocessing=_processor_settings(proc.image_processor),
                           provenance={"base": str(model_dir), "exporter": "edgesight.export.captioning (own BLIP graphs)",
                                       "params": sum(p.numel() for p in blip.parameters())})
         return {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
@@ -292,7 +292,7 @@ def export_vit_gpt2(model_dir, out, *, clip_dir=None, precision: str = "fp32", t
         gen = model.generation_config
         w.manifest.update(tokens={"eos": [int(gen.eos_token_id)], "pad": int(gen.pad_token_id if gen.pad_token_id is not None else gen.eos_token_id),
                                   "decoder_start": int(gen.decoder_start_token_id)},
-                          preprocess=_processor_settings(image_proc),
+                          preprocessing=_processor_settings(image_proc),
                           provenance={"base": str(model_dir), "exporter": "optimum image-to-text-with-past"})
         return files
 

@@ -88,6 +88,81 @@ def clip_vision(model_dir):
     return two_heads(CLIPVisionModelWithProjection.from_pretrained(model_dir), _clip_heads)
 
 
+DEFAULT_ENCODER = "efficientnet-lite0"
+
+
+def is_image_encoder(base) -> bool:
+    """`base` names an image encoder: "efficientnet-lite0", or a local CLIP directory."""
+    if base is None:
+        return False
+    if str(base) == DEFAULT_ENCODER:
+        return True
+    cfg = Path(base) / "config.json"
+    if not cfg.is_file():
+        return False
+    import json
+
+    return json.loads(cfg.read_text(encoding="utf-8")).get("model_type") in ("clip", "clip_vision_model")
+
+
+def load_encoder(base=None, adapter=None, preprocessing: Preprocessing | None = None):
+    """(module, preprocessing, name) for `base` ("efficientnet-lite0" = the real weights, or a local CLIP
+    directory) with the conv/linear LoRA of `edgesight train products` at `adapter` merged in."""
+    base = DEFAULT_ENCODER if base is None else base
+    if str(base) == DEFAULT_ENCODER:
+        prep = preprocessing or LITE0_PREPROCESSING
+        module, name = efficientnet_lite0(prep.size), DEFAULT_ENCODER
+    elif is_image_encoder(base):
+        from transformers import CLIPVisionConfig
+
+        prep = preprocessing or clip_preprocessing(CLIPVisionConfig.from_pretrained(base).image_size)
+        module, name = clip_vision(base), f"clip:{Path(base).name}"
+    else:
+        raise ExportError(f"{base}: not an image encoder; pass --base efficientnet-lite0 or a local CLIP directory")
+    if adapter is not None:
+        module, name = merge_lora(module, adapter), f"{name}+lora"
+    return module, prep, name
+
+
+def plain_pointwise(model, names: list[str], error=ExportError) -> None:
+    """Swap the targets (1x1, stride 1: "same" padding is zero) for plain nn.Conv2d with the same weights:
+    peft builds its LoRA convs as type(base)(...), which the TF-padding subclass cannot take."""
+    import torch
+
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent, conv = model.get_submodule(parent_name), model.get_submodule(name)
+        if not isinstance(conv, torch.nn.Conv2d) or type(conv) is torch.nn.Conv2d:
+            continue  # Linear layers and plain convs take LoRA as they are
+        if conv.kernel_size != (1, 1) or conv.stride != (1, 1):
+            raise error(f"LoRA target {name} is a {conv.kernel_size} convolution with TF 'same' padding; "
+                        "target pointwise (1x1) convolutions or linear layers")
+        plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
+        plain.load_state_dict(conv.state_dict())
+        setattr(parent, child, plain)
+
+
+def merge_lora(module, adapter_dir):
+    """`module` with the peft LoRA saved by `edgesight train products` merged in (as training merges it)."""
+    import json
+
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_model.safetensors").is_file() or not (adapter_dir / "adapter_config.json").is_file():
+        raise ExportError(f"{adapter_dir}: no adapter_model.safetensors + adapter_config.json; "
+                          "train one with `edgesight train products`")
+    targets = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8")).get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    present = {name for name, _ in module.named_modules()}
+    missing = [t for t in targets if t not in present]
+    if missing:
+        raise ExportError(f"{adapter_dir}: LoRA target(s) {', '.join(sorted(missing)[:3])} are not in this encoder; "
+                          "was the adapter trained on another base?")
+    plain_pointwise(module, targets)
+    return PeftModel.from_pretrained(module, str(adapter_dir), is_trainable=False).merge_and_unload().eval()
+
+
 def to_onnx(module, path: Path, size: int) -> Path:
     """TorchScript export (no onnxscript needed), dynamic batch axis, outputs `embedding` and `logits`."""
     import torch

@@ -10,13 +10,11 @@ dumps): every LoRA module must exist in the base with matching shapes, and full 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edgesight.bundle import sha256_file
+from edgesight.bundle import sha256_file, staging_dir
 from edgesight.errors import ExportError
 
 from . import DiskFullError, disk_full
@@ -139,19 +137,14 @@ def repair_bpe_tokenizer(model_dir: Path, gguf_file: Path) -> None:
 def _save(model, tokenizer, out: Path, tokenizer_from: Path | None = None) -> None:
     """save_pretrained (safetensors) into a temporary sibling, renamed into place when complete.
     `tokenizer_from`: copy that directory's tokenizer files byte for byte over the re-saved ones."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        for name in TOKENIZER_FILES if tokenizer_from else ():
-            if (tokenizer_from / name).is_file():
-                shutil.copy2(tokenizer_from / name, tmp / name)
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
+        with staging_dir(out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            for name in TOKENIZER_FILES if tokenizer_from else ():
+                if (tokenizer_from / name).is_file():
+                    shutil.copy2(tokenizer_from / name, tmp / name)
     except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         if disk_full(exc):
             raise DiskFullError(f"the disk is full while writing {out}; free space there and retry") from exc
         raise

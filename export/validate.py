@@ -132,7 +132,8 @@ def table(rows: list[dict]) -> str:
     """A fixed-width text table of the export report rows."""
     cols = [("format", "format"), ("precision", "precision"), ("MB", "mb"), ("export s", "seconds"),
             ("exact", "exact_match"), ("ties", "near_ties"), ("prefix", "mean_agreed_prefix"), ("max|dlogit|", "max_logit_diff"),
-            ("status", "status")]
+            ("agreement", "agreement"), ("status", "status")]
+    cols = [c for c in cols if c[1] in ("format", "status") or any(r.get(c[1]) is not None for r in rows)]
     cells = [[h for h, _ in cols]] + [["" if r.get(k) is None else str(r.get(k)) for _, k in cols] for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]

@@ -19,7 +19,6 @@ from .errors import BundleError, BundleNotFoundError, IntegrityError
 
 MANIFEST = "edgesight.json"
 SCHEMA = 1
-FORMATS = ("onnx", "gguf", "torch")
 # Files a bundle may carry. Pickle-based formats (.bin, .pt, .pth, .pkl) are refused outright.
 ALLOWED_SUFFIXES = {".onnx", ".data", ".gguf", ".safetensors", ".json", ".txt", ".model", ".npy", ".jinja", ".csv", ".jsonl",
                     ".png", ".jpg"}  # images: sample inputs and catalogue photos (decoded by PIL, never unpickled)
@@ -128,8 +127,11 @@ class BundleWriter:
     """
 
     def __init__(self, out: str | os.PathLike, *, task: str, format: str, precision: str, kind: str, **fields):
-        if format not in FORMATS:
-            raise BundleError(f"unknown bundle format {format!r}; expected one of {FORMATS}")
+        from .runtime import RUNTIMES   # a bundle format is one a runtime reads
+
+        known = [f for spec in RUNTIMES.values() for f in spec.formats]
+        if format not in known:
+            raise BundleError(f"unknown bundle format {format!r}; expected one of {', '.join(known)}")
         self.out = Path(out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.tmp-", dir=self.out.parent))

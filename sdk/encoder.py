@@ -9,63 +9,11 @@ Shared by product recognition and the default captioner; no torch, only numpy, P
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
-from PIL import Image
 
 from . import runtime
 from .errors import BundleError
-from .images import load_image
-
-RESIZE_MODES = ("center-crop", "squash", "letterbox")
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How a PIL RGB image becomes the model's NCHW float input."""
-
-    size: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    resize: str = "center-crop"   # center-crop: shorter side to size/crop_pct, centre crop; squash; letterbox
-    crop_pct: float = 0.875
-
-    def __post_init__(self):
-        if self.resize not in RESIZE_MODES:
-            raise BundleError(f"unknown resize mode {self.resize!r}; expected one of {RESIZE_MODES}")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(size=int(d["size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
-                   resize=d.get("resize", "center-crop"), crop_pct=float(d.get("crop_pct", 0.875)))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def resized(self, img: Image.Image) -> Image.Image:
-        s = self.size
-        if self.resize == "squash":
-            return img.resize((s, s), Image.BILINEAR)
-        w, h = img.size
-        if self.resize == "letterbox":
-            scale = s / max(w, h)
-            inner = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-            canvas = Image.new("RGB", (s, s), tuple(int(m * 255) for m in self.mean))
-            canvas.paste(inner, ((s - inner.width) // 2, (s - inner.height) // 2))
-            return canvas
-        short = s / self.crop_pct
-        scale = short / min(w, h)
-        img = img.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.BILINEAR)
-        left, top = (img.width - s) // 2, (img.height - s) // 2
-        return img.crop((left, top, left + s, top + s))
-
-    def apply(self, img: Image.Image) -> np.ndarray:
-        """RGB PIL image -> (1, 3, size, size) float32."""
-        x = np.asarray(self.resized(img), dtype=np.float32) / 255.0
-        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
-
+from .images import Preprocessing, load_image
 
 class ImageEncoder:
     """An ONNX image encoder with outputs `embedding` and (optionally) `logits`."""
@@ -85,12 +33,12 @@ class ImageEncoder:
 
     @classmethod
     def from_bundle(cls, bundle, threads: int = 1, device: str = "cpu", backend: str | None = None) -> "ImageEncoder":
-        if bundle.kind != "image-encoder" or "preprocessing" not in bundle.manifest:
+        if bundle.kind != "image-encoder":
             raise BundleError(f"{bundle.path}: not an image-encoder bundle (kind {bundle.kind!r}); "
                               "export one with edgesight.export.image_encoder")
         labels = bundle.file("labels").read_text(encoding="utf-8").splitlines() if bundle.has("labels") else None
         session = runtime.open_session(bundle, "model", threads=threads, device=device, backend=backend)
-        return cls(session, Preprocessing.from_dict(bundle.manifest["preprocessing"]), labels)
+        return cls(session, Preprocessing.from_manifest(bundle.manifest), labels)
 
     @classmethod
     def from_task(cls, task) -> "ImageEncoder":

@@ -1,5 +1,6 @@
-"""Image loading shared by the image tasks: one function, `load_image`, that turns a path, encoded
-bytes, a PIL image or a numpy array into an upright RGB PIL image, or raises ImageError saying why.
+"""Images for every image task: `load_image` turns a path, encoded bytes, a PIL image or a numpy array
+into an upright RGB PIL image, or raises ImageError saying why; `Preprocessing` turns that image into a
+model's NCHW float input, as a bundle's manifest ("preprocessing") says.
 
 Guards: the pixel count is checked from the header *before* decoding (decompression-bomb safe),
 truncated or corrupt files are reported instead of half-decoded, EXIF orientation is applied so a
@@ -12,12 +13,13 @@ import binascii
 import io
 import os
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import BundleError, ImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 MP: larger than any phone photo, far below a decompression bomb
 
@@ -136,3 +138,99 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # avoids PIL's warning; alpha is then dropped like the HF processors do
     return img.convert("RGB")
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+RESIZE_MODES = ("center-crop", "squash", "letterbox")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a PIL RGB image becomes the model's NCHW float input. Two specs, one manifest key:
+    edgesight's own (size, resize mode, mean/std on x/255; image encoders) and a Hugging Face image
+    processor's settings (`hf`: size dict, resample, centre crop, rescale factor; BLIP, CLIP, ViT),
+    reproduced bit for bit."""
+
+    size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    resize: str = "center-crop"   # center-crop: shorter side to size/crop_pct, centre crop; squash; letterbox
+    crop_pct: float = 0.875
+    hf: dict | None = None        # a Hugging Face image processor's settings: they win when given
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise BundleError(f"unknown resize mode {self.resize!r}; expected one of {RESIZE_MODES}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        if not isinstance(d, dict) or "size" not in d:
+            raise BundleError(f"preprocessing settings must be an object with 'size', got {d!r}; re-export the bundle")
+        if isinstance(d["size"], dict):   # HF image processor settings
+            return cls(mean=tuple(d["mean"]), std=tuple(d["std"]), hf=dict(d))
+        return cls(size=int(d["size"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
+                   resize=d.get("resize", "center-crop"), crop_pct=float(d.get("crop_pct", 0.875)))
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> "Preprocessing":
+        """`preprocessing` of a manifest (or of its "clip" section); `preprocess` is what bundles
+        written before edgesight 0.1.1 call it."""
+        settings = manifest.get("preprocessing") or manifest.get("preprocess")
+        if settings is None:
+            raise BundleError("the manifest has no 'preprocessing' settings; re-export the bundle")
+        return cls.from_dict(settings)
+
+    def to_dict(self) -> dict:
+        return dict(self.hf) if self.hf is not None else {k: v for k, v in asdict(self).items() if k != "hf"}
+
+    def resized(self, img: Image.Image) -> Image.Image:
+        s = self.size
+        if self.resize == "squash":
+            return img.resize((s, s), Image.BILINEAR)
+        w, h = img.size
+        if self.resize == "letterbox":
+            scale = s / max(w, h)
+            inner = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+            canvas = Image.new("RGB", (s, s), tuple(int(m * 255) for m in self.mean))
+            canvas.paste(inner, ((s - inner.width) // 2, (s - inner.height) // 2))
+            return canvas
+        short = s / self.crop_pct
+        scale = short / min(w, h)
+        img = img.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.BILINEAR)
+        left, top = (img.width - s) // 2, (img.height - s) // 2
+        return img.crop((left, top, left + s, top + s))
+
+    def apply(self, img: Image.Image) -> np.ndarray:
+        """RGB PIL image -> (1, 3, H, W) float32."""
+        if self.hf is not None:
+            return _hf_apply(img, self.hf)
+        x = np.asarray(self.resized(img), dtype=np.float32) / 255.0
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+
+
+def _hf_apply(image: Image.Image, settings: dict) -> np.ndarray:
+    """RGB PIL image -> float32 (1, 3, H, W), identical to transformers' (slow) image processors:
+    PIL resize on uint8, optional centre crop, rescale in float64 then float32, normalise."""
+    size, w, h = settings["size"], *image.size
+    if "shortest_edge" in size:                     # CLIP-style: keep the aspect ratio
+        short, long = (w, h) if w <= h else (h, w)
+        s = size["shortest_edge"]
+        new_long = int(s * long / short)
+        target = (s, new_long) if w <= h else (new_long, s)
+    else:
+        target = (size["width"], size["height"])
+    arr = np.asarray(image.resize(target, resample=Image.Resampling(settings["resample"]), reducing_gap=None))
+    if settings.get("do_center_crop"):
+        ch, cw = settings["crop_size"]["height"], settings["crop_size"]["width"]
+        top, left = (arr.shape[0] - ch) // 2, (arr.shape[1] - cw) // 2
+        arr = arr[max(top, 0):max(top, 0) + ch, max(left, 0):max(left, 0) + cw]
+    arr = (arr.astype(np.float64) * settings["rescale_factor"]).astype(np.float32)
+    arr = (arr - np.asarray(settings["mean"], np.float32)) / np.asarray(settings["std"], np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])
+
+
+def preprocess(image: Image.Image, settings) -> np.ndarray:
+    """`settings` (a Preprocessing or its dict) applied to an RGB PIL image -> (1, 3, H, W) float32."""
+    return (settings if isinstance(settings, Preprocessing) else Preprocessing.from_dict(settings)).apply(image)

@@ -11,7 +11,8 @@ so `import edgesight` stays cheap and the run time never imports export or train
 - `train`   the training module: `add_train_arguments(p)` / `train_main(args) -> report`;
 - `recipe`  the default-bundle recipe: `build_default(out_dir, *, threads, progress) -> Path`;
 - `evaluate` the evaluation module: `run_eval(bundle, **options) -> dict` (typed, for the CLI and
-            the benchmarks), `add_eval_arguments(p)`, `EVAL_OPTIONS` (from_args) and `BENCH_OPTIONS`.
+            the benchmarks), `add_eval_arguments(p)` + `from_args(args)` (`edgesight eval <task>`) and
+            `BENCH_OPTIONS` (the options the benchmarks' quality column passes).
 """
 from __future__ import annotations
 

@@ -178,7 +178,7 @@ def test_guard_cli_on_the_quick_run(quick_run, tmp_path):
 def test_edgesight_bench_outside_a_checkout_says_what_to_do(monkeypatch):
     from edgesight import bench
     monkeypatch.setattr(bench, "_suite", lambda: None)  # as in a wheel install: no benchmarks/ anywhere
-    with pytest.raises(EdgesightError, match="run `edgesight bench` from a checkout"):
+    with pytest.raises(EdgesightError, match="install edgesight from a checkout"):
         bench.main(argparse.Namespace(bench_command="run"))
 
 

@@ -8,7 +8,7 @@ from skimage import data
 
 from edgesight.errors import ImageError
 from edgesight.images import decode_base64, load_image
-from edgesight.tasks.captioning import preprocess
+from edgesight.images import preprocess
 
 
 def _encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

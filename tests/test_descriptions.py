@@ -2,7 +2,6 @@
 and the data builder (pure Python, fast). Model paths are in test_descriptions_models.py."""
 import json
 import math
-import random
 
 import pytest
 

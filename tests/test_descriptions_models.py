@@ -3,7 +3,6 @@ builder's data, export through the export stage, the Describer on onnxruntime (s
 beam search) and llama.cpp (causal, chat template), the guard/fallback, CLI and eval hooks.
 The tiny models are random: these tests check the pipeline and the guard, not sentence quality."""
 import json
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -32,20 +31,21 @@ def train(base, kind, out):
 
 @pytest.fixture(scope="module")
 def t5_bundle(tiny_t5_dir, tmp_path_factory):
-    from edgesight.export.default_describe import export_describer
+    from edgesight.export import export
     work = tmp_path_factory.mktemp("describe-t5")
     result = train(tiny_t5_dir, "seq2seq", work / "run")
-    report = export_describer(tiny_t5_dir, result["adapter"], work / "bundles", formats=["onnx"], threads=1, progress=False)
+    report = export(tiny_t5_dir, result["adapter"], task="describe", out=work / "bundles", formats=["onnx"], threads=1,
+                    progress=False)
     return Path(report.formats[0].bundle), Path(result["adapter"])
 
 
 @pytest.fixture(scope="module")
 def llama_bundles(tiny_llama_dir, tmp_path_factory):
-    from edgesight.export.default_describe import export_describer
+    from edgesight.export import export
     work = tmp_path_factory.mktemp("describe-llama")
     result = train(tiny_llama_dir, "causal", work / "run")
-    report = export_describer(tiny_llama_dir, result["adapter"], work / "bundles", formats=["gguf-q8_0", "gguf-lora"],
-                              threads=1, progress=False)
+    report = export(tiny_llama_dir, result["adapter"], task="describe", out=work / "bundles",
+                    formats=["gguf-q8_0", "gguf-lora"], threads=1, progress=False)
     return {r.format: Path(r.bundle) for r in report.formats}, Path(result["adapter"])
 
 
@@ -77,7 +77,7 @@ def test_seq2seq_onnx_runs_the_seed_beam_search_with_guard(t5_bundle):
 
 def test_seq2seq_beam_output_matches_the_seed_pytorch_path(t5_bundle, tiny_t5_dir):
     """The ONNX numpy beam search writes what transformers + PeftModel write for the same prompt."""
-    from edgesight.training.descriptions import seed_path
+    from edgesight.evaluation.descriptions import seed_path
     bundle, adapter = t5_bundle
     ds = Describer.from_pretrained(bundle, threads=1)
     ours = [r.generated for r in ds(INPUTS, guard=False)]
@@ -116,22 +116,24 @@ def test_options_and_bad_input_through_the_task(llama_bundles):
 
 def test_cli_and_eval_hooks(llama_bundles, capsys, tmp_path):
     from edgesight import cli
-    from edgesight.tasks.descriptions import run_eval
+    from edgesight.evaluation.descriptions import run_eval
     path = llama_bundles[0]["gguf-q8_0"]
     assert cli.main(["describe", "--model", str(path), "--threads", "1", "--json", json.dumps(INPUTS[0])]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out[0]["text"] and "fallback" in out[0] and set(out[0]["checks"]) >= {"counts", "scene"}
     assert cli.main(["describe", "--model", str(path), "--threads", "1", '{"detections": 3}']) == 2
     assert "must be a list" in capsys.readouterr().err
-    report = run_eval(Namespace(model=[str(path)], backend=None, threads=1, inputs=None, n=12, latency_n=3,
-                                seed_path=False, base=None, adapter=None))
+    report = run_eval([str(path)], threads=1, n=12, latency_n=3)
     b = report["bundles"][0]
     assert report["inputs"] == 12 and b["n"] == 12 and b["pass_after_fallback"] == 1.0
     assert 0.0 <= b["pass_before_fallback"] <= 1.0 and b["fallback_rate"] == pytest.approx(1 - b["pass_before_fallback"])
     assert b["latency"]["n"] == 3 and b["latency"]["median_ms"] > 0
-    quality_only = run_eval(Namespace(model=[str(path)], backend=None, threads=1, inputs=None, n=4, latency_n=0,
-                                      seed_path=False, base=None, adapter=None))
+    quality_only = run_eval(str(path), threads=1, n=4, latency_n=0)
     assert quality_only["bundles"][0]["n"] == 4 and "latency" not in quality_only["bundles"][0]
+    out = tmp_path / "eval.json"  # the CLI maps its options onto the same run_eval
+    assert cli.main(["eval", "descriptions", "--model", str(path), "--threads", "1", "-n", "3", "--latency-n", "0",
+                     "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["bundles"][0]["n"] == 3
 
 
 @pytest.mark.defaults

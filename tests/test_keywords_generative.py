@@ -18,7 +18,7 @@ pytest.importorskip("llama_cpp")
 def gguf_bundle(tmp_path_factory):
     from kit import tiny_llama
 
-    from edgesight.export.default_keywords import export_generative
+    from edgesight.export import export
     from edgesight.training.trainer import TrainConfig, train_lora
     work = tmp_path_factory.mktemp("kwgen")
     base = tiny_llama(work / "llama")
@@ -27,7 +27,7 @@ def gguf_bundle(tmp_path_factory):
                      config=TrainConfig(steps=2, batch_size=4, rank=4, alpha=8, threads=1, save_every=0,
                                         system=kwdata.SYSTEM, max_length=96),
                      format_example=kwdata.format_generative, progress=False)
-    export_generative(rep.adapter_dir, work / "bundles", formats=["gguf-f32"], base=base, threads=1, progress=False)
+    export(base, rep.adapter_dir, task="keywords", out=work / "bundles", formats=["gguf-f32"], threads=1, progress=False)
     return work / "bundles" / "gguf-f32"
 
 

@@ -11,8 +11,8 @@ import pytest
 from catalog_kit import broken_catalog, make_catalog, photo_queries, real_photo, render
 from edgesight.catalog import CatalogIndex, Product, read_catalog_csv
 from edgesight.errors import CatalogError, ImageError, InputError
-from edgesight.tasks.products import (Match, ProductRecognizer, estimate_price, evaluate, from_json, read_price,
-                                      text_match)
+from edgesight.evaluation.products import evaluate
+from edgesight.tasks.products import Match, ProductRecognizer, estimate_price, from_json, read_price, text_match
 
 
 @pytest.fixture(scope="session")
@@ -275,20 +275,19 @@ def test_clip_image_tower_exports_as_an_encoder_bundle(tmp_path):
     assert emb.shape == (2, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
 
 
-def test_eval_reports_accuracy_price_error_and_unknowns(default_bundle):
-    import argparse
+def test_eval_reports_accuracy_price_error_and_unknowns(default_bundle, tmp_path):
+    from edgesight.evaluation.products import run_eval
 
-    from edgesight.tasks.products import add_eval_arguments, run_eval
-
-    p = argparse.ArgumentParser()
-    add_eval_arguments(p)
-    report = run_eval(p.parse_args(["--model", str(default_bundle), "--products", "8", "--views", "1",
-                                    "--holdout", "2", "--ocr", "off", "--threads", "1"]))
+    report = run_eval(default_bundle, threads=1, products=8, views=1, holdout=2, ocr="off")
     row = report["results"][0]
     assert report["catalogue"] == {"products": 8, "views": 1, "held_out": 2, "seed": 0}
     assert row["queries"] == 8 and row["unknown_queries"] == 2 and row["top1_title_accuracy"] >= 0.5, row
     assert row["non_product_photos"] == 7 and row["non_product_unknown_rate"] == 1.0, row
     assert row["price_mae"] >= 0 and row["median_ms"] > 0
+    from edgesight.cli import main
+    assert main(["eval", "products", "--model", str(default_bundle), "--products", "2", "--views", "1", "--holdout", "1",
+                 "--ocr", "off", "--threads", "1", "--json", str(tmp_path / "eval.json")]) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["catalogue"]["products"] == 2
 
 
 def test_static_int8_without_calibration_photos_is_refused(tmp_path):

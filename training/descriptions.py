@@ -90,7 +90,16 @@ def package_adapter(src, dst, *, base_name: str = "HuggingFaceTB/SmolLM2-135M-In
 # ----------------------------------------------------------------------------- the default bundle
 
 def build_default(out_dir, *, threads: int = 1, progress: bool | None = None):
-    """The default describe bundle: the shipped adapter on SmolLM2-135M-Instruct (GGUF Q8_0)."""
-    from ..export.default_describe import build
+    """The default describe bundle: the shipped adapter on SmolLM2-135M-Instruct, GGUF Q8_0 (measured
+    against q4_k_m and the runtime-LoRA bundle: docs/descriptions.md), through the same path as
+    `edgesight export --task describe --adapter sdk/adapters/describe-smollm2 --formats gguf-q8_0`."""
+    from ..defaults import ADAPTERS_DIR
+    from ..errors import ExportError
+    from ..export import export_into
+    from ..export.weights import smollm2_gguf
 
-    return build(out_dir, threads=threads, progress=progress)
+    adapter = ADAPTERS_DIR / "describe-smollm2"
+    if not (adapter / "adapter_model.safetensors").is_file():
+        raise ExportError(f"{adapter}: the shipped describe adapter is missing; reinstall edgesight")
+    return export_into(out_dir, smollm2_gguf(), adapter, task="describe", format="gguf-q8_0", threads=threads,
+                       progress=progress)

@@ -81,13 +81,12 @@ def evaluate_generative(model, tok, examples, limit: int = 60) -> dict:
 
 def build_default(out_dir, *, threads: int = 1, progress: bool | None = None):
     """The default keywords bundle: the shipped MiniLM token-classifier adapter + the real
-    all-MiniLM-L6-v2 weights, through `edgesight export --task keywords --formats onnx-int8`."""
+    all-MiniLM-L6-v2 weights, through the same path as `edgesight export --task keywords --formats onnx-int8`."""
     from ..errors import ExportError
+    from ..export import export_into
     from ..export.weights import minilm_dir
 
     if not (DEFAULT_ADAPTER / "adapter_model.safetensors").is_file():
         raise ExportError(f"{DEFAULT_ADAPTER}: the shipped keywords adapter is missing; reinstall edgesight")
-    from ..export.tagger import export_tagger
-    from ..tasks.keywords import export_probes
-    return export_tagger(minilm_dir(), DEFAULT_ADAPTER, out_dir, precision="int8", threads=threads, progress=progress,
-                         probes=export_probes())
+    return export_into(out_dir, minilm_dir(), DEFAULT_ADAPTER, task="keywords", format="onnx-int8", threads=threads,
+                       progress=progress)

@@ -84,21 +84,11 @@ def lora_targets(model, last_blocks: int) -> list[str]:
 
 
 def _plain_pointwise(model, names: list[str]) -> None:
-    """Swap the targets (1x1, stride 1: "same" padding is zero) for plain nn.Conv2d with the same weights:
-    peft builds its LoRA convs as type(base)(...), which the TF-padding subclass cannot take."""
-    import torch
+    """LoRA targets as plain convolutions (edgesight.export.image_encoder.plain_pointwise: the export
+    stage merges an adapter the same way), with training's error type."""
+    from edgesight.export.image_encoder import plain_pointwise
 
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent, conv = model.get_submodule(parent_name), model.get_submodule(name)
-        if not isinstance(conv, torch.nn.Conv2d) or type(conv) is torch.nn.Conv2d:
-            continue  # Linear layers and plain convs take LoRA as they are
-        if conv.kernel_size != (1, 1) or conv.stride != (1, 1):
-            raise TrainingError(f"LoRA target {name} is a {conv.kernel_size} convolution with TF 'same' padding; "
-                                "target pointwise (1x1) convolutions or linear layers")
-        plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None)
-        plain.load_state_dict(conv.state_dict())
-        setattr(parent, child, plain)
+    plain_pointwise(model, names, error=TrainingError)
 
 
 def train(catalog_csv, out, *, steps: int = 60, batch_size: int = 12, lr: float = 1e-3, rank: int = 8, alpha: int = 16,

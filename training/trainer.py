@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..bundle import atomic_write_bytes, sha256_file, staging_dir
 from ..errors import TrainingError
 from ..progress import bar
 
@@ -222,21 +222,14 @@ def _save_checkpoint(ckpt: Path, model, optimizer, state: dict) -> None:
     """Adapter (peft safetensors) + optimizer tensors (safetensors) + JSON state, renamed into place."""
     import torch
     from safetensors.torch import save_file
-    tmp = ckpt.with_name(ckpt.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    opt = optimizer.state_dict()
-    tensors = {f"{idx}.{name}": (t if torch.is_tensor(t) else torch.tensor(t)).detach().contiguous()
-               for idx, st in opt["state"].items() for name, t in st.items()}
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    state = dict(state, param_groups=opt["param_groups"], torch_rng=torch.get_rng_state().tolist())
-    (tmp / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
-    old = ckpt.with_name(ckpt.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if ckpt.exists():
-        os.rename(ckpt, old)
-    os.rename(tmp, ckpt)
-    shutil.rmtree(old, ignore_errors=True)
+    with staging_dir(ckpt) as tmp:
+        model.save_pretrained(tmp)
+        opt = optimizer.state_dict()
+        tensors = {f"{idx}.{name}": (t if torch.is_tensor(t) else torch.tensor(t)).detach().contiguous()
+                   for idx, st in opt["state"].items() for name, t in st.items()}
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        state = dict(state, param_groups=opt["param_groups"], torch_rng=torch.get_rng_state().tolist())
+        (tmp / "trainer_state.json").write_text(json.dumps(state), encoding="utf-8")
 
 
 def _load_checkpoint(ckpt: Path, model, optimizer) -> dict:
@@ -417,30 +410,20 @@ def run_loop(*, model, optimizer, accelerator, train: list, val: list, collate: 
     save(config.steps)
 
     if accelerator.is_main_process:
-        adapter = out / "adapter"
-        tmp = out / "adapter.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        unwrapped.save_pretrained(tmp)
-        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2, ensure_ascii=False), encoding="utf-8")
-        shutil.rmtree(adapter, ignore_errors=True)
-        os.rename(tmp, adapter)
+        with staging_dir(out / "adapter") as tmp:
+            unwrapped.save_pretrained(tmp)
+            (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2, ensure_ascii=False), encoding="utf-8")
         done = config.steps - start
         report.timings = {"load_s": round(load_s, 2), "train_s": round(train_s, 2),
                           "s_per_step": round(train_s / done, 3) if done else None}
-        (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+        atomic_write_bytes(out / "report.json", json.dumps(report.to_dict(), indent=2, ensure_ascii=False).encode())
     accelerator.wait_for_everyone()
     return report
 
 
 def _file_hash(path: Path) -> str | None:
     """Short sha256 of a single-file base (GGUF); directories are identified by path only."""
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return sha256_file(path)[:16] if path.is_file() else None
 
 
 def _versions() -> dict:

@@ -5,7 +5,8 @@
 
 The flow reads top to bottom (the seed's service, rebuilt for an edge CPU):
 1. `load_image` (edgesight.images): path, bytes, PIL or numpy -> upright RGB, size-guarded;
-2. `preprocess`: resize / crop / rescale / normalise exactly as the Hugging Face image processor;
+2. `Preprocessing` (edgesight.images): resize / crop / rescale / normalise exactly as the Hugging Face
+   image processor;
 3. the caption model (bundle kind):
    - "blip": the vision encoder runs once per image and also yields every decoder layer's
      cross-attention K/V; the beam caption and the sampled captions then decode from it with the
@@ -32,7 +33,7 @@ from PIL import Image
 
 from ..errors import BundleError, InputError
 from ..generation import GenerationConfig, generate_ids
-from ..images import decode_base64, load_image
+from ..images import Preprocessing, decode_base64, load_image, preprocess
 from ..inflect import singular
 from ..tokenizer import TextTokenizer
 from .base import Task
@@ -53,28 +54,6 @@ class CaptionResult:
         """The seed service's response shape: tags, captions (the beam caption), english_captions."""
         return {"tags": [[t, round(s, 6)] for t, s in self.tags], "captions": [self.caption],
                 "english_captions": list(self.samples)}
-
-
-# ----------------------------------------------------------------------------- 2. preprocessing
-def preprocess(image: Image.Image, settings: dict) -> np.ndarray:
-    """RGB PIL image -> float32 (1, 3, H, W), identical to transformers' (slow) image processors:
-    PIL resize on uint8, optional centre crop, rescale in float64 then float32, normalise."""
-    size, w, h = settings["size"], *image.size
-    if "shortest_edge" in size:                     # CLIP-style: keep the aspect ratio
-        short, long = (w, h) if w <= h else (h, w)
-        s = size["shortest_edge"]
-        new_long = int(s * long / short)
-        target = (s, new_long) if w <= h else (new_long, s)
-    else:
-        target = (size["width"], size["height"])
-    arr = np.asarray(image.resize(target, resample=Image.Resampling(settings["resample"]), reducing_gap=None))
-    if settings.get("do_center_crop"):
-        ch, cw = settings["crop_size"]["height"], settings["crop_size"]["width"]
-        top, left = (arr.shape[0] - ch) // 2, (arr.shape[1] - cw) // 2
-        arr = arr[max(top, 0):max(top, 0) + ch, max(left, 0):max(left, 0) + cw]
-    arr = (arr.astype(np.float64) * settings["rescale_factor"]).astype(np.float32)
-    arr = (arr - np.asarray(settings["mean"], np.float32)) / np.asarray(settings["std"], np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])
 
 
 # ----------------------------------------------------------------------------- 3. caption models
@@ -158,7 +137,7 @@ class _Lockstep:
 class _Blip:
     def __init__(self, task: Task):
         bundle = task.bundle
-        self.meta, self.settings = bundle.manifest["blip"], bundle.manifest["preprocess"]
+        self.meta, self.settings = bundle.manifest["blip"], Preprocessing.from_manifest(bundle.manifest)
         self.encoder, self.decoder = task.session("encoder"), task.session("decoder")
         # transformers' BertTokenizer decode: skip specials, then clean_up_tokenization spaces
         self.tokenizer = TextTokenizer.from_file(bundle.file("tokenizer"), clean_up_spaces=True)
@@ -206,7 +185,7 @@ class _VisionEncoderDecoder:
     backend's seq2seq model, started from the image encoder's output."""
 
     def __init__(self, task: Task):
-        self.lm, self.settings = task.text_model(), task.bundle.manifest["preprocess"]
+        self.lm, self.settings = task.text_model(), Preprocessing.from_manifest(task.bundle.manifest)
 
     def captions(self, image: Image.Image, configs: list[GenerationConfig]) -> list[list[str]]:
         hidden = self.lm.sessions["encoder"].run({"pixel_values": preprocess(image, self.settings)})[0]
@@ -271,7 +250,7 @@ class _Clip:
 
         bundle = task.bundle
         meta = bundle.manifest["clip"]
-        self.settings, self.scale = meta["preprocess"], float(meta["logit_scale"])
+        self.settings, self.scale = Preprocessing.from_manifest(meta), float(meta["logit_scale"])
         self.image, self.text = task.session("clip_image"), task.session("clip_text")
         self.tokenizer = Tokenizer.from_file(str(bundle.file("clip_tokenizer")))
         vocab = json.loads(bundle.file("tag_vocab").read_text(encoding="utf-8"))

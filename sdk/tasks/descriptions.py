@@ -14,7 +14,7 @@ The flow reads top to bottom:
    phrases, scene phrases, is/are) and compares it with the facts; when any rule fails, the
    deterministic `template_sentence` replaces it and the result says `fallback=True`.
 `Vocabulary` (label -> noun phrases, scene -> place phrases) is shared by the data builder
-(edgesight.training.descriptions), the guard and the fallback, so all three speak the same words.
+(edgesight.training.data.descriptions), the guard and the fallback, so all three speak the same words.
 """
 from __future__ import annotations
 
@@ -481,6 +481,32 @@ def from_json(payload):
     return payload
 
 
+def export_spec(adapter_dir, kind: str) -> dict:
+    """the adapter's chat prompt (prefix/suffix from recipe.json) and vocabulary (vocab.json), the task's
+    decoding (causal: greedy, stops at "." or <|im_end|>; seq2seq: the seed's beam search), describe probes"""
+    from ..errors import ExportError
+
+    adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
+
+    def read(name: str, default):
+        f = adapter_dir / name if adapter_dir is not None else None
+        return json.loads(f.read_text(encoding="utf-8")) if f is not None and f.is_file() else default
+
+    recipe, vocab = read("recipe.json", {}), read("vocab.json", GARBAGE_VOCAB)
+    prefix = suffix = ""
+    if kind == "causal-lm" and recipe.get("chat_template"):
+        head = (recipe.get("prompt_example") or [""])[0]
+        if head.count("{input}") != 1:
+            raise ExportError(f"{adapter_dir}/recipe.json: prompt_example has no single {{input}} hole; retrain the adapter")
+        prefix, suffix = head.split("{input}")
+    generation = default_generation(kind)
+    if kind == "causal-lm":   # "." ends the sentence one decode step before the end-of-turn token
+        generation["stop_tokens"] = ["<|im_end|>", "."]
+    probes = [prefix + PROMPT.replace("{input}", render_facts(parse_input(x))) + suffix for x in SAMPLE_INPUTS]
+    return {"prompt": {"prefix": prefix, "suffix": suffix, "vocab": vocab}, "generation": generation,
+            "probes": probes, "max_new_tokens": 16}
+
+
 def add_cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", nargs="?", help="detector JSON (inline, a .json/.jsonl file, or - for stdin)")
     p.add_argument("--min-confidence", type=float, default=None, help=f"drop detections below this (default {MIN_CONFIDENCE})")
@@ -515,95 +541,3 @@ def run_cli(task: Describer, args):
         return results[0].text
     return [r.to_dict() for r in results]
 
-
-# ----------------------------------------------------------------------------- `edgesight eval descriptions`
-
-def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", nargs="+", default=[None], help="bundle directories (default: the embedded default)")
-    p.add_argument("--backend", default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--inputs", default=None, help="held-out detector outputs (.jsonl / .json / directory); "
-                                                  "default: the synthetic held-out set (a seed training never uses)")
-    p.add_argument("-n", "--n", type=int, default=200, help="held-out inputs to evaluate")
-    p.add_argument("--latency-n", type=int, default=40, help="inputs timed one at a time (median, p90)")
-    p.add_argument("--seed-path", action="store_true",
-                   help="also run the seed's path (transformers fp32 + PeftModel, same base and adapter) "
-                        "on the --latency-n inputs, for the speed-up in the same run")
-    p.add_argument("--base", default=None, help="base model for --seed-path (default: the SmolLM2 GGUF)")
-    p.add_argument("--adapter", default=None, help="adapter for --seed-path (default: the bundle's shipped adapter)")
-
-
-def score_descriptions(inputs: list, results: list[Description], vocab: Vocabulary, **thresholds) -> dict:
-    """Rule pass rates of the model's sentences (before fallback), the fallback rate, and the rate
-    of final texts that pass every rule (must be 1.0: the fallback never lies)."""
-    n = len(results)
-    rules = {rule: round(sum(r.checks[rule] for r in results) / n, 4) for rule in results[0].checks}
-    final = [check_sentence(r.text, parse_input(x, **thresholds), vocab).passed for x, r in zip(inputs, results)]
-    return {"n": n, "pass_before_fallback": round(sum(all(r.checks.values()) for r in results) / n, 4),
-            "rules": rules, "fallback_rate": round(sum(r.fallback for r in results) / n, 4),
-            "pass_after_fallback": round(sum(final) / n, 4),
-            "failures": [{"input": render_facts(parse_input(x, **thresholds)), "generated": r.generated, "problems": r.problems}
-                         for x, r in zip(inputs, results) if r.fallback][:12]}
-
-
-def _timed(paths: dict, inputs) -> tuple[dict, dict]:
-    """Time single descriptions round-robin over every path (so load changes on a shared machine hit
-    all paths alike): {name: outputs}, {name: {n, median_ms, p90_ms}}."""
-    import statistics
-    import time
-    outs: dict = {name: [] for name in paths}
-    ms: dict = {name: [] for name in paths}
-    for fn in paths.values():
-        fn(inputs[:1])                               # warm-up: load, prefix cache
-    for x in inputs:
-        for name, fn in paths.items():
-            t0 = time.perf_counter()
-            outs[name] += fn([x])
-            ms[name].append((time.perf_counter() - t0) * 1000)
-    stats = {}
-    for name, v in ms.items():
-        v.sort()
-        stats[name] = {"n": len(v), "median_ms": round(statistics.median(v), 1), "p90_ms": round(v[int(0.9 * (len(v) - 1))], 1)}
-    return outs, stats
-
-
-def run_eval(args) -> dict:
-    from ..training.descriptions import heldout_inputs, load_inputs
-    inputs = (load_inputs(args.inputs) if args.inputs else heldout_inputs(args.n))[: args.n]
-    timed = inputs[: args.latency_n]
-    report: dict = {"inputs": len(inputs), "source": args.inputs or "synthetic held-out (seed 10007)", "bundles": []}
-    tasks = {str(path): Describer.from_pretrained(path, backend=args.backend, threads=args.threads) for path in args.model}
-    for name, task in tasks.items():
-        report["bundles"].append({"model": task.info(), **score_descriptions(inputs, task(inputs), task.vocab)})
-    paths = dict(tasks)
-    task = next(iter(tasks.values()))
-    if args.seed_path:
-        from ..training.descriptions import seed_path
-        prov = task.bundle.get("provenance") or {}
-        base = args.base or prov.get("base")
-        if base is None:
-            from ..export.weights import smollm2_gguf
-            base = str(smollm2_gguf())
-        adapter = args.adapter or prov.get("adapter") or _shipped_adapter()
-        paths["seed_path"] = seed_path(base, adapter, kind="seq2seq" if task.bundle.kind == "seq2seq" else "causal",
-                                       threads=task.threads)
-        report["seed_path"] = {"base": str(base), "adapter": str(adapter)}
-    if not timed:  # --latency-n 0: quality only
-        return report
-    outs, latency = _timed(paths, timed)
-    for entry, name in zip(report["bundles"], tasks):
-        entry["latency"] = latency[name]
-    if args.seed_path:
-        ref = [task.finish(parse_input(x), s) for x, s in zip(timed, outs["seed_path"])]
-        report["seed_path"].update(score_descriptions(timed, ref, task.vocab), latency=latency["seed_path"])
-        report["speedup_vs_seed_path"] = {name: round(latency["seed_path"]["median_ms"] / latency[name]["median_ms"], 2)
-                                          for name in tasks}
-    return report
-
-
-def _shipped_adapter() -> str:
-    from ..defaults import ADAPTERS_DIR
-    found = sorted(ADAPTERS_DIR.glob("describe-*"))
-    if not found:
-        raise InputError("no shipped describe adapter; pass --adapter for --seed-path")
-    return str(found[0])

@@ -18,7 +18,6 @@ parsed defensively (never an exception from the parser).
 from __future__ import annotations
 
 import difflib
-import json
 import re
 from dataclasses import asdict, dataclass
 
@@ -222,7 +221,30 @@ def export_probes() -> list[str]:
     return [line for line in (DATA_DIR / "keywords_probes.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-# ----------------------------------------------------------------------------- CLI, server, demo, eval
+def export_spec(adapter_dir, kind: str) -> dict:
+    """token classifier: the keyword probes the tags are checked on; causal LM: the training chat prompt
+    (prefix/suffix/system from the adapter's recipe.json) and short greedy answers"""
+    import json
+    from pathlib import Path
+
+    from ..errors import ExportError
+
+    if kind == "token-classifier":
+        return {"probes": export_probes()}
+    recipe_file = Path(adapter_dir) / "recipe.json" if adapter_dir is not None else None
+    if kind != "causal-lm" or recipe_file is None or not recipe_file.is_file():
+        return {}   # a plain adapter: nothing known besides the weights
+    recipe = json.loads(recipe_file.read_text(encoding="utf-8"))
+    head = (recipe.get("prompt_example") or ["{input}"])[0]   # no chat template: the raw prompt
+    if head.count("{input}") != 1:
+        raise ExportError(f"{recipe_file}: prompt_example has no single {{input}} hole; retrain the adapter")
+    prefix, suffix = head.split("{input}")
+    return {"prompt": {"prefix": prefix, "suffix": suffix, "system": recipe.get("system")},
+            "generation": {"max_new_tokens": 24, "eos_token_ids": []},
+            "probes": [prefix + p + suffix for p in export_probes()[:6]], "max_new_tokens": 16}
+
+
+# ----------------------------------------------------------------------------- CLI, server, demo
 
 SAMPLE_INPUTS = ["Segment cats, dogs, but not humans",
                  "Find the red cars and the bicycles in the photo I took in Paris last summer",
@@ -235,7 +257,7 @@ def add_cli_arguments(parser) -> None:
                         help="'objects365' or a comma-separated list of allowed labels")
 
 
-def _vocab_arg(value):
+def vocabulary_arg(value):
     if value is None or value == "objects365":
         return value
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -244,7 +266,7 @@ def _vocab_arg(value):
 def run_cli(task, args):
     import sys
     prompts = args.prompts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    results = task(prompts, vocabulary=_vocab_arg(args.vocabulary))
+    results = task(prompts, vocabulary=vocabulary_arg(args.vocabulary))
     if len(prompts) == 1:
         return results[0] if args.json else ", ".join(results[0])
     return [{"prompt": p, "keywords": r} for p, r in zip(prompts, results)]
@@ -261,6 +283,8 @@ def from_json(payload):
         raise InputError('"prompt" must be a string and "prompts" a list of strings')
     return inputs
 
+
+# ----------------------------------------------------------------------------- scoring (training and evaluation)
 
 @dataclass
 class Scores:
@@ -282,6 +306,7 @@ def _gold_sets(gold):
 
 
 def score(predictions, golds) -> Scores:
+    """Predicted name lists vs gold lists (each gold item a name or a list of accepted names)."""
     tp = fp = fn = exact = 0
     for pred, gold in zip(predictions, golds):
         pred = dedupe(canonical(p) for p in pred)
@@ -304,61 +329,3 @@ def score(predictions, golds) -> Scores:
     n = len(golds)
     return Scores(n, round(p, 4), round(r, 4), round(f1, 4), round(exact / n, 4) if n else 0.0)
 
-
-def add_eval_arguments(parser) -> None:
-    parser.add_argument("--model", default=None, help="bundle directory (default: the embedded default)")
-    parser.add_argument("--backend", default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--data", nargs="+", default=None,
-                        help="JSONL files of {input, output}; default: the hand-written set and the validation split")
-    parser.add_argument("--limit", type=int, default=None, help="at most this many prompts per file")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the vocabulary + negation-scope baseline")
-    parser.add_argument("--vocabulary", default=None)
-
-
-def read_jsonl(path) -> list[dict]:
-    from pathlib import Path
-    rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{n}: not JSON ({exc})") from None
-    return rows
-
-
-def run_eval(args) -> dict:
-    """Precision/recall/F1/exact-set and mean latency of a bundle, next to the baseline, per prompt set."""
-    import time
-    task = KeywordExtractor.from_pretrained(args.model, backend=args.backend, threads=args.threads,
-                                            vocabulary=_vocab_arg(args.vocabulary))
-    report = {"model": task.info(), "sets": {}}
-    for name, rows in _eval_sets(args.data).items():
-        rows = rows[: args.limit]
-        prompts, gold = [r["input"] for r in rows], [r["output"] for r in rows]
-        t0 = time.perf_counter()
-        preds = [task(p) for p in prompts]
-        ms = (time.perf_counter() - t0) * 1000 / max(1, len(prompts))
-        entry = {"model": {**score(preds, gold).to_dict(), "mean_ms": round(ms, 2)},
-                 "errors": [{"input": p, "gold": g, "pred": q} for p, g, q in zip(prompts, gold, preds)
-                            if score([q], [g]).exact < 1][:25]}
-        if not args.no_baseline:
-            from ..training.keywords import baseline
-            entry["baseline"] = score([baseline(p) for p in prompts], gold).to_dict()
-        report["sets"][name] = entry
-    return report
-
-
-def _eval_sets(files) -> dict[str, list[dict]]:
-    """The given JSONL files, or the hand-written set (in a source checkout) + the validation split."""
-    from pathlib import Path
-    if files:
-        return {Path(f).name: read_jsonl(f) for f in files}
-    sets = {}
-    handwritten = Path(__file__).resolve().parents[2] / "tests" / "data" / "keywords_handwritten.jsonl"
-    if handwritten.is_file():
-        sets[handwritten.name] = read_jsonl(handwritten)
-    from ..training.keywords import DATA_VERSION, build
-    sets[f"validation ({DATA_VERSION}, seed 0)"] = build(0, 300, seed=0)["val"]
-    return sets

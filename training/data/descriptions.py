@@ -11,7 +11,6 @@ rendering of the input ("2 plastic, 1 metal; scene: grass"), the same text the D
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from pathlib import Path

@@ -22,7 +22,7 @@ from ...inflect import ACRONYMS, PLURAL_ONLY
 from ...inflect import plural as pluralize
 from ...lexicon import FORMS, canonical, dedupe, objects365
 
-DATA_VERSION = "kw-data-2"
+DATA_VERSION = "kw-data-3"   # 3: one inflector (edgesight.inflect): plural-form labels ("Gloves") get surface forms
 SYSTEM = "List the objects to segment."
 LABELS = ["O", "B-OBJ", "I-OBJ"]
 
