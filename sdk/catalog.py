@@ -11,13 +11,14 @@ from __future__ import annotations
 import csv
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .bundle import Bundle, BundleWriter, sha256_file
 from .errors import BundleError, CatalogError
+from .record import Record
 
 TITLE_COLUMNS = ("title", "name", "product")
 CATEGORY_COLUMNS = ("category3_code", "category", "category_code")
@@ -32,25 +33,19 @@ def encoder_fingerprint(model_path, manifest: dict) -> dict:
 
 
 @dataclass
-class Product:
+class Product(Record):
     title: str
     category: str | None
     price: float | None
     image: str | None = None            # path of the catalogue photo (absolute, or as given)
     extra: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
-class RowIssue:
+class RowIssue(Record):
     row: int          # 1-based line in the CSV (header = line 1)
     title: str
     problem: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

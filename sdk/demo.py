@@ -13,6 +13,7 @@ def add_cli_arguments(parser) -> None:
     from .cli import threads_arg
 
     parser.add_argument("--threads", type=threads_arg, default=None, help="inference threads (default: usable cores)")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="device for every task")
     parser.add_argument("--task", choices=list(TASKS), action="append", help="only these tasks (repeatable)")
 
 
@@ -25,8 +26,8 @@ def main(args) -> None:
         try:
             module = spec.load_module()
             t0 = time.perf_counter()
-            task = spec.load_class().from_pretrained(None, threads=args.threads)
-            print(f"   loaded {task.bundle.path} ({task.backend}) in {time.perf_counter() - t0:.2f} s")
+            task = spec.load_class().from_pretrained(None, threads=args.threads, device=args.device)
+            print(f"   loaded {task.bundle.path} ({task.backend}, {task.device}) in {time.perf_counter() - t0:.2f} s")
             for sample in module.SAMPLE_INPUTS:
                 t0 = time.perf_counter()
                 result = task(sample)

@@ -13,18 +13,19 @@ Deliberate differences from transformers:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
 from .errors import InputError
+from .record import Record
 
 NEG = np.float32(-1.0e9)   # transformers' "never pick this" score in beam search
 
 
 @dataclass
-class GenerationConfig:
+class GenerationConfig(Record):
     max_new_tokens: int = 32
     num_beams: int = 1
     do_sample: bool = False
@@ -40,8 +41,6 @@ class GenerationConfig:
     eos_token_ids: list[int] = field(default_factory=list)  # empty = the model's own
     grammar: str | None = None  # GBNF, GGUF backend only
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "GenerationConfig":

@@ -16,7 +16,8 @@ streaming in, wrong content types 415, bad JSON or bad images 400 with the reaso
 
 Settings: command-line flags, else environment variables (like the seed's container):
 EDGESIGHT_HOST, EDGESIGHT_PORT, EDGESIGHT_THREADS, EDGESIGHT_CONCURRENCY, EDGESIGHT_QUEUE,
-EDGESIGHT_MAX_BODY_MB, EDGESIGHT_MODEL_<TASK> (bundle path), and the seed's total_captions_number.
+EDGESIGHT_MAX_BODY_MB, EDGESIGHT_DEVICE, EDGESIGHT_MODEL_<TASK> (bundle path), and the seed's
+total_captions_number.
 """
 
 import asyncio
@@ -46,6 +47,7 @@ class ServeConfig:
     max_body_mb: float = 16.0
     models: dict = field(default_factory=dict)   # task -> bundle path (missing = embedded default)
     caption_samples: int | None = None
+    device: str = "cpu"                 # cpu | cuda | auto, for every task
 
     @classmethod
     def from_env(cls) -> "ServeConfig":
@@ -53,7 +55,8 @@ class ServeConfig:
         return cls(host=_env("EDGESIGHT_HOST", cls.host), port=_env("EDGESIGHT_PORT", cls.port, int),
                    threads=_env("EDGESIGHT_THREADS", None, int), concurrency=_env("EDGESIGHT_CONCURRENCY", cls.concurrency, int),
                    queue=_env("EDGESIGHT_QUEUE", cls.queue, int), max_body_mb=_env("EDGESIGHT_MAX_BODY_MB", cls.max_body_mb, float),
-                   models=models, caption_samples=_env("total_captions_number", None, int))
+                   models=models, caption_samples=_env("total_captions_number", None, int),
+                   device=_env("EDGESIGHT_DEVICE", cls.device))
 
     def check(self) -> "ServeConfig":
         for name in ("concurrency", "port"):
@@ -76,7 +79,8 @@ def load_tasks(config: ServeConfig) -> tuple[dict, dict]:
             if not hasattr(module, "from_json"):
                 raise EdgesightError(f"task module edgesight.tasks.{spec.module} has no from_json (no HTTP route)")
             kwargs = {"num_samples": config.caption_samples} if name == "caption" and config.caption_samples is not None else {}
-            ready[name] = spec.load_class().from_pretrained(config.models.get(name), threads=config.threads, **kwargs)
+            ready[name] = spec.load_class().from_pretrained(config.models.get(name), threads=config.threads,
+                                                            device=config.device, **kwargs)
         except (EdgesightError, ImportError, OSError) as exc:
             missing[name] = f"{type(exc).__name__}: {exc}"
     return ready, missing
@@ -197,6 +201,7 @@ def add_cli_arguments(parser) -> None:
     parser.add_argument("--model", action="append", default=[], metavar="TASK=BUNDLE",
                         help="bundle for a task (repeatable); unset tasks use their embedded default")
     parser.add_argument("--caption-samples", type=int, default=env.caption_samples, help="nucleus captions per image (default 5)")
+    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default=env.device, help="device for every task")
 
 
 def main(args) -> None:
@@ -209,7 +214,7 @@ def main(args) -> None:
         models[task] = path
     config = ServeConfig(host=args.host, port=args.port, threads=args.threads, concurrency=args.concurrency,
                          queue=args.queue, max_body_mb=args.max_body_mb, models=models,
-                         caption_samples=args.caption_samples).check()
+                         caption_samples=args.caption_samples, device=args.device).check()
     app = create_app(config)
     print(f"edgesight serve: http://{config.host}:{config.port} tasks ready: {', '.join(app.state.tasks) or 'none'}; "
           f"settings {json.dumps({k: v for k, v in asdict(config).items() if k != 'models'})}", file=sys.stderr, flush=True)

@@ -22,11 +22,12 @@ import argparse
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
 from ..inflect import plural as pluralize
+from ..record import Record
 from .base import Task
 
 MIN_CONFIDENCE = 0.5    # the seed's detector threshold
@@ -69,7 +70,7 @@ def humanize(label: str) -> str:
 
 
 @dataclass
-class Vocabulary:
+class Vocabulary(Record):
     """label -> singular noun phrases; scene class -> place phrases; `domain` names the empty case
     ("No garbage detected"). Labels or scenes not listed fall back to their humanized names."""
 
@@ -100,8 +101,6 @@ class Vocabulary:
                 raise InputError(f"{path}: not valid JSON ({exc})") from None
         return cls({humanize(l): [humanize(l)] for l in text.splitlines() if l.strip()}, {}, "objects")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def label_phrases(self, label: str) -> list[str]:
         return self.labels.get(label) or [label]
@@ -385,7 +384,7 @@ def check_sentence(sentence: str, facts: Facts, vocab: Vocabulary) -> GuardRepor
 # ----------------------------------------------------------------------------- the task
 
 @dataclass
-class Description:
+class Description(Record):
     """One sentence; `fallback` is True when the model's sentence failed a rule and the template
     sentence replaced it. `generated` keeps the model's own sentence, `checks` its rule results."""
 
@@ -397,9 +396,6 @@ class Description:
 
     def __str__(self) -> str:
         return self.text
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Describer(Task):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
@@ -27,6 +27,7 @@ from rapidfuzz.distance import Levenshtein
 from ..defaults import DATA_DIR
 from ..errors import BundleError, InputError
 from ..lexicon import LabelMap, canonical, dedupe, lexicon
+from ..record import Record
 from .base import Task
 
 # ----------------------------------------------------------------------------- parsing
@@ -258,6 +259,7 @@ def add_cli_arguments(parser) -> None:
 
 
 def vocabulary_arg(value):
+    """--vocabulary: "objects365" or a comma-separated label list."""
     if value is None or value == "objects365":
         return value
     return [v.strip() for v in value.split(",") if v.strip()]
@@ -287,7 +289,7 @@ def from_json(payload):
 # ----------------------------------------------------------------------------- scoring (training and evaluation)
 
 @dataclass
-class Scores:
+class Scores(Record):
     """Set-based scores over a prompt set: micro precision/recall/F1 and exact-set accuracy."""
 
     n: int
@@ -295,9 +297,6 @@ class Scores:
     recall: float
     f1: float
     exact: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _gold_sets(gold):

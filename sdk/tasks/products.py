@@ -19,7 +19,7 @@ import io
 import os
 import re
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from ..encoder import ImageEncoder
 from ..errors import CatalogError, InputError
 from ..images import decode_base64, load_image
 from ..progress import bar
+from ..record import Record
 from .base import Task
 
 DEFAULT_THRESHOLD = 0.55   # cosine below which a photo is `unknown` (non-products score <= 0.28, listed >= ~0.7); a manifest may set `unknown_threshold`
@@ -38,7 +39,7 @@ RERANK_POOL = 20           # OCR re-ranks only the visual top-20: search stays o
 
 
 @dataclass
-class Match:
+class Match(Record):
     title: str
     category: str | None
     price: float | None
@@ -47,29 +48,20 @@ class Match:
     text_score: float | None = None
     extra: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
-class PriceEstimate:
+class PriceEstimate(Record):
     """Similarity-weighted price over the nearest catalogue items, with the range they span."""
     value: float
     low: float
     high: float
     neighbours: int
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
-class OcrReading:
+class OcrReading(Record):
     text: list[str]                # lines read from the photo
     price: float | None            # a price printed in the photo (shelf tag / label), not the catalogue's
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
