@@ -426,7 +426,7 @@ def _export_one(fmt: str, ctx: _Context, task: str, dest: Path, fields: dict, re
     from edgesight.runtime import open_text_model
     from edgesight.bundle import Bundle, BundleWriter
 
-    from . import merge, validate
+    from . import validate
 
     spec = FORMATS[fmt]
     result = FormatResult(fmt, spec["precision"], "failed")

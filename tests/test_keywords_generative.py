@@ -32,11 +32,19 @@ def gguf_bundle(tmp_path_factory):
 
 
 def test_generative_bundle_carries_the_training_prompt(gguf_bundle):
+    from transformers import AutoTokenizer
+
+    from edgesight.training.trainer import chat_parts
     manifest = json.loads((gguf_bundle / "edgesight.json").read_text())
     assert manifest["kind"] == "causal-lm" and manifest["task"] == "keywords"
     prefix, suffix = manifest["prompt"]["prefix"], manifest["prompt"]["suffix"]
     assert prefix.endswith("<|im_start|>user\n") and kwdata.SYSTEM in prefix
     assert suffix == "<|im_end|>\n<|im_start|>assistant\n"
+    assert manifest["prompt"]["system"] == kwdata.SYSTEM and manifest["generation"]["max_new_tokens"] == 24
+    # what the extractor sends is what training encoded
+    tok = AutoTokenizer.from_pretrained(gguf_bundle.parent.parent / "llama")   # the base it was trained on
+    prompt = "Segment cats, dogs, but not humans"
+    assert prefix + prompt + suffix == chat_parts(tok, prompt, "", kwdata.SYSTEM)[0]
 
 
 def test_random_model_output_is_parsed_never_raised(gguf_bundle):
