@@ -150,7 +150,7 @@ def export(base=None, adapter=None, *, task: str, out, formats=None, probes: lis
     try:
         if kind == "token-classifier":
             report = _export_tagger(base, adapter, task, out, formats, list(probes or spec.get("probes") or []),
-                                    threads, progress)
+                                    threads, progress, embedder=base if spec.get("embedder") == "base" else None)
         elif kind == "image-encoder":
             report = _export_encoder(base, adapter, task, out, formats, spec, threads, progress)
         else:
@@ -336,7 +336,8 @@ def _bundle_result(fmt: str, make) -> FormatResult:
     return result
 
 
-def _export_tagger(base, adapter, task: str, out: Path, formats, probes, threads, progress) -> ExportReport:
+def _export_tagger(base, adapter, task: str, out: Path, formats, probes, threads, progress,
+                   embedder=None) -> ExportReport:
     """Token classifiers (the extractive keywords family): edgesight.export.tagger, per format."""
     from .tagger import CHECK_PROMPTS, export_tagger
 
@@ -347,7 +348,7 @@ def _export_tagger(base, adapter, task: str, out: Path, formats, probes, threads
     for fmt in formats:
         report.formats.append(_bundle_result(fmt, lambda: export_tagger(
             base, adapter, out / fmt, precision=FORMATS[fmt]["precision"], threads=threads, progress=progress,
-            probes=probes)))
+            probes=probes, embedder=embedder)))
     return report
 
 

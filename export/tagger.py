@@ -65,9 +65,40 @@ def _onnx_tags(onnx_file, tokenizer_file, prompts, threads):
     return out
 
 
+def export_embedder(base_dir, work: Path, precision: str, threads: int, probes: list[str]) -> tuple[Path, dict]:
+    """The base sentence encoder (e.g. all-MiniLM-L6-v2) as the bundle's "embedder" graph: vocabularies map
+    free names onto labels by meaning with it (edgesight.lexicon.LabelMap). Checked against torch's
+    mean-pooled embeddings on `probes`."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from edgesight.runtime import open_graph
+
+    from .onnx import export_onnx, quantize_int8
+    export_onnx(base_dir, work / "embedder", "feature-extraction")
+    model = work / "embedder" / "model.onnx"
+    if precision == "int8":
+        quantize_int8(model, work / "embedder-int8.onnx", per_channel=True)
+        model = work / "embedder-int8.onnx"
+    tok, ref_model = AutoTokenizer.from_pretrained(base_dir), AutoModel.from_pretrained(base_dir).eval()
+    sess = open_graph(model, threads=threads)
+    cos = []
+    for text in probes:
+        enc = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            ref = ref_model(**enc).last_hidden_state[0].mean(0).numpy()
+        feeds = {k: v.numpy() for k, v in enc.items()}
+        got = sess.run(feeds)[0][0].mean(0)
+        cos.append(float(ref @ got / np.linalg.norm(ref) / np.linalg.norm(got)))
+    return model, {"embedder_cosine_min": round(min(cos), 5), "embedder_precision": precision}
+
+
 def export_tagger(base_dir, adapter_dir, out, *, precision: str = "int8", threads: int = 1,
-                  progress: bool | None = None, max_length: int = 256, probes: list[str] | None = None):
-    """Merge, export to ONNX (fp32, optionally int8), check tag agreement with torch, write a bundle."""
+                  progress: bool | None = None, max_length: int = 256, probes: list[str] | None = None,
+                  embedder=None):
+    """Merge, export to ONNX (fp32, optionally int8), check tag agreement with torch, write a bundle.
+    `embedder`: a sentence-encoder HF directory shipped as the "embedder" graph (see export_embedder)."""
     from edgesight.bundle import BundleWriter, sha256_file
 
     from .onnx import export_onnx, quantize_int8
@@ -105,6 +136,11 @@ def export_tagger(base_dir, adapter_dir, out, *, precision: str = "int8", thread
             w.manifest["fidelity"] = {"reference": "torch fp32 merged model", "prompts": len(prompts),
                                       "token_tag_agreement": round(agree, 4),
                                       "identical_prompts": round(sum(r == g for r, g in zip(ref, got)) / len(ref), 4)}
+            if embedder is not None:
+                emb, emb_fid = export_embedder(embedder, work, precision, threads, prompts)
+                w.add_file(emb, "embedder.onnx", role="embedder")
+                w.add_file(Path(embedder) / "tokenizer.json", "embedder_tokenizer.json", role="embedder_tokenizer")
+                w.manifest["fidelity"].update(emb_fid)
             w.manifest["export_seconds"] = round(time.perf_counter() - start, 1)
         steps.update()
         steps.close()

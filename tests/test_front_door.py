@@ -142,6 +142,33 @@ def test_keywords_tagger_bundle_from_the_cli_runs_and_matches_torch(keywords_cha
     assert len(out) == 3 and out[1] == [] and all(isinstance(n, str) for names in out for n in names)
 
 
+def test_keywords_bundle_ships_the_base_as_vocabulary_embedder(keywords_chain):
+    """The base encoder travels as the "embedder" graph: names no string rule maps are matched by meaning,
+    with the bundle's own graph (no torch at run time), equal to torch's mean-pooled embedding."""
+    import numpy as np
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from edgesight import KeywordExtractor
+
+    bundle, _, base = keywords_chain
+    m = manifest(bundle)
+    assert {"embedder", "embedder_tokenizer"} <= set(m["components"]) and m["fidelity"]["embedder_cosine_min"] > 0.999
+    kw = KeywordExtractor.from_pretrained(bundle, threads=1)
+    vec = kw._embed(["a striped feline", "a parked lorry"])
+    tok, ref = AutoTokenizer.from_pretrained(base), AutoModel.from_pretrained(base).eval()
+    with torch.no_grad():
+        want = ref(**tok("a striped feline", return_tensors="pt")).last_hidden_state[0].mean(0).numpy()
+    assert np.allclose(vec[0], want / np.linalg.norm(want), atol=1e-4) and np.allclose(np.linalg.norm(vec, axis=1), 1)
+    from edgesight.lexicon import LabelMap
+
+    assert kw.label_map(["Cat", "Truck"]).embed is kw._embed
+    sims = kw._embed(["Cat", "Truck"]) @ kw._embed(["striped feline"])[0]
+    nearest = LabelMap(["Cat", "Truck"], min_similarity=-1.0, embed=kw._embed)
+    assert nearest("a striped feline") == ["Cat", "Truck"][int(np.argmax(sims))]
+    assert LabelMap(["Cat", "Truck"], min_similarity=1.01, embed=kw._embed)("a striped feline") is None
+
+
 def test_export_refuses_formats_the_model_kind_cannot_take(keywords_chain, tmp_path, capsys):
     _, adapter, base = keywords_chain
     assert run("export", "--task", "keywords", "--base", base, "--adapter", adapter, "--formats", "gguf-f16",
@@ -175,6 +202,9 @@ def test_products_bundle_from_the_cli_recognises_the_catalogue(products_chain):
     assert (m["task"], m["kind"], m["name"]) == ("products", "image-encoder", "efficientnet-lite0+lora")
     assert m["provenance"]["adapter_sha256"] == sha256_file(run_dir / "adapter" / "adapter_model.safetensors")
     assert m["preprocessing"]["size"] == 224 and m["outputs"]["embedding"] == 1280
+    # the adapter carries the training preprocessing, and the export uses it
+    recipe = json.loads((run_dir / "adapter" / "recipe.json").read_text(encoding="utf-8"))
+    assert m["preprocessing"] == recipe["preprocessing"] == manifest(run_dir / "bundle")["preprocessing"]
     # the export merges the adapter as training did: same embeddings as the bundle training wrote (both fp32)
     products = catalog_products(6, seed=0)   # what --synthetic 6 trained on (same generator, --seed 0)
     csv_path = write_catalog(work / "catalog", products)

@@ -3,8 +3,9 @@
 For each task in the registry, its `recipe` hook (`build_default(out_dir, threads=, progress=)`, in the
 task's training module) writes the bundle into `edgesight.defaults.default_bundle_dir(task)`: the shipped
 adapter + the real base weights through the export stage. A bundle is up to date when it verifies and
-its build stamp matches the fingerprint of what built it (the recipe's module, the shipped adapters and
-the edgesight version); those are skipped unless --force.
+its build stamp matches the fingerprint of what built it (the recipe's module, the task module whose
+export_spec says what the bundle carries, the export stage's sources, the shipped adapters and the
+edgesight version); those are skipped unless --force.
 """
 from __future__ import annotations
 
@@ -26,13 +27,15 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-def fingerprint(module) -> str:
-    """What a default bundle depends on: its recipe module's source, the shipped adapters, the version."""
-    from edgesight import __version__
+def fingerprint(*modules) -> str:
+    """What a default bundle depends on: the given modules' sources (the recipe, the task module), the
+    export stage's sources, the shipped adapters, the version."""
+    from edgesight import __version__, export
     from edgesight.defaults import ADAPTERS_DIR
 
     h = hashlib.sha256(__version__.encode())
-    files = [Path(module.__file__)] + sorted(p for p in ADAPTERS_DIR.rglob("*") if p.is_file())
+    files = [Path(m.__file__) for m in modules] + sorted(Path(export.__file__).parent.glob("*.py")) \
+        + sorted(p for p in ADAPTERS_DIR.rglob("*") if p.is_file())
     for f in files:
         h.update(f.name.encode())
         h.update(f.read_bytes())
@@ -79,7 +82,7 @@ def build_all(tasks=None, *, force: bool = False, threads: int | None = None, pr
             row["status"] = "no-builder"
             continue
         build = load_hook(recipe)
-        key = fingerprint(load_hook(recipe.partition(":")[0]))
+        key = fingerprint(load_hook(recipe.partition(":")[0]), TASKS[task].load_module())
         if not force and up_to_date(task, key):
             row["status"] = "up-to-date"
             continue

@@ -152,6 +152,10 @@ def train(catalog_csv, out, *, steps: int = 60, batch_size: int = 12, lr: float 
 
     adapter_dir = out / "adapter"
     model.save_pretrained(str(adapter_dir))   # adapter_model.safetensors + adapter_config.json
+    # what `edgesight export --task products --adapter` needs to rebuild this bundle: the training preprocessing
+    atomic_write_bytes(adapter_dir / "recipe.json", json.dumps({
+        "task": "products", "preprocessing": prep.to_dict(), "steps": steps, "rank": rank, "alpha": alpha,
+        "targets": targets, "seed": seed}, indent=2).encode())
     merged = model.merge_and_unload().eval()
     bundle = export_image_encoder(merged, out / "bundle", preprocessing=prep, precision=precision,
                                   calibration=photos + [augment(ph, random.Random(20_000 + i)) for i, ph in enumerate(photos)],

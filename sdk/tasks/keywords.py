@@ -223,15 +223,16 @@ def export_probes() -> list[str]:
 
 
 def export_spec(adapter_dir, kind: str) -> dict:
-    """token classifier: the keyword probes the tags are checked on; causal LM: the training chat prompt
+    """token classifier: the keyword probes the tags are checked on, and the base encoder as the sentence
+    embedder that maps names onto a vocabulary by meaning; causal LM: the training chat prompt
     (prefix/suffix/system from the adapter's recipe.json) and short greedy answers"""
     import json
     from pathlib import Path
 
     from ..errors import ExportError
 
-    if kind == "token-classifier":
-        return {"probes": export_probes()}
+    if kind == "token-classifier":   # the base encoder also ships as the sentence embedder of vocabularies
+        return {"probes": export_probes(), "embedder": "base"}
     recipe_file = Path(adapter_dir) / "recipe.json" if adapter_dir is not None else None
     if kind != "causal-lm" or recipe_file is None or not recipe_file.is_file():
         return {}   # a plain adapter: nothing known besides the weights
