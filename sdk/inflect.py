@@ -40,13 +40,16 @@ def singular(word: str) -> str:
     return w[:-1]
 
 
-def plural(phrase: str) -> str:
-    """English plural of a noun phrase: the head noun changes ("piece of glass" -> "pieces of glass")."""
+def plural(phrase: str, invariant=frozenset()) -> str:
+    """English plural of a noun phrase: the head noun changes ("piece of glass" -> "pieces of glass").
+    A phrase or head word in `invariant` stays as it is (a caller's uncountable nouns)."""
     head, sep, tail = phrase.partition(" of ")
     words = head.split(" ")
     last = words[-1]
     low = last.lower()
-    if low in IRREGULAR:
+    if phrase.lower() in invariant or low in invariant:
+        new = last
+    elif low in IRREGULAR:
         new = IRREGULAR[low]
     elif low in SAME or phrase.lower() in SAME or low in PLURAL_ONLY:
         new = last

@@ -18,11 +18,10 @@ import random
 import re
 from pathlib import Path
 
-from ...inflect import ACRONYMS, PLURAL_ONLY
-from ...inflect import plural as pluralize
+from ...inflect import ACRONYMS, ENDS_IN_S, PLURAL_ONLY, SAME, plural
 from ...lexicon import FORMS, canonical, dedupe, objects365
 
-DATA_VERSION = "kw-data-3"   # 3: one inflector (edgesight.inflect): plural-form labels ("Gloves") get surface forms
+DATA_VERSION = "kw-data-2"
 SYSTEM = "List the objects to segment."
 LABELS = ["O", "B-OBJ", "I-OBJ"]
 
@@ -119,10 +118,22 @@ SINGULAR_DETS = ["", "a ", "the ", "every ", "each ", "one ", "that "]
 PLURAL_DETS = ["", "the ", "all the ", "all ", "some ", "two ", "any ", "three ", "these "]
 
 
+# Nouns the prompts never pluralise ("two grass", "all the glass" read as mass nouns): part of the data
+# version, so kw-data-2 stays what the shipped adapter was trained and validated on.
+KEEP_SINGULAR = SAME | ENDS_IN_S
+
+
+def pluralize(form: str) -> str:
+    return plural(form, invariant=KEEP_SINGULAR | PLURAL_ONLY)
+
+
 def surface_forms(label: str) -> list[str]:
     """Lower-case singular names a person would type for one Objects365 label."""
     forms = FORMS.get(label) or [p.strip().lower() for p in label.split("/")]
-    return [f.lower() for f in forms if canonical(pluralize(f.lower())).lower() == canonical(f).lower()]
+    # a usable form is singular: it pluralises to another word that canonicalises back to it (or never changes)
+    return [f.lower() for f in forms if canonical(pluralize(f.lower())).lower() == canonical(f).lower()
+            and (pluralize(f.lower()) != f.lower() or f.lower() in KEEP_SINGULAR | PLURAL_ONLY
+                 or f.lower().split(" ")[-1] in KEEP_SINGULAR)]
 
 
 def _misspell(word: str, rng: random.Random) -> str:
