@@ -4,14 +4,6 @@ export stage and the training data builders; nothing imports it but the CLI and 
 
 Each module (named in the registry's `evaluate` column) has `run_eval(bundle=None, *, threads=None,
 ...) -> dict`, `add_eval_arguments(parser)`, `from_args(args) -> dict` (parsed CLI -> run_eval) and
-`BENCH_OPTIONS` (the run_eval options the benchmark suite passes)."""
+`BENCH_OPTIONS` (the run_eval options the benchmark suite passes). Their --backend/--device/--threads
+come from edgesight.cli.add_runtime_arguments; --model is each module's own (one bundle or several)."""
 
-
-def add_runtime_arguments(p) -> None:
-    """--backend/--device/--threads of an eval subcommand (its --model is the module's own: one or several)."""
-    from edgesight.cli import threads_arg
-    from edgesight.runtime import DEVICES, RUNTIMES
-
-    p.add_argument("--backend", choices=list(RUNTIMES), default=None, help="default: the bundle's format")
-    p.add_argument("--device", choices=list(DEVICES), default="cpu", help="cpu (default), cuda, or auto")
-    p.add_argument("--threads", type=threads_arg, default=None, help="inference threads (default: usable cores)")

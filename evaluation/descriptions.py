@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..cli import add_runtime_arguments
 from ..errors import InputError
 from ..tasks.descriptions import (PROMPT, Describer, Description, Vocabulary, check_sentence, default_generation,
                                   first_sentence, parse_input, render_facts)
-from . import add_runtime_arguments
 
 BENCH_OPTIONS = {"n": 40, "latency_n": 1}  # what the benchmark suite runs (a minute or so)
 

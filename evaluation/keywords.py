@@ -15,10 +15,10 @@ import json
 import re
 from pathlib import Path
 
+from ..cli import add_runtime_arguments
 from ..errors import InputError
 from ..lexicon import canonical, dedupe, objects365
-from ..tasks.keywords import KeywordExtractor, vocabulary_arg, score
-from . import add_runtime_arguments
+from ..tasks.keywords import KeywordExtractor, score, vocabulary_arg
 
 HANDWRITTEN = Path(__file__).resolve().parents[1] / "tests" / "data" / "keywords_handwritten.jsonl"
 BENCH_OPTIONS = {"limit": 40, "with_baseline": False}  # what the benchmark suite runs (a minute or so)

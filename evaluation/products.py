@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..catalog import CatalogIndex, Product
+from ..cli import add_runtime_arguments
 from ..errors import InputError
 from ..tasks.products import ProductRecognizer
-from . import add_runtime_arguments
 
 OCR_SETTINGS = {"off": [False], "on": [True], "both": [False, True]}
 BENCH_OPTIONS = {"products": 16, "views": 2, "holdout": 4, "ocr": "off"}  # what the benchmark suite runs

@@ -355,7 +355,7 @@ def _export_tagger(base, adapter, task: str, out: Path, formats, probes, threads
 def _export_encoder(base, adapter, task: str, out: Path, formats, spec: dict, threads, progress) -> ExportReport:
     """Image encoders (products): base encoder + the conv LoRA merged, then edgesight.export.image_encoder."""
     from edgesight.bundle import sha256_file
-    from edgesight.encoder import Preprocessing
+    from edgesight.images import Preprocessing
 
     from .captioning import sample_images
     from .image_encoder import export_image_encoder, load_encoder

@@ -150,8 +150,6 @@ def _save(model, tokenizer, out: Path, tokenizer_from: Path | None = None) -> No
         raise
 
 
-
-
 def model_kind(model_dir) -> tuple[str, str]:
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     arch = (cfg.get("architectures") or ["?"])[0]

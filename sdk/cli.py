@@ -26,11 +26,12 @@ TOOLS = {
     "build-defaults": ("edgesight.training.defaults", "build the embedded default bundles on this machine"),
     "demo": ("edgesight.demo", "run all four tasks on sample inputs with the default bundles"),
 }
-MAX_THREADS = 1024
 
 
 def threads_arg(value: str) -> int:
     """argparse type of every --threads: a whole number from 1 to 1024 (exit 2 with a reason otherwise)."""
+    from .runtime import MAX_THREADS
+
     try:
         n = int(value)
     except ValueError:
@@ -40,14 +41,21 @@ def threads_arg(value: str) -> int:
     return n
 
 
-def add_task_arguments(p: argparse.ArgumentParser) -> None:
-    """--model/--backend/--device/--threads, shared by `edgesight <task>` and the tools that load tasks."""
+def add_runtime_arguments(p: argparse.ArgumentParser, *, backend: bool = True, device: str = "cpu",
+                          threads: int | None = None) -> None:
+    """--backend/--device/--threads of every command that loads tasks (the defaults: serve's come from its env)."""
     from .runtime import DEVICES, RUNTIMES
 
+    if backend:
+        p.add_argument("--backend", choices=list(RUNTIMES), default=None, help="default: the bundle's format")
+    p.add_argument("--device", choices=list(DEVICES), default=device, help="cpu (default), cuda, or auto (cuda if usable)")
+    p.add_argument("--threads", type=threads_arg, default=threads, help="inference threads (default: usable cores)")
+
+
+def add_task_arguments(p: argparse.ArgumentParser) -> None:
+    """`edgesight <task>`: --model plus the runtime arguments."""
     p.add_argument("--model", default=None, help="bundle directory (default: the embedded default bundle)")
-    p.add_argument("--backend", choices=list(RUNTIMES), default=None, help="default: the bundle's format")
-    p.add_argument("--device", choices=list(DEVICES), default="cpu", help="cpu (default), cuda, or auto (cuda if usable)")
-    p.add_argument("--threads", type=threads_arg, default=None, help="inference threads (default: usable cores)")
+    add_runtime_arguments(p)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

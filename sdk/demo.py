@@ -10,10 +10,9 @@ from .registry import TASKS
 
 
 def add_cli_arguments(parser) -> None:
-    from .cli import threads_arg
+    from .cli import add_runtime_arguments
 
-    parser.add_argument("--threads", type=threads_arg, default=None, help="inference threads (default: usable cores)")
-    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu", help="device for every task")
+    add_runtime_arguments(parser, backend=False)
     parser.add_argument("--task", choices=list(TASKS), action="append", help="only these tasks (repeatable)")
 
 

@@ -15,6 +15,7 @@ from . import runtime
 from .errors import BundleError
 from .images import Preprocessing, load_image
 
+
 class ImageEncoder:
     """An ONNX image encoder with outputs `embedding` and (optionally) `logits`."""
 

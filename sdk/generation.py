@@ -41,7 +41,6 @@ class GenerationConfig(Record):
     eos_token_ids: list[int] = field(default_factory=list)  # empty = the model's own
     grammar: str | None = None  # GBNF, GGUF backend only
 
-
     @classmethod
     def from_dict(cls, d: dict | None) -> "GenerationConfig":
         known = cls.__dataclass_fields__

@@ -189,19 +189,18 @@ def create_app(config: ServeConfig, tasks: dict | None = None, missing: dict | N
 
 
 def add_cli_arguments(parser) -> None:
-    from .cli import threads_arg
+    from .cli import add_runtime_arguments
 
     env = ServeConfig.from_env()
     parser.add_argument("--host", default=env.host, help="bind address (default 127.0.0.1; 0.0.0.0 exposes it)")
     parser.add_argument("--port", type=int, default=env.port)
-    parser.add_argument("--threads", type=threads_arg, default=env.threads, help="threads per inference")
     parser.add_argument("--concurrency", type=int, default=env.concurrency, help="inferences run at once")
     parser.add_argument("--queue", type=int, default=env.queue, help="requests that may wait; beyond: 503")
     parser.add_argument("--max-body-mb", type=float, default=env.max_body_mb, help="request size limit (413 beyond)")
     parser.add_argument("--model", action="append", default=[], metavar="TASK=BUNDLE",
                         help="bundle for a task (repeatable); unset tasks use their embedded default")
     parser.add_argument("--caption-samples", type=int, default=env.caption_samples, help="nucleus captions per image (default 5)")
-    parser.add_argument("--device", choices=["cpu", "cuda", "auto"], default=env.device, help="device for every task")
+    add_runtime_arguments(parser, backend=False, device=env.device, threads=env.threads)
 
 
 def main(args) -> None:

@@ -83,14 +83,6 @@ def lora_targets(model, last_blocks: int) -> list[str]:
     return [name for name in names if name in present] + ["net._conv_head"]
 
 
-def _plain_pointwise(model, names: list[str]) -> None:
-    """LoRA targets as plain convolutions (edgesight.export.image_encoder.plain_pointwise: the export
-    stage merges an adapter the same way), with training's error type."""
-    from edgesight.export.image_encoder import plain_pointwise
-
-    plain_pointwise(model, names, error=TrainingError)
-
-
 def train(catalog_csv, out, *, steps: int = 60, batch_size: int = 12, lr: float = 1e-3, rank: int = 8, alpha: int = 16,
           dropout: float = 0.0, last_blocks: int = 4, temperature: float = 0.05, precision: str = "int8",
           image_size: int = 224, seed: int = 0, threads: int | None = None, progress: bool | None = None,
@@ -101,7 +93,7 @@ def train(catalog_csv, out, *, steps: int = 60, batch_size: int = 12, lr: float 
 
     from edgesight.catalog import read_catalog_csv
     from .data.products import augment
-    from edgesight.export.image_encoder import LITE0_PREPROCESSING, efficientnet_lite0, export_image_encoder
+    from edgesight.export.image_encoder import LITE0_PREPROCESSING, efficientnet_lite0, export_image_encoder, plain_pointwise
     from edgesight.images import load_image
 
     if threads:
@@ -125,7 +117,7 @@ def train(catalog_csv, out, *, steps: int = 60, batch_size: int = 12, lr: float 
     if missing:
         raise TrainingError(f"LoRA target(s) {', '.join(missing)} not in the encoder; names look like "
                             "net._blocks.15._project_conv or net._conv_head")
-    _plain_pointwise(model, targets)
+    plain_pointwise(model, targets, error=TrainingError)
     model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets))
     model.eval()  # BatchNorm statistics frozen; only LoRA weights train
     val = [(augment(ph, random.Random(10_000 + i)), i) for i, ph in enumerate(photos)]

@@ -22,6 +22,7 @@ from ..errors import BackendError, DeviceError, InputError
 from ..generation import GenerationConfig
 
 DEVICES = ("cpu", "cuda", "auto")
+MAX_THREADS = 1024
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class RuntimeSpec:
     module: str               # edgesight.runtime.<module>
     formats: tuple[str, ...]  # bundle formats it reads
     extra: str | None         # pip extra that installs it (None: in the core install)
+    requires: str | None      # the library the runtime imports (a missing one names `extra`)
     sessions: bool            # serves open_session (tensor graphs: encoders, taggers, BLIP, CLIP)
     text: bool                # serves open_text_model
     cuda_hint: str            # what makes device="cuda" work
@@ -39,11 +41,11 @@ class RuntimeSpec:
 
 
 RUNTIMES: dict[str, RuntimeSpec] = {r.name: r for r in [
-    RuntimeSpec("onnx", "onnxruntime", ("onnx",), None, sessions=True, text=True,
+    RuntimeSpec("onnx", "onnxruntime", ("onnx",), None, None, sessions=True, text=True,
                 cuda_hint="pip uninstall -y onnxruntime && pip install 'edgesight[gpu]' (onnxruntime-gpu, CUDA 12)"),
-    RuntimeSpec("gguf", "llamacpp", ("gguf",), "gguf", sessions=False, text=True,
+    RuntimeSpec("gguf", "llamacpp", ("gguf",), "gguf", "llama_cpp", sessions=False, text=True,
                 cuda_hint="CMAKE_ARGS='-DGGML_CUDA=on' pip install --force-reinstall --no-binary :all: llama-cpp-python==0.3.36"),
-    RuntimeSpec("torch", "torch", ("torch",), "export", sessions=False, text=True,
+    RuntimeSpec("torch", "torch", ("torch",), "export", "torch", sessions=False, text=True,
                 cuda_hint="a CUDA build of torch==2.13.0 (pip install torch --index-url <the PyTorch CUDA index>)"),
 ]}
 
@@ -110,11 +112,11 @@ def default_threads(threads: int | None) -> int:
     """Explicit threads win; else EDGESIGHT_THREADS; else OMP_NUM_THREADS; else the usable cores
     (onnxruntime and llama.cpp would otherwise size pools from host cores and ignore cgroups)."""
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
-            raise InputError(f"threads must be a whole number from 1 to 1024, got {threads!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+            raise InputError(f"threads must be a whole number from 1 to {MAX_THREADS}, got {threads!r}")
         return threads
     for var in ("EDGESIGHT_THREADS", "OMP_NUM_THREADS"):
-        if os.environ.get(var, "").isdigit() and 0 < int(os.environ[var]) <= 1024:
+        if os.environ.get(var, "").isdigit() and 0 < int(os.environ[var]) <= MAX_THREADS:
             return int(os.environ[var])
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -143,8 +145,8 @@ def runtime_for(bundle, backend: str | None = None) -> RuntimeSpec:
 def _module(spec: RuntimeSpec):
     from .._optional import require
 
-    if spec.extra:   # the runtime's own library: a missing extra says which pip install fixes it
-        require({"gguf": "llama_cpp", "export": "torch"}[spec.extra], spec.extra)
+    if spec.requires:   # the runtime's own library: a missing extra says which pip install fixes it
+        require(spec.requires, spec.extra)
     return spec.load()
 
 
@@ -189,5 +191,7 @@ def open_text_model(bundle, backend: str | None = None, threads: int | None = No
                     **kwargs) -> TextModel:
     """The text model of `bundle` (ONNX causal/seq2seq, GGUF, or torch) on its runtime."""
     spec = runtime_for(bundle, backend)
+    if not spec.text:
+        raise BackendError(f"{bundle.path}: the {spec.name} runtime runs tensor graphs only, not text models")
     device, _ = resolve_device(spec, device)
     return _module(spec).load_text_model(bundle, threads=default_threads(threads), device=device, **kwargs)

@@ -39,18 +39,17 @@ def load_text_model(bundle, opener, prefix_cache: bool = True, backend: str = "o
         return OnnxCausalLM(bundle, opener, prefix_cache, backend=backend)
     if bundle.kind in ("seq2seq", "vision-encoder-decoder"):   # the latter: fed by an image encoder
         return OnnxSeq2SeqLM(bundle, opener, backend=backend)
-    raise BackendError(f"{bundle.path}: the onnx text backend runs kinds 'causal-lm' and 'seq2seq', "
-                       f"not {bundle.kind!r}")
+    raise BackendError(f"{bundle.path}: ONNX text models are kinds 'causal-lm', 'seq2seq' and "
+                       f"'vision-encoder-decoder', not {bundle.kind!r}")
 
 
 class _TextModel(BaseTextModel):
     """Tokenizer, special tokens and the TextModel methods shared by both model kinds."""
 
-    backend = "onnx"
     default_context = 2048
 
-    def __init__(self, bundle, opener, backend: str = "onnx"):
-        self.bundle, self.opener, self.backend = bundle, opener, backend
+    def __init__(self, bundle, backend: str = "onnx"):
+        self.bundle, self.backend = bundle, backend
         self.tokenizer = TextTokenizer.from_file(bundle.file("tokenizer"))
         tokens = bundle.get("tokens")
         if not isinstance(tokens, dict) or not tokens.get("eos") or tokens.get("pad") is None:
@@ -92,7 +91,6 @@ class _TextModel(BaseTextModel):
         return len(ids)
 
 
-
 def _past_spec(session, prefix: str):
     """(names of the past inputs in order, (heads, head_dim), dtype) for inputs starting with `prefix`."""
     names = [name for name in session.inputs if name.startswith(prefix)]
@@ -108,7 +106,7 @@ class OnnxCausalLM(_TextModel):
     is_seq2seq = False
 
     def __init__(self, bundle, opener, prefix_cache=True, backend: str = "onnx"):
-        super().__init__(bundle, opener, backend)
+        super().__init__(bundle, backend)
         self.path = bundle.file("model")
         self.session = opener(self.path)
         self.past_names, (self.heads, self.head_dim), self.dtype = _past_spec(self.session, "past_key_values.")
@@ -171,7 +169,7 @@ class OnnxSeq2SeqLM(_TextModel):
     default_context = 512
 
     def __init__(self, bundle, opener, backend: str = "onnx"):
-        super().__init__(bundle, opener, backend)
+        super().__init__(bundle, backend)
         if self.tokens.get("decoder_start") is None:
             raise BundleError(f"{bundle.path}: seq2seq bundle lacks tokens.decoder_start; re-export the bundle")
         self.paths = {"encoder": bundle.file("encoder"), "decoder": bundle.file("decoder")}

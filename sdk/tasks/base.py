@@ -5,9 +5,12 @@ generator): the runtime layer (edgesight.runtime) decides how, on which device, 
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from .. import defaults, runtime
+from ..errors import ExportError
 
 
 class Task:
@@ -52,3 +55,25 @@ class Task:
                 "precision": m.get("precision"), "kind": m.get("kind"), "backend": self.backend,
                 "device": self.device, **({"device_note": self.device_note} if self.device_note else {}),
                 "threads": self.threads, "provenance": m.get("provenance", {}), "fidelity": m.get("fidelity", {})}
+
+
+# -- what the trainer wrote beside an adapter, for the tasks' export_spec hooks --
+
+def adapter_json(adapter_dir, name: str, default=None):
+    """recipe.json, vocab.json, ... of an adapter directory, or `default` when there is none."""
+    path = Path(adapter_dir) / name if adapter_dir is not None else None
+    if path is None or not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ExportError(f"{path}: not valid JSON ({exc}); retrain the adapter or fix the file") from None
+
+
+def prompt_halves(recipe: dict, where, default: str = "") -> tuple[str, str]:
+    """The training prompt around the user text: recipe["prompt_example"][0] split at its one {input}."""
+    head = (recipe.get("prompt_example") or [default])[0]
+    if head.count("{input}") != 1:
+        raise ExportError(f"{where}: prompt_example has no single {{input}} hole; retrain the adapter")
+    prefix, suffix = head.split("{input}")
+    return prefix, suffix

@@ -33,7 +33,7 @@ from PIL import Image
 
 from ..errors import BundleError, InputError
 from ..generation import GenerationConfig, generate_ids
-from ..images import Preprocessing, decode_base64, load_image, preprocess
+from ..images import Preprocessing, decode_base64, load_image
 from ..inflect import singular
 from ..tokenizer import TextTokenizer
 from .base import Task
@@ -145,7 +145,7 @@ class _Blip:
 
     def captions(self, image: Image.Image, configs: list[GenerationConfig]) -> list[list[str]]:
         """Encode once, then decode once per config (beam, samples) from the shared cross K/V."""
-        cross = dict(zip(self.cross_names, self.encoder.run({"pixel_values": preprocess(image, self.settings)})))
+        cross = dict(zip(self.cross_names, self.encoder.run({"pixel_values": self.settings.apply(image)})))
         dec = _BlipDecoder(self.decoder, cross, self.meta)
         prompt = [self.meta["bos_token_id"], *self.meta.get("prompt_ids", [])]
         eos = [self.meta["eos_token_id"]]
@@ -188,7 +188,7 @@ class _VisionEncoderDecoder:
         self.lm, self.settings = task.text_model(), Preprocessing.from_manifest(task.bundle.manifest)
 
     def captions(self, image: Image.Image, configs: list[GenerationConfig]) -> list[list[str]]:
-        hidden = self.lm.sessions["encoder"].run({"pixel_values": preprocess(image, self.settings)})[0]
+        hidden = self.lm.sessions["encoder"].run({"pixel_values": self.settings.apply(image)})[0]
         start = int(self.lm.tokens["decoder_start"])
         return [[self.lm.decode(s) for s in generate_ids(self.lm.from_encoder_output(hidden), [[start]], cfg,
                                                           eos_token_ids=self.lm.eos, decoder_start_token_id=start)[0]]
@@ -219,6 +219,8 @@ up down out off near next top front back side this that these those there here i
 been being has have had do does did some any each two three four five several many few one other another
 very while as than then who whom which what where when his her their our your my him them they we you she
 he i me us picture image photo photograph shot view close closeup""".split())
+
+
 def lemma(word: str) -> str:
     """Plural -> singular ('cats' -> 'cat', 'buses' -> 'bus', 'berries' -> 'berry'): edgesight.inflect."""
     return singular(word)
@@ -246,13 +248,11 @@ def clip_text_embeddings(session, tokenizer, words: list[str]) -> np.ndarray:
 
 class _Clip:
     def __init__(self, task: Task):
-        from tokenizers import Tokenizer
-
         bundle = task.bundle
         meta = bundle.manifest["clip"]
         self.settings, self.scale = Preprocessing.from_manifest(meta), float(meta["logit_scale"])
         self.image, self.text = task.session("clip_image"), task.session("clip_text")
-        self.tokenizer = Tokenizer.from_file(str(bundle.file("clip_tokenizer")))
+        self.tokenizer = TextTokenizer.from_file(bundle.file("clip_tokenizer"), clean_up_spaces=False).tokenizer
         vocab = json.loads(bundle.file("tag_vocab").read_text(encoding="utf-8"))
         self.cache = dict(zip(vocab, np.load(bundle.file("tag_embeds"), allow_pickle=False)))
         self.lock = threading.Lock()                # the server calls from several threads
@@ -266,7 +266,7 @@ class _Clip:
             emb = clip_text_embeddings(self.text, self.tokenizer, new)
             with self.lock:
                 self.cache.update(zip(new, emb))
-        img = self.image.run({"pixel_values": preprocess(image, self.settings)})[0][0]
+        img = self.image.run({"pixel_values": self.settings.apply(image)})[0][0]
         img = img / np.linalg.norm(img)
         logits = self.scale * np.stack([self.cache[w] for w in words]) @ img
         p = np.exp(logits - logits.max())

@@ -28,7 +28,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..inflect import plural as pluralize
 from ..record import Record
-from .base import Task
+from .base import Task, adapter_json, prompt_halves
 
 MIN_CONFIDENCE = 0.5    # the seed's detector threshold
 SCENE_THRESHOLD = 0.8   # the seed mentions a scene only at >= 0.8
@@ -100,7 +100,6 @@ class Vocabulary(Record):
             except json.JSONDecodeError as exc:
                 raise InputError(f"{path}: not valid JSON ({exc})") from None
         return cls({humanize(l): [humanize(l)] for l in text.splitlines() if l.strip()}, {}, "objects")
-
 
     def label_phrases(self, label: str) -> list[str]:
         return self.labels.get(label) or [label]
@@ -480,21 +479,10 @@ def from_json(payload):
 def export_spec(adapter_dir, kind: str) -> dict:
     """the adapter's chat prompt (prefix/suffix from recipe.json) and vocabulary (vocab.json), the task's
     decoding (causal: greedy, stops at "." or <|im_end|>; seq2seq: the seed's beam search), describe probes"""
-    from ..errors import ExportError
-
-    adapter_dir = Path(adapter_dir) if adapter_dir is not None else None
-
-    def read(name: str, default):
-        f = adapter_dir / name if adapter_dir is not None else None
-        return json.loads(f.read_text(encoding="utf-8")) if f is not None and f.is_file() else default
-
-    recipe, vocab = read("recipe.json", {}), read("vocab.json", GARBAGE_VOCAB)
+    recipe, vocab = adapter_json(adapter_dir, "recipe.json", {}), adapter_json(adapter_dir, "vocab.json", GARBAGE_VOCAB)
     prefix = suffix = ""
     if kind == "causal-lm" and recipe.get("chat_template"):
-        head = (recipe.get("prompt_example") or [""])[0]
-        if head.count("{input}") != 1:
-            raise ExportError(f"{adapter_dir}/recipe.json: prompt_example has no single {{input}} hole; retrain the adapter")
-        prefix, suffix = head.split("{input}")
+        prefix, suffix = prompt_halves(recipe, f"{adapter_dir}/recipe.json")
     generation = default_generation(kind)
     if kind == "causal-lm":   # "." ends the sentence one decode step before the end-of-turn token
         generation["stop_tokens"] = ["<|im_end|>", "."]

@@ -28,9 +28,11 @@ from ..defaults import DATA_DIR
 from ..errors import BundleError, InputError
 from ..lexicon import LabelMap, canonical, dedupe, lexicon
 from ..record import Record
-from .base import Task
+from ..tokenizer import TextTokenizer
+from .base import Task, adapter_json, prompt_halves
 
 # ----------------------------------------------------------------------------- parsing
+
 
 def parse_generated(text) -> list[str]:
     """'Cat, Dog' / '["cat", "dogs"]' / '- Cat\\n- Dog' / 'None' -> canonical names. Never raises."""
@@ -116,10 +118,8 @@ class _SentenceEmbedder:
     """The bundle's "embedder" graph (a sentence encoder, e.g. all-MiniLM-L6-v2): mean-pooled, unit vectors."""
 
     def __init__(self, task: Task):
-        from ..tokenizer import TextTokenizer
-
         self.session = task.session("embedder")
-        self.tokenizer = TextTokenizer.from_file(task.bundle.file("embedder_tokenizer")).tokenizer
+        self.tokenizer = TextTokenizer.from_file(task.bundle.file("embedder_tokenizer"), clean_up_spaces=False).tokenizer
         self.tokenizer.enable_padding()
 
     def __call__(self, texts) -> np.ndarray:
@@ -136,11 +136,9 @@ class _Tagger:
     """Extractive family: one onnxruntime pass tags B-/I- object tokens; offsets give the words."""
 
     def __init__(self, task: Task):
-        from tokenizers import Tokenizer
-
         bundle = task.bundle
         self.session = task.session("model")
-        self.tokenizer = Tokenizer.from_file(str(bundle.file("tokenizer")))
+        self.tokenizer = TextTokenizer.from_file(bundle.file("tokenizer"), clean_up_spaces=False).tokenizer
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.labels = bundle.get("labels", ["O", "B-OBJ", "I-OBJ"])
@@ -226,21 +224,12 @@ def export_spec(adapter_dir, kind: str) -> dict:
     """token classifier: the keyword probes the tags are checked on, and the base encoder as the sentence
     embedder that maps names onto a vocabulary by meaning; causal LM: the training chat prompt
     (prefix/suffix/system from the adapter's recipe.json) and short greedy answers"""
-    import json
-    from pathlib import Path
-
-    from ..errors import ExportError
-
     if kind == "token-classifier":   # the base encoder also ships as the sentence embedder of vocabularies
         return {"probes": export_probes(), "embedder": "base"}
-    recipe_file = Path(adapter_dir) / "recipe.json" if adapter_dir is not None else None
-    if kind != "causal-lm" or recipe_file is None or not recipe_file.is_file():
+    recipe = adapter_json(adapter_dir, "recipe.json")
+    if kind != "causal-lm" or recipe is None:
         return {}   # a plain adapter: nothing known besides the weights
-    recipe = json.loads(recipe_file.read_text(encoding="utf-8"))
-    head = (recipe.get("prompt_example") or ["{input}"])[0]   # no chat template: the raw prompt
-    if head.count("{input}") != 1:
-        raise ExportError(f"{recipe_file}: prompt_example has no single {{input}} hole; retrain the adapter")
-    prefix, suffix = head.split("{input}")
+    prefix, suffix = prompt_halves(recipe, f"{adapter_dir}/recipe.json", default="{input}")   # no chat template: the raw prompt
     return {"prompt": {"prefix": prefix, "suffix": suffix, "system": recipe.get("system")},
             "generation": {"max_new_tokens": 24, "eos_token_ids": []},
             "probes": [prefix + p + suffix for p in export_probes()[:6]], "max_new_tokens": 16}

@@ -31,7 +31,7 @@ from ..errors import CatalogError, InputError
 from ..images import decode_base64, load_image
 from ..progress import bar
 from ..record import Record
-from .base import Task
+from .base import Task, adapter_json
 
 DEFAULT_THRESHOLD = 0.55   # cosine below which a photo is `unknown` (non-products score <= 0.28, listed >= ~0.7); a manifest may set `unknown_threshold`
 OCR_WEIGHT = 0.15          # how much a label-text match adds to the visual similarity when re-ranking
@@ -277,14 +277,10 @@ def from_json(payload) -> bytes:
 def export_spec(adapter_dir, kind: str | None) -> dict:
     """an image encoder (pixel_values -> embedding, logits) with its preprocessing in the manifest, the
     adapter of `edgesight train products` merged in; int8 calibrated on sample photos"""
-    import json
-
     spec = {"kind": "image-encoder",     # products bundles are image encoders, whatever the base
             "preprocessing": None,       # None: the base encoder's own (EfficientNet-Lite0: 224 px squash)
             "calibration": None}         # None: the export stage's sample photos
-    recipe = Path(adapter_dir) / "recipe.json" if adapter_dir is not None else None
-    if recipe is not None and recipe.is_file():
-        spec["preprocessing"] = json.loads(recipe.read_text(encoding="utf-8")).get("preprocessing")
+    spec["preprocessing"] = adapter_json(adapter_dir, "recipe.json", {}).get("preprocessing")
     return spec
 
 
