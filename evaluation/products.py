@@ -1,10 +1,19 @@
-"""Product recognition evaluation (`edgesight eval products`): a synthetic catalogue
-(edgesight.training.data.products) queried with augmented photos, held-out look-alikes and photos of
-non-products, per encoder bundle and OCR setting; optionally the catalogue search time vs its size.
+"""Product recognition evaluation (`edgesight eval products`), three benchmarks per encoder bundle:
 
-    run_eval(bundle, threads=2, products=40, views=3, ocr="both", scaling=True)
+- `finegrained`: a seeded apparel catalogue (edgesight.training.data.products.garment_catalogue: 72 listed
+  garments, 12 silhouettes x colourways x patterns) queried with re-shoots (70-95 % crops, +-12 deg, blur,
+  brightness 0.7-1.3, JPEG 35-75) and 28 unlisted garments (24 look-alikes); a frozen `test` split (its
+  photos' sha256 is pinned below, so it cannot drift) and a `dev` split (other seed, other products) for tuning;
+- `packaged`: the rendered grocery catalogue (brands x package shapes), held-out look-alikes and real
+  non-product photos, per OCR setting;
+- `real`: real photos (scikit-image / scikit-learn / matplotlib samples) as a catalogue, re-shot.
+Optionally the catalogue search time and approximate-search recall vs its size (`scaling`).
+
+    run_eval(bundle, threads=2, benchmarks="finegrained,packaged,real", ocr="off", scaling=True)
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -55,9 +64,11 @@ def search_scaling(sizes=(1_000, 10_000, 100_000), dim: int = 1280, queries: int
     return rows
 
 
-def evaluate(task: ProductRecognizer, known: list, unknown: list = (), ocr: bool = False, non_products: list = ()) -> dict:
+def evaluate(task: ProductRecognizer, known: list, unknown: list = (), ocr: bool = False, non_products: list = (),
+             family=None) -> dict:
     """Metrics on (photo, truth) pairs whose truth has .title .category .price; `unknown` pairs are
-    products absent from the catalogue, `non_products` photos of anything else (the right answer is `unknown`)."""
+    products absent from the catalogue, `non_products` photos of anything else (the right answer is `unknown`).
+    `family(truth) -> str` adds the same scores per family of input ("families")."""
     import time
 
     if non_products:
@@ -85,46 +96,164 @@ def evaluate(task: ProductRecognizer, known: list, unknown: list = (), ocr: bool
     if non_products:
         out["non_product_photos"] = len(non_products)
         out["non_product_unknown_rate"] = round(float(np.mean(rejected)), 4)
+    if family is not None:
+        groups = {}
+        for r, t in zip(res_known, truth):
+            groups.setdefault(("listed", family(t)), []).append((r.matches[0].title == t.title, r.unknown))
+        for r, (_, t) in zip(res_unknown, unknown):
+            groups.setdefault(("unlisted", family(t)), []).append((None, r.unknown))
+        out["families"] = {f"{kind}: {name}": {"queries": len(v), **({"top1": round(float(np.mean([h for h, _ in v])), 4)}
+                                                                      if kind == "listed" else {}),
+                                              "flagged_unknown": round(float(np.mean([u for _, u in v])), 4)}
+                           for (kind, name), v in sorted(groups.items())}
     if ocr:
         out["ocr_price_read_accuracy"] = round(float(np.mean([r.ocr.price is not None and abs(r.ocr.price - t.price) < 0.005
                                                               for r, t in zip(res_known, truth)])), 4)
     return out
 
 
+# The fine-grained splits: catalogue seed, query seed, photos per listed / unlisted garment. `test` was frozen
+# before the matching was changed for it; FROZEN pins the sha256 of its photos and titles.
+FINEGRAINED = {"test": {"seed": 0, "query_seed": 100, "views": 3, "unlisted_views": 2},
+               "dev": {"seed": 1, "query_seed": 101, "views": 3, "unlisted_views": 2}}
+FROZEN = {"test": "8742ce7126e1122cc299fa9b504978bbfc781e187305325c76c31fbf79f1e060",
+          "dev": "5bd3c2dd313c8aeae667eca3adc76c074869ea3f3cb0956a85dc3505b78ada90"}
+REAL_PHOTOS = [("skimage", n) for n in ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "immunohistochemistry",
+                                          "hubble_deep_field", "retina", "cat", "colorwheel", "logo", "camera", "coins")] + \
+              [("sklearn", "china.jpg"), ("sklearn", "flower.jpg"), ("matplotlib", "grace_hopper.jpg")]
+REAL_UNLISTED = 4        # the last photos of REAL_PHOTOS are left out of the catalogue (should be `unknown`)
+
+
+def finegrained_split(split: str = "test"):
+    """(listed garments, known (photo, garment) pairs, unknown pairs, sha256 of the photos and titles)."""
+    import hashlib
+
+    from ..training.data.products import garment_catalogue, garment_queries
+
+    if split not in FINEGRAINED:
+        raise InputError(f"fine-grained split must be one of {', '.join(FINEGRAINED)}, got {split!r}")
+    cfg = FINEGRAINED[split]
+    garments = garment_catalogue(cfg["seed"])
+    listed = [g for g in garments if g.listed]
+    known = garment_queries(listed, cfg["views"], cfg["query_seed"])
+    unknown = garment_queries([g for g in garments if not g.listed], cfg["unlisted_views"], cfg["query_seed"] + 1000)
+    h = hashlib.sha256()
+    for img, g in known + unknown:
+        h.update(g.title.encode() + np.asarray(img).tobytes())
+    return listed, known, unknown, h.hexdigest()
+
+
+def _garment_family(g) -> str:
+    return g.look_alike or ("solid colourway" if g.pattern == "Solid" else "patterned")
+
+
+def real_photos():
+    """[(name, RGB array)] of the real photos available offline, or [] without the [dev] extra's packages."""
+    out = []
+    for source, name in REAL_PHOTOS:
+        try:
+            if source == "skimage":
+                from skimage import data
+                arr = getattr(data, name)()
+            elif source == "sklearn":
+                from sklearn.datasets import load_sample_image
+                arr = load_sample_image(name)
+            else:
+                from matplotlib import cbook
+                with cbook.get_sample_data(name) as f:
+                    from PIL import Image
+                    arr = np.asarray(Image.open(f).convert("RGB"))
+        except (ImportError, OSError, AttributeError, ValueError):
+            continue
+        out.append((name, arr))
+    return out
+
+
+def _tasks(bundles, csv_path, **kw):
+    for model in bundles:
+        task = ProductRecognizer.from_pretrained(model, catalog=csv_path, **kw)
+        yield model, task
+
+
 def run_eval(bundle=None, *, threads: int | None = None, backend: str | None = None, device: str | None = "cpu",
+             benchmarks: str = "finegrained,packaged,real", splits: str = "test,dev",
              products: int = 40, views: int = 3, holdout: int = 8, ocr: str = "both", seed: int = 0,
              threshold: float | None = None, scaling: bool = False) -> dict:
-    """Render a synthetic catalogue of `products` items (+ `holdout` look-alikes left out of it), query it
-    with `views` augmented photos each; one row per bundle (None: the default; a list compares several)
-    and OCR setting ("off", "on" or "both"). `scaling` adds `search_scaling()`."""
+    """One report per benchmark ("finegrained", "packaged", "real"; comma-separated), one row per bundle (None:
+    the default; a list compares several). `packaged`: a rendered catalogue of `products` items (+ `holdout`
+    look-alikes left out of it) queried with `views` augmented photos each, per OCR setting ("off", "on", "both").
+    `scaling` adds `search_scaling()`."""
     import tempfile
 
-    from ..training.data.products import catalog_products, queries, write_catalog
+    from ..training.data.products import catalog_products, queries, reshoot, write_catalog, write_garment_catalog
 
+    chosen = [b.strip() for b in benchmarks.split(",") if b.strip()]
+    unknown_names = sorted(set(chosen) - {"finegrained", "packaged", "real"})
+    if unknown_names or not chosen:
+        raise InputError(f"benchmarks must be a comma-separated subset of finegrained, packaged, real; got {benchmarks!r}")
     if ocr not in OCR_SETTINGS:
         raise InputError(f"ocr must be one of {', '.join(OCR_SETTINGS)}, got {ocr!r}")
     bundles = list(bundle) if isinstance(bundle, (list, tuple)) else [bundle]
-    items = catalog_products(products + holdout, seed=seed)
-    listed, held_out = items[:products], items[products:]
-    known = queries(listed, views=views, seed=seed + 1000)
-    unknown = queries(held_out, views=1, seed=seed + 2000)
-    try:  # real photos of non-products (scikit-image's CC0 samples, in the [dev] extra) should all be `unknown`
-        from skimage import data
-        others = [getattr(data, n)() for n in ("astronaut", "chelsea", "coffee", "rocket", "camera", "horse", "coins")]
-    except ImportError:
-        others = []
-    rows = []
+    kw = dict(backend=backend, threads=threads, device=device, threshold=threshold)
+
+    def row(model, task):
+        return {"model": str(model or "default"), "encoder": task.bundle.get("name"), "precision": task.bundle.precision,
+                "threshold": round(task.threshold, 4), "threshold_source": getattr(task, "threshold_source", None)}
+
+    report = {}
     with tempfile.TemporaryDirectory() as tmp:
-        csv_path = write_catalog(tmp, listed)
-        for model in bundles:
-            task = ProductRecognizer.from_pretrained(model, backend=backend, threads=threads, device=device,
-                                                     catalog=csv_path, threshold=threshold)
-            for with_ocr in OCR_SETTINGS[ocr]:
-                rows.append({"model": str(model or "default"), "encoder": task.bundle.get("name"),
-                             "precision": task.bundle.precision, "threshold": task.threshold,
-                             **evaluate(task, known, unknown, ocr=with_ocr, non_products=others)})
-    report = {"catalogue": {"products": len(listed), "views": views, "held_out": len(held_out), "seed": seed},
-              "results": rows}
+        if "finegrained" in chosen:
+            fine = {}
+            for split in [s.strip() for s in splits.split(",") if s.strip()]:
+                listed, known, unknown, digest = finegrained_split(split)
+                csv_path = write_garment_catalog(f"{tmp}/fine-{split}", listed)
+                rows = [{**row(m, t), **evaluate(t, known, unknown, family=_garment_family)} for m, t in _tasks(bundles, csv_path, **kw)]
+                fine[split] = {"listed": len(listed), "unlisted": len({g.title for _, g in unknown}), "sha256": digest,
+                               "frozen": digest == FROZEN.get(split), "results": rows}
+            report["finegrained"] = fine
+        if "real" in chosen:
+            photos = real_photos()
+            if len(photos) > REAL_UNLISTED + 1:
+                import csv as _csv
+                import random
+                from PIL import Image
+
+                from ..training.data.products import SIZE
+                listed, unlisted = photos[:-REAL_UNLISTED], photos[-REAL_UNLISTED:]
+                folder = Path(tmp) / "real"
+                (folder / "images").mkdir(parents=True)
+                truth = {}
+                with open(folder / "catalog.csv", "w", newline="", encoding="utf-8") as f:
+                    w = _csv.writer(f)
+                    w.writerow(["title", "category", "full_price", "local_image_path"])
+                    for i, (name, arr) in enumerate(listed):
+                        Image.fromarray(arr).convert("RGB").save(folder / "images" / f"{i:02d}.png")
+                        w.writerow([name, "photo", f"{i + 1}.00", f"images/{i:02d}.png"])
+                        truth[name] = Product(name, "photo", float(i + 1))
+                rng = random.Random(7)
+
+                def shots(items, n):
+                    return [(reshoot(Image.fromarray(arr).convert("RGB").resize((SIZE, SIZE)), rng),
+                             truth.get(name, Product(name, "photo", 0.0))) for name, arr in items for _ in range(n)]
+                known_r, unknown_r = shots(listed, 3), shots(unlisted, 2)
+                report["real"] = {"listed": len(listed), "unlisted": len(unlisted),
+                                  "results": [{**row(m, t), **evaluate(t, known_r, unknown_r)}
+                                              for m, t in _tasks(bundles, folder / "catalog.csv", **kw)]}
+            else:
+                report["real"] = {"skipped": "scikit-image / scikit-learn sample photos not installed (pip install 'edgesight[dev]')"}
+        if "packaged" in chosen:
+            items = catalog_products(products + holdout, seed=seed)
+            listed, held_out = items[:products], items[products:]
+            known = queries(listed, views=views, seed=seed + 1000)
+            unknown = queries(held_out, views=1, seed=seed + 2000)
+            others = [arr for name, arr in real_photos() if name in ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")]
+            rows = []
+            csv_path = write_catalog(f"{tmp}/packaged", listed)
+            for model, task in _tasks(bundles, csv_path, **kw):
+                for with_ocr in OCR_SETTINGS[ocr]:
+                    rows.append({**row(model, task), **evaluate(task, known, unknown, ocr=with_ocr, non_products=others)})
+            report["catalogue"] = {"products": len(listed), "views": views, "held_out": len(held_out), "seed": seed}
+            report["results"] = rows
     if scaling:
         report["search_scaling"] = search_scaling()
     return report
@@ -134,16 +263,19 @@ def add_eval_arguments(p) -> None:
     p.add_argument("--model", action="append", default=None,
                    help="encoder bundle(s) to compare (repeatable; default: the embedded default)")
     add_runtime_arguments(p)
-    p.add_argument("--products", type=int, default=40, help="synthetic catalogue size")
-    p.add_argument("--views", type=int, default=3, help="augmented query photos per product")
-    p.add_argument("--holdout", type=int, default=8, help="extra products left out of the catalogue (should be 'unknown')")
-    p.add_argument("--ocr", choices=list(OCR_SETTINGS), default="both")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--scaling", action="store_true", help="also time catalogue search at 1k/10k/100k random items")
+    p.add_argument("--benchmarks", default="finegrained,packaged,real",
+                   help="comma-separated: finegrained (apparel colourways/patterns), packaged (grocery + OCR), real (real photos)")
+    p.add_argument("--splits", default="test,dev", help="fine-grained splits: test (frozen) and/or dev")
+    p.add_argument("--products", type=int, default=40, help="packaged: synthetic catalogue size")
+    p.add_argument("--views", type=int, default=3, help="packaged: augmented query photos per product")
+    p.add_argument("--holdout", type=int, default=8, help="packaged: extra products left out of the catalogue (should be 'unknown')")
+    p.add_argument("--ocr", choices=list(OCR_SETTINGS), default="both", help="packaged: OCR off, on or both")
+    p.add_argument("--seed", type=int, default=0, help="packaged: catalogue seed")
+    p.add_argument("--threshold", type=float, default=None, help="override the catalogue's calibrated 'unknown' threshold")
+    p.add_argument("--scaling", action="store_true", help="also time catalogue search (exact vs approximate) at growing sizes")
 
 
 def from_args(args) -> dict:
-    return run_eval(args.model, threads=args.threads, backend=args.backend, device=args.device, products=args.products,
-                    views=args.views, holdout=args.holdout, ocr=args.ocr, seed=args.seed, threshold=args.threshold,
-                    scaling=args.scaling)
+    return run_eval(args.model, threads=args.threads, backend=args.backend, device=args.device, benchmarks=args.benchmarks,
+                    splits=args.splits, products=args.products, views=args.views, holdout=args.holdout, ocr=args.ocr,
+                    seed=args.seed, threshold=args.threshold, scaling=args.scaling)
