@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BundleError, BundleNotFoundError, IntegrityError
+from .errors import BundleError, BundleNotFoundError, InputError, IntegrityError
+from .limits import parse_json
 
 MANIFEST = "edgesight.json"
 SCHEMA = 1
@@ -30,6 +31,67 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# The manifest's typed fields: key -> (type(s), required). Values of other keys are read by the task
+# that needs them and checked there.
+MANIFEST_FIELDS = {
+    "schema": (int, True), "task": (str, True), "format": (str, True), "files": (dict, True),
+    "components": (dict, True), "precision": (str, False), "kind": (str, False), "name": (str, False),
+    "generation": (dict, False), "prompt": (dict, False), "labels": (list, False), "vocab": (dict, False),
+    "preprocessing": (dict, False), "provenance": (dict, False), "fidelity": (dict, False), "created": (str, False),
+}
+_SHA256 = frozenset("0123456789abcdef")
+
+
+def _known_formats() -> list[str]:
+    from .runtime import RUNTIMES   # a bundle format is one a runtime reads
+
+    return [f for spec in RUNTIMES.values() for f in spec.formats]
+
+
+def check_manifest(manifest, where) -> dict:
+    """The manifest's structure and field types (BundleError naming the field), before anything uses it."""
+    def bad(what: str):
+        raise BundleError(f"{where}: {what}; re-export the bundle")
+
+    if not isinstance(manifest, dict):
+        bad(f"the manifest must be a JSON object, not {type(manifest).__name__}")
+    for key, (types, required) in MANIFEST_FIELDS.items():
+        if key not in manifest:
+            if required:
+                bad(f"manifest lacks '{key}'")
+            continue
+        value = manifest[key]
+        if value is None and not required:
+            continue
+        if isinstance(value, bool) or not isinstance(value, types):
+            names = "/".join(t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+            bad(f"manifest field '{key}' must be {names}, not {type(value).__name__}")
+    if manifest["schema"] > SCHEMA:
+        raise BundleError(f"{where}: schema {manifest['schema']} is newer than this edgesight "
+                          f"understands ({SCHEMA}); upgrade edgesight")
+    if manifest["format"] not in _known_formats():
+        bad(f"unknown bundle format {manifest['format']!r}; this edgesight reads {', '.join(_known_formats())}")
+    for rel, meta in manifest["files"].items():
+        if not (isinstance(meta, dict) and isinstance(meta.get("sha256"), str) and len(meta["sha256"]) == 64
+                and set(meta["sha256"]) <= _SHA256 and isinstance(meta.get("bytes"), int)
+                and not isinstance(meta["bytes"], bool) and meta["bytes"] >= 0):
+            bad(f"files[{rel[:80]!r}] must be {{\"sha256\": 64 hex digits, \"bytes\": size}}")
+    for role, rel in manifest["components"].items():
+        if not isinstance(rel, str) or not rel:
+            bad(f"components[{role[:40]!r}] must be a path inside the bundle, not {rel!r}"[:300])
+    if manifest.get("labels") is not None and not all(isinstance(x, str) for x in manifest["labels"]):
+        bad("manifest field 'labels' must be a list of strings")
+    return manifest
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """`path` with every symlink (file or directory) resolved lies inside `root`."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError, ValueError):   # a symlink loop, a NUL byte
+        return False
 
 
 @dataclass
@@ -78,26 +140,24 @@ class Bundle:
             raise BundleNotFoundError(f"{path}: not an edgesight bundle (no {MANIFEST}); "
                                       "create one with `edgesight export` or pass a bundle directory")
         try:
-            manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BundleError(f"{mpath}: manifest is not valid JSON ({exc}); re-export the bundle") from None
-        for key in ("schema", "task", "format", "files", "components"):
-            if key not in manifest:
-                raise BundleError(f"{mpath}: manifest lacks '{key}'; re-export the bundle")
-        if manifest["schema"] > SCHEMA:
-            raise BundleError(f"{mpath}: schema {manifest['schema']} is newer than this edgesight "
-                              f"understands ({SCHEMA}); upgrade edgesight")
+            manifest = parse_json(mpath.read_bytes(), str(mpath))
+        except InputError as exc:
+            raise BundleError(f"{exc}; re-export the bundle") from None
+        check_manifest(manifest, mpath)
         bundle = cls(path, manifest)
         if verify:
             bundle.verify()
         return bundle
 
     def verify(self) -> None:
-        """Check every listed file exists, has an allowed type, and matches its sha256."""
+        """Check every listed file exists inside the bundle (symlinks and directories resolved), has an
+        allowed type, and matches its sha256; every component is a listed file or a directory of them."""
+        root = self.path.resolve()
         for rel, meta in self.manifest["files"].items():
             fpath = self.path / rel
-            if Path(rel).is_absolute() or ".." in Path(rel).parts:
-                raise BundleError(f"{self.path}: manifest lists a path outside the bundle: {rel}")
+            if Path(rel).is_absolute() or ".." in Path(rel).parts or not _inside(fpath, root):
+                raise BundleError(f"{self.path}: manifest lists a path outside the bundle: {rel} "
+                                  "(a symlink or directory leading out of the bundle is refused)")
             if fpath.suffix not in ALLOWED_SUFFIXES:
                 raise BundleError(f"{fpath}: file type {fpath.suffix or '(none)'} is not allowed in a bundle "
                                   "(pickle-based weights are never loaded; use safetensors, ONNX or GGUF)")
@@ -108,9 +168,19 @@ class Bundle:
             actual = sha256_file(fpath)
             if actual != meta["sha256"]:
                 raise IntegrityError(fpath, meta["sha256"], actual)
+        files = self.manifest["files"]
         for role, rel in self.manifest["components"].items():
-            if rel not in self.manifest["files"] and not (self.path / rel).is_dir():
+            cpath = self.path / rel
+            if Path(rel).is_absolute() or ".." in Path(rel).parts or not _inside(cpath, root):
+                raise BundleError(f"{self.path}: component '{role}' -> {rel} leads outside the bundle")
+            if rel in files:
+                continue
+            if not cpath.is_dir():
                 raise BundleError(f"{self.path}: component '{role}' -> {rel} is not a listed file")
+            for f in cpath.rglob("*"):   # a directory component: each file in it listed (so hashed) like any other
+                if f.is_file() and str(f.relative_to(self.path)) not in files:
+                    raise BundleError(f"{self.path}: component '{role}' holds {f.relative_to(self.path)}, which the "
+                                      "manifest does not list (so it is not verified); re-export the bundle")
 
     def size_bytes(self) -> int:
         return sum(meta["bytes"] for meta in self.manifest["files"].values())
@@ -127,9 +197,7 @@ class BundleWriter:
     """
 
     def __init__(self, out: str | os.PathLike, *, task: str, format: str, precision: str, kind: str, **fields):
-        from .runtime import RUNTIMES   # a bundle format is one a runtime reads
-
-        known = [f for spec in RUNTIMES.values() for f in spec.formats]
+        known = _known_formats()
         if format not in known:
             raise BundleError(f"unknown bundle format {format!r}; expected one of {', '.join(known)}")
         self.out = Path(out)

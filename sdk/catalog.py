@@ -9,6 +9,7 @@ made the embeddings: searching with another encoder would silently return nonsen
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import numpy as np
 
 from .bundle import Bundle, BundleWriter, sha256_file
 from .errors import BundleError, CatalogError
+from .limits import limit
 from .record import Record
 
 TITLE_COLUMNS = ("title", "name", "product")
@@ -53,26 +55,44 @@ class IngestReport:
     rows: int
     added: int
     issues: list[RowIssue]
+    lines: dict = field(default_factory=dict, repr=False)   # title -> CSV line of the products added
 
     def to_dict(self) -> dict:
         return {"rows": self.rows, "added": self.added, "issues": [i.to_dict() for i in self.issues]}
 
+    def skip(self, title: str, problem: str) -> None:
+        """A product added from the CSV turned out unusable later (its image does not decode): report its row."""
+        self.issues.append(RowIssue(self.lines.get(title, 0), title, problem))
+        self.added -= 1
+
+
+# A price: optional currency sign or code, digits with one kind of thousands separator (",", ".", "'",
+# space) in groups of three, and at most one decimal separator ("," or ".") with 1-2 digits after it.
+_CURRENCY = re.compile(r"^(?:[$€£¥₹]|[A-Za-z]{3})?\s*(.*?)\s*(?:[$€£¥₹]|[A-Za-z]{3})?$")
+_AMOUNT = re.compile(r"^(\d{1,3}(?:([,.' \u00a0\u202f])\d{3})*|\d+)(?:([.,])(\d{1,2}))?$")
+
 
 def parse_price(value) -> float | None:
-    """'$1,299.00', '1299', 12.5 -> float; '' or None -> None; anything else -> ValueError."""
+    """'$1,299.00', '1.299,00 €', '12,5', '1299', 12.5 -> float; '' or None -> None; anything else
+    (scientific notation, mixed separators, negative, NaN) -> ValueError."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a price")
     if isinstance(value, (int, float)):
-        price = float(value)
+        try:
+            price = float(value)
+        except OverflowError:
+            raise ValueError("the price is too large a number") from None
+    elif isinstance(value, str):
+        text = _CURRENCY.match(value.strip()).group(1)
+        m = _AMOUNT.match(text)
+        if not m or (m.group(2) and m.group(2) == m.group(3)):
+            raise ValueError(f"{value[:40]!r} is not a price such as 129.99, 1,299.00 or 1.299,00")
+        whole = re.sub(r"\D", "", m.group(1))
+        price = float(f"{whole}.{m.group(4)}" if m.group(4) else whole)
     else:
-        text = re.sub(r"[^\d.,\-]", "", value.strip())
-        if text.count(",") and text.count("."):
-            text = text.replace(",", "")                   # 1,299.00
-        elif text.count(",") == 1 and len(text.split(",")[1]) == 2:
-            text = text.replace(",", ".")                  # 12,50 (decimal comma)
-        else:
-            text = text.replace(",", "")
-        price = float(text)
+        raise ValueError(f"a price must be a number or text, not {type(value).__name__}")
     if not math.isfinite(price) or price < 0:
         raise ValueError(f"{value!r} is not a non-negative price")
     return price
@@ -90,8 +110,33 @@ def _readable_image(path: Path) -> bool:
     try:
         with Image.open(path) as im:
             return im.width > 0 and im.height > 0
-    except (OSError, SyntaxError, ValueError):  # UnidentifiedImageError is an OSError
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # UnidentifiedImageError is an OSError
         return False
+
+
+def _read_text(path: Path) -> tuple[str, str | None]:
+    """The CSV's text: UTF-8 (with or without BOM), else Windows-1252 / Latin-1 (spreadsheet exports), noted."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig"), None
+    except UnicodeDecodeError as exc:
+        where = f"byte {exc.start} is not UTF-8"
+    for encoding in ("cp1252", "latin-1"):
+        try:
+            return data.decode(encoding), (f"the file is not UTF-8 ({where}); read it as {encoding} — "
+                                           "save it as UTF-8 so accented titles come out as intended")
+        except UnicodeDecodeError:
+            continue
+    raise CatalogError(f"{path}: not a text file ({where})")   # latin-1 decodes any bytes: not reached
+
+
+def _csv_next(step, path: Path, line: int, field_limit: int):
+    """One csv step, its csv.Error (a cell over the size limit, a NUL byte) as a CatalogError at its line."""
+    try:
+        return step()
+    except csv.Error as exc:
+        raise CatalogError(f"{path}: line {line}: unreadable CSV ({exc}; cells may hold at most {field_limit} "
+                           "characters, raise EDGESIGHT_MAX_CSV_FIELD); fix or re-export the file") from None
 
 
 def read_catalog_csv(path, *, require_image: bool = True) -> tuple[list[Product], IngestReport]:
@@ -102,9 +147,15 @@ def read_catalog_csv(path, *, require_image: bool = True) -> tuple[list[Product]
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"{path}: catalogue CSV not found; pass a CSV with columns title, category, full_price, local_image_path")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
+    text, note = _read_text(path)
+    products, issues, first_row, rows = [], [], {}, 0
+    if note:
+        issues.append(RowIssue(1, "", note))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    field_limit = limit("csv_field_bytes")
+    old_limit = csv.field_size_limit(field_limit)
+    try:
+        header = _csv_next(lambda: reader.fieldnames, path, 1, field_limit) or []
         cols = {k: _column(header, names) for k, names in
                 (("title", TITLE_COLUMNS), ("category", CATEGORY_COLUMNS), ("price", PRICE_COLUMNS), ("image", IMAGE_COLUMNS))}
         if cols["title"] is None:
@@ -113,9 +164,9 @@ def read_catalog_csv(path, *, require_image: bool = True) -> tuple[list[Product]
         if require_image and cols["image"] is None:
             raise CatalogError(f"{path}: no image column; expected one of {', '.join(IMAGE_COLUMNS)} "
                                "(a path to each product's photo, relative to the CSV)")
-        products, issues, first_row, rows = [], [], {}, 0
-        for line, row in enumerate(reader, start=2):
-            rows += 1
+        line = 1
+        while (row := _csv_next(lambda: next(reader, None), path, line + 1, field_limit)) is not None:
+            line, rows = reader.line_num, rows + 1
             title = (row.get(cols["title"]) or "").strip()
             if not title:
                 issues.append(RowIssue(line, "", "empty title; every product needs a title"))
@@ -132,7 +183,11 @@ def read_catalog_csv(path, *, require_image: bool = True) -> tuple[list[Product]
             image = (row.get(cols["image"]) or "").strip() if cols["image"] else ""
             if image:
                 image_path = Path(image) if Path(image).is_absolute() else path.parent / image
-                if not image_path.is_file():
+                try:
+                    found = image_path.is_file()
+                except (OSError, ValueError):   # a NUL byte or a name too long for the file system
+                    found = False
+                if not found:
                     issues.append(RowIssue(line, title, f"image not found on disk: {image_path}; fix the path or add the file"))
                     continue
                 if not _readable_image(image_path):
@@ -147,7 +202,9 @@ def read_catalog_csv(path, *, require_image: bool = True) -> tuple[list[Product]
             extra = {k: v for k, v in row.items() if k not in used and k is not None}
             category = (row.get(cols["category"]) or "").strip() or None if cols["category"] else None
             products.append(Product(title, category, price, image or None, extra))
-    report = IngestReport(rows, len(products), issues)
+    finally:
+        csv.field_size_limit(old_limit)
+    report = IngestReport(rows, len(products), issues, dict(first_row))
     if not products:
         detail = "; ".join(f"line {i.row}: {i.problem}" for i in issues[:3])
         raise CatalogError(f"{path}: the catalogue is empty ({rows} rows, none usable{': ' + detail if detail else ''}); "

@@ -25,6 +25,7 @@ TOOLS = {
     "serve": ("edgesight.serve", "serve all tasks over HTTP"),
     "build-defaults": ("edgesight.training.defaults", "build the embedded default bundles on this machine"),
     "demo": ("edgesight.demo", "run all four tasks on sample inputs with the default bundles"),
+    "batch": ("edgesight.batch", "run a task over a folder / JSONL / CSV / Parquet of inputs, locally or on Ray Data"),
 }
 
 
@@ -116,6 +117,10 @@ def main(argv=None) -> int:
         return 0
     except EdgesightError as exc:
         print(f"edgesight {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as exc:   # text read from stdin or a file that is not UTF-8
+        print(f"edgesight {args.command}: input is not UTF-8 text (bad byte at position {exc.start}); "
+              "save it as UTF-8", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

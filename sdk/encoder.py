@@ -27,6 +27,9 @@ class ImageEncoder:
                               "re-export it with edgesight.export.image_encoder")
         self.dim = int(outputs["embedding"][-1])
         self.num_classes = int(outputs["logits"][-1]) if "logits" in outputs else 0
+        if labels is not None and self.num_classes and len(labels) != self.num_classes:
+            raise BundleError(f"the encoder has {self.num_classes} classes but its labels list has {len(labels)} "
+                              "names; re-export the bundle (labels.txt must match the classifier head)")
 
     @classmethod
     def from_file(cls, path, preprocessing: Preprocessing, threads: int = 1, labels=None) -> "ImageEncoder":

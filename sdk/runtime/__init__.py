@@ -98,14 +98,11 @@ class BaseTextModel:
 
 
 def check_text(text) -> str:
-    """A prompt must be a str of valid Unicode (a lone surrogate cannot be tokenized)."""
-    if not isinstance(text, str):
-        raise InputError(f"prompt must be a string, got {type(text).__name__}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(f"prompt is not valid Unicode text ({exc.reason} at position {exc.start})") from None
-    return text
+    """A prompt must be a str of valid Unicode (a lone surrogate cannot be tokenized) within the
+    character limit, checked before tokenizing (edgesight.limits); invisible format characters are removed."""
+    from ..limits import check_prompt
+
+    return check_prompt(text)
 
 
 def default_threads(threads: int | None) -> int:

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from .._optional import require
-from ..errors import BackendError, InputError
+from ..errors import BackendError, BundleError, InputError
 from ..generation import GenerationConfig
 from ..tokenizer import TextTokenizer
 from . import BaseTextModel, check_text
@@ -43,10 +43,14 @@ class GGUFTextModel(BaseTextModel):
             raise BackendError(f"{model_path}: GGUF file not found")
         # Explicit threads for both decode and prompt batches: llama.cpp otherwise sizes its pool from
         # host cores, which collapses on a shared 2-core machine.
-        self.llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads,
-                                   n_threads_batch=threads, lora_path=str(lora_path) if lora_path else None,
-                                   n_gpu_layers=-1 if device.startswith("cuda") else 0,
-                                   main_gpu=int(device.partition(":")[2] or 0), verbose=False)
+        try:
+            self.llm = llama_cpp.Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads,
+                                       n_threads_batch=threads, lora_path=str(lora_path) if lora_path else None,
+                                       n_gpu_layers=-1 if device.startswith("cuda") else 0,
+                                       main_gpu=int(device.partition(":")[2] or 0), verbose=False)
+        except (ValueError, RuntimeError) as exc:   # llama.cpp's "Failed to load model from file"
+            raise BundleError(f"{model_path}: llama.cpp cannot load this GGUF ({exc}); the file is corrupt or "
+                              "not a GGUF model — re-export the bundle") from exc
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)   # public C API over the public model pointer
         self._llama_cpp = llama_cpp
         self._eos = set(int(t) for t in eos_token_ids)

@@ -6,11 +6,21 @@ generator): the runtime layer (edgesight.runtime) decides how, on which device, 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import defaults, runtime
 from ..errors import ExportError
+
+
+@dataclass
+class Call:
+    """What a task's `from_json` returns when the HTTP body carries per-call options besides the input
+    (keywords' "vocabulary"): the server runs `task(inputs, **options)`."""
+
+    inputs: Any
+    options: dict = field(default_factory=dict)
 
 
 class Task:

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from ..limits import check_number, limit, parse_json
 from ..inflect import plural as pluralize
 from ..record import Record
 from .base import Task, adapter_json, prompt_halves
@@ -124,10 +124,14 @@ class Facts:
 
 def _confidence(value, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{where} must be a number in [0, 1], got {type(value).__name__} {value!r}")
-    if math.isnan(value) or not 0.0 <= value <= 1.0:
-        raise InputError(f"{where} must be in [0, 1], got {value}; pass probabilities, not percentages or logits")
-    return float(value)
+        raise InputError(f"{where} must be a number in [0, 1], got {type(value).__name__} {str(value)[:40]!r}")
+    try:
+        value = float(value)
+    except OverflowError:   # an int of hundreds of digits
+        raise InputError(f"{where} must be in [0, 1], got a number too large ({len(str(abs(value)))} digits)") from None
+    if not 0.0 <= value <= 1.0:   # NaN fails this too
+        raise InputError(f"{where} must be in [0, 1], got {value:g}; pass probabilities, not percentages or logits")
+    return value
 
 
 def parse_input(payload, *, min_confidence: float = MIN_CONFIDENCE, scene_threshold: float = SCENE_THRESHOLD) -> Facts:
@@ -136,10 +140,7 @@ def parse_input(payload, *, min_confidence: float = MIN_CONFIDENCE, scene_thresh
     Contract: {"detections": [{"label": str, "confidence": 0..1, "bbox": [4 numbers] (optional)}],
     "scene": {"class": str, "confidence": 0..1} (optional; null or "unknown" = no scene)}."""
     if isinstance(payload, (str, bytes)):
-        try:
-            payload = json.loads(payload)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"description input is not valid JSON ({exc})") from None
+        payload = parse_json(payload, "description input")
     if not isinstance(payload, dict):
         raise InputError('description input must be an object {"detections": [...], "scene": {...}}, '
                          f"got {type(payload).__name__}")
@@ -148,6 +149,9 @@ def parse_input(payload, *, min_confidence: float = MIN_CONFIDENCE, scene_thresh
     dets = payload["detections"]
     if not isinstance(dets, list):
         raise InputError(f'"detections" must be a list of objects, got {type(dets).__name__}')
+    if len(dets) > limit("items"):
+        raise InputError(f'"detections" has {len(dets)} entries, over the limit of {limit("items")}; '
+                         "raise min_confidence in the detector or split the input")
     counts: dict[str, int] = {}
     for i, det in enumerate(dets):
         where = f"detections[{i}]"
@@ -161,9 +165,14 @@ def parse_input(payload, *, min_confidence: float = MIN_CONFIDENCE, scene_thresh
             raise InputError(f"{where}.label must be a non-empty string, got {label!r}")
         conf = _confidence(det["confidence"], f"{where}.confidence")
         bbox = det.get("bbox")
-        if bbox is not None and not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
-            raise InputError(f"{where}.bbox must be 4 finite numbers [x1, y1, x2, y2], got {bbox!r}")
+        if bbox is not None:
+            if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4):
+                raise InputError(f"{where}.bbox must be 4 finite numbers [x1, y1, x2, y2], got {str(bbox)[:60]}")
+            try:
+                for k, v in enumerate(bbox):
+                    check_number(v, f"{where}.bbox[{k}]")
+            except InputError as exc:
+                raise InputError(f"{where}.bbox must be 4 finite numbers [x1, y1, x2, y2] ({exc})") from None
         if conf >= min_confidence:
             counts[humanize(label)] = counts.get(humanize(label), 0) + 1
     scene = payload.get("scene")
@@ -245,7 +254,8 @@ MAX_GAP = 2                                # adjectives allowed between a number
 
 
 def tokenize(text: str) -> list[str]:
-    return re.findall(r"\d+|[a-z]+(?:'[a-z]+)?|[.,;:!?]", text.lower().replace("-", " "))
+    """Words (letters of any script), numbers and punctuation, lower-cased."""
+    return re.findall(r"\d+|[^\W\d_]+(?:'[^\W\d_]+)?|[.,;:!?]", text.lower().replace("-", " "))
 
 
 def number_at(tokens: list[str], end: int) -> tuple[int, int] | None:
@@ -286,6 +296,8 @@ def _phrase_table(vocab: Vocabulary, labels) -> list[tuple[list[str], str, bool 
     for label in dict.fromkeys(list(vocab.labels) + list(labels)):
         for phrase in dict.fromkeys(vocab.label_phrases(label) + [label, f"{label} item", f"piece of {label}"]):
             sing, plur = tokenize(phrase), tokenize(pluralize(phrase))
+            if not sing or not plur:   # no word in it (e.g. "★"): it can never be matched, and an empty
+                continue               # phrase would match everywhere without advancing
             if sing == plur:
                 table.append((sing, label, None))
             else:
@@ -418,6 +430,8 @@ class Describer(Task):
         self.model = self.text_model()
 
     def facts(self, payload, min_confidence: float | None = None, scene_threshold: float | None = None) -> Facts:
+        min_confidence = None if min_confidence is None else _confidence(min_confidence, "min_confidence")
+        scene_threshold = None if scene_threshold is None else _confidence(scene_threshold, "scene_threshold")
         return parse_input(payload, min_confidence=self.min_confidence if min_confidence is None else min_confidence,
                            scene_threshold=self.scene_threshold if scene_threshold is None else scene_threshold)
 
@@ -499,21 +513,33 @@ def add_cli_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def read_inputs(source: str | None) -> list:
-    """Inline JSON, a .json file (one object or a list), a .jsonl file, or stdin."""
+    """Inline JSON, a .json file (one object or a list), a .jsonl file (one object a line), or stdin."""
     import sys
     if source is None or source == "-":
-        text = sys.stdin.read()
-    elif Path(source).is_file():
-        text = Path(source).read_text(encoding="utf-8")
-        if source.endswith(".jsonl"):
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-            return [r.get("input", r) if isinstance(r, dict) and "detections" not in r else r for r in rows]
+        data = sys.stdin.buffer.read()
+        where = "stdin"
+    elif source.lstrip()[:1] in ("{", "["):   # inline JSON: never tried as a file name (255-byte limit)
+        try:
+            data = parse_json(source, "the inline input")
+        except InputError as exc:
+            raise InputError(f"input is neither a file nor valid JSON ({exc}); pass detector JSON") from None
+        return data if isinstance(data, list) else [data]
     else:
-        text = source
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"input is neither a file nor valid JSON ({exc}); pass detector JSON") from None
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{source[:200]}: neither a readable file nor inline JSON ({type(exc).__name__}: "
+                             f"{getattr(exc, 'strerror', None) or exc}); pass detector JSON or a .json/.jsonl file") from None
+        where = str(path)
+        if path.suffix == ".jsonl":
+            try:
+                lines = data.decode("utf-8-sig").splitlines()
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{where} is not UTF-8 text (bad byte at position {exc.start})") from None
+            rows = [parse_json(line, f"{where} line {n}") for n, line in enumerate(lines, 1) if line.strip()]
+            return [r.get("input", r) if isinstance(r, dict) and "detections" not in r else r for r in rows]
+    data = parse_json(data, where)
     return data if isinstance(data, list) else [data]
 
 

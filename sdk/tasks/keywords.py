@@ -17,19 +17,17 @@ parsed defensively (never an exception from the parser).
 """
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 
 import numpy as np
-from rapidfuzz.distance import Levenshtein
 
 from ..defaults import DATA_DIR
 from ..errors import BundleError, InputError
-from ..lexicon import LabelMap, canonical, dedupe, lexicon
+from ..lexicon import LabelMap, answer_name, canonical, dedupe, from_french, spell_fix
 from ..record import Record
 from ..tokenizer import TextTokenizer
-from .base import Task, adapter_json, prompt_halves
+from .base import Call, Task, adapter_json, prompt_halves
 
 # ----------------------------------------------------------------------------- parsing
 
@@ -51,23 +49,36 @@ def parse_generated(text) -> list[str]:
         part = re.sub(r"^[\s\-\*\u2022\d\.\)\]\[\"'`]+|[\s\]\[\"'`\.!?]+$", "", part)
         if part.lower() in ("none", "nothing") or len(part) > 40:
             continue
-        names.append(canonical(part))
+        names.append(answer_name(part))
     return dedupe(names)
 
 
 def spans_to_names(text: str, spans) -> list[str]:
-    """Character spans the tagger marked -> canonical names, snapping near-misspellings to the lexicon."""
+    """Character spans the tagger marked -> answer names (edgesight.lexicon.answer_name); a word is
+    spell-corrected only when it is not English and close to exactly one name word (lexicon.spell_fix)."""
     names = []
-    known = lexicon()
     for start, end in spans:
-        name = canonical(text[start:end])
-        key = name.lower()
-        if len(key) >= 5 and key not in known:  # a typo of a known name: at most 2 edits
-            close = [c for c in difflib.get_close_matches(key, known, n=3, cutoff=0.7) if Levenshtein.distance(c, key) <= 2]
-            if close:
-                name = canonical(close[0])
-        names.append(name)
-    return dedupe(names)
+        phrase = re.sub(r"[A-Za-z]+", lambda m: spell_fix(m.group()), text[start:end])
+        names.append(answer_name(phrase))
+    return dedupe(n for n in names if n)
+
+
+# Seed 000's training rows wrap the user's text: "\nInstruction: ... Example: For the input '...' ...
+# \nDescription: <text>\n"; its chat prompt puts it between <|user|> and <|assistant|>.
+SEED_PREAMBLE = re.compile(r"^\s*Instruction:.*?\bDescription:[ \t]*", re.S)
+CHAT_TURN = re.compile(r"<\|user\|>\s*(.*?)\s*(?:</s>\s*)?(?:<\|assistant\|>|$)", re.S)
+
+
+def user_text(prompt: str) -> str:
+    """The text the user wrote, in English: seed 000's preamble and chat markers removed, French
+    translated word by word (lexicon.from_french)."""
+    match = SEED_PREAMBLE.match(prompt)
+    if match:
+        prompt = prompt[match.end():]
+    turn = CHAT_TURN.search(prompt)
+    if turn:
+        prompt = turn.group(1)
+    return from_french(prompt.strip())
 
 
 # ----------------------------------------------------------------------------- the task
@@ -78,8 +89,7 @@ def _check_prompts(prompts) -> list[str]:
     for p in prompts:
         if not isinstance(p, str):
             raise InputError(f"KeywordExtractor takes a prompt string or a list of strings, got {type(p).__name__}")
-        check_text(p)
-    return prompts
+    return [check_text(p) for p in prompts]   # checked and cleaned (invisible characters removed) before tokenizing
 
 
 class KeywordExtractor(Task):
@@ -107,7 +117,7 @@ class KeywordExtractor(Task):
         todo = [i for i, p in enumerate(prompts) if p.strip()]  # empty prompts: [] without the model
         results: list[list[str]] = [[] for _ in prompts]
         if todo:
-            for i, names in zip(todo, self._model.extract([prompts[i].strip() for i in todo], vocab)):
+            for i, names in zip(todo, self._model.extract([user_text(prompts[i]) or "." for i in todo], vocab)):
                 results[i] = names
         if vocab is not None:
             results = [dedupe(filter(None, (vocab(n) for n in names))) for names in results]
@@ -273,6 +283,8 @@ def from_json(payload):
         _check_prompts(inputs)
     elif not isinstance(inputs, str):
         raise InputError('"prompt" must be a string and "prompts" a list of strings')
+    if payload.get("vocabulary") is not None:   # honoured as in the API: kw(prompt, vocabulary=...)
+        return Call(inputs, {"vocabulary": payload["vocabulary"]})
     return inputs
 
 
