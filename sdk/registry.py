@@ -39,6 +39,7 @@ class TaskSpec:
     train: str | None = None      # training module
     recipe: str | None = None     # default-bundle recipe
     evaluate: str | None = None   # evaluation module
+    inputs: str = "text"          # what one input is, for `edgesight batch`: "text", "json" or "image" (edgesight.batch.INPUT_KINDS)
 
     @property
     def module_path(self) -> str:
@@ -59,18 +60,19 @@ TASKS: dict[str, TaskSpec] = {t.name: t for t in [
     TaskSpec("keywords", "keywords", "KeywordExtractor", "list[str]", ("onnx", "gguf", "torch"), "onnx",
              "free-text segmentation prompt -> object names to segment",
              train="edgesight.training.keywords", recipe="edgesight.training.keywords:build_default",
-             evaluate="edgesight.evaluation.keywords"),
+             evaluate="edgesight.evaluation.keywords", inputs="text"),
     TaskSpec("describe", "descriptions", "Describer", "Description", ("onnx", "gguf", "torch"), "gguf",
              "detector + scene JSON -> one natural sentence",
              train="edgesight.training.descriptions", recipe="edgesight.training.descriptions:build_default",
-             evaluate="edgesight.evaluation.descriptions"),
+             evaluate="edgesight.evaluation.descriptions", inputs="json"),
     TaskSpec("caption", "captioning", "Captioner", "CaptionResult", ("onnx",), "onnx",
              "image -> caption, sampled captions and tag scores",
-             train="edgesight.training.captioning", recipe="edgesight.training.captioning:build_default"),
+             train="edgesight.training.captioning", recipe="edgesight.training.captioning:build_default",
+             inputs="image"),
     TaskSpec("products", "products", "ProductRecognizer", "ProductResult", ("onnx",), "onnx",
              "product photo -> title, category, price from a catalogue",
              train="edgesight.training.products", recipe="edgesight.training.products:build_default",
-             evaluate="edgesight.evaluation.products"),
+             evaluate="edgesight.evaluation.products", inputs="image"),
 ]}
 
 
