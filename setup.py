@@ -11,13 +11,16 @@ HF = ["transformers>=4.46,<4.58", "safetensors>=0.4", "peft>=0.13", "sentencepie
 
 extras = {
     "gguf": ["llama-cpp-python==0.3.36"],
-    "export": TORCH + HF + ["optimum>=2.0", "optimum-onnx[onnxruntime]>=0.1", "onnx>=1.17", "onnx-ir>=0.1"],  # onnx-ir: int4 MatMulNBitsQuantizer
+    "export": TORCH + HF + ["optimum>=2.0", "optimum-onnx[onnxruntime]>=0.1", "onnx>=1.17", "onnx-ir>=0.1",
+                                 "efficientnet-lite-pytorch==0.1.0"],  # onnx-ir: int4 MatMulNBitsQuantizer; the image encoder's architecture
     "train": TORCH + HF + ["accelerate>=1.0", "gguf>=0.10"],  # gguf: transformers reads GGUF bases
     "serve": ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "prometheus-client>=0.20"],  # /metrics
     "ocr": ["rapidocr-onnxruntime==1.4.4"],
+    # `edgesight batch --engine ray` (Ray Data actors); its pyarrow is also what reads/writes Parquet batches
+    "ray": ["ray[data]==2.60.0"],
     # device="cuda" for ONNX bundles; replaces the CPU onnxruntime (the two wheels share the import name)
     "gpu": ["onnxruntime-gpu>=1.18"],
-    "dev": ["pytest>=8", "pytest-timeout>=2.3", "matplotlib>=3.8", "scikit-image>=0.24", "httpx>=0.27", "psutil>=5.9", "hypothesis>=6.100"],
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "matplotlib>=3.8", "scikit-image>=0.24", "httpx>=0.27", "psutil>=5.9", "build>=1.2", "hypothesis>=6.100"],
 }
 extras["all"] = sorted({req for name, reqs in extras.items() if name != "gpu" for req in reqs})
 

