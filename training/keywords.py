@@ -21,6 +21,9 @@ def add_train_arguments(p) -> None:
     p.add_argument("--train-examples", type=int, default=4000)
     p.add_argument("--val-examples", type=int, default=300)
     p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--full", action="store_true",
+                   help="extractive: fine-tune every transformer layer (saved whole) instead of LoRA; the word "
+                        "embeddings still take a LoRA")
     add_config_arguments(p, steps=400, lr=5e-4, batch_size=16, max_length=96, save_every=100)
 
 
@@ -33,6 +36,8 @@ def train_main(args):
     base = args.base or (smollm2_gguf() if generative else minilm_dir())
     config = config_from_args(args, data_version=f"{DATA_VERSION}/seed{args.data_seed}/n{args.train_examples}",
                               labels=None if generative else LABELS, system=SYSTEM if generative else None)
+    if args.full and not generative:
+        config.target_modules, config.modules_to_save = ["word_embeddings"], ["encoder"]
     report = train_lora(base, data["train"], kind="causal" if generative else "token-classification",
                         out_dir=args.out, config=config, val_examples=data["val"],
                         format_example=format_generative if generative else format_extractive,

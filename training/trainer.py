@@ -12,9 +12,11 @@ Examples are {"input", "output"} dicts; `format_example` turns one into what the
 - token-classification: (text, spans) with spans = [(start, end, label), ...] character ranges;
   tokens get BIO tags over `TrainConfig.labels` (["O", "B-X", "I-X", ...]).
 
-Everything goes through accelerate's `Accelerator` (batches sharded by process index, checkpoints
-written by the main process), so `accelerate launch -m edgesight.cli train ...` runs it unchanged;
-on this CPU-only machine only single-process launches were run. Checkpoints (adapter + optimizer state) are safetensors and
+Everything goes through accelerate's `Accelerator` (the global batch sharded by process index, losses
+token-weighted across processes, checkpoints and the report written by the main process), so
+`accelerate launch --num_processes N -m edgesight.cli train ...` runs it unchanged; two CPU processes
+(gloo) were checked here against one process on the same global batch (tests/test_multiprocess_training.py,
+docs/scale.md). Checkpoints (adapter + optimizer state) are safetensors and
 JSON only, written atomically to `out_dir/checkpoint`; a second call with the same `out_dir` resumes
 from it. Batches are drawn from a generator seeded by (seed, step), so a resumed run sees the same
 batches as an uninterrupted one.
@@ -54,6 +56,7 @@ class TrainConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] | None = None   # None = every linear layer except the output head
+    modules_to_save: list[str] | None = None  # modules trained and saved whole (e.g. ["encoder"]: a full fine-tune)
     seed: int = 0
     max_length: int = 128
     eval_every: int = 0                  # 0 = only at the end
@@ -298,7 +301,8 @@ def train_lora(base, train_examples: Sequence[dict], *, kind: str = "causal", ou
     task_type = {"causal": TaskType.CAUSAL_LM, "seq2seq": TaskType.SEQ_2_SEQ_LM,
                  "token-classification": TaskType.TOKEN_CLS}[kind]
     lora = LoraConfig(task_type=task_type, r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
-                      target_modules=config.target_modules or default_target_modules(model))
+                      target_modules=config.target_modules or default_target_modules(model),
+                      modules_to_save=config.modules_to_save)
     model = get_peft_model(model, lora)
     chat = kind == "causal" and uses_chat(tok, config)
     train = encode_all(tok, train_examples, kind, config, format_example, chat)
@@ -323,16 +327,28 @@ def train_lora(base, train_examples: Sequence[dict], *, kind: str = "causal", ou
             return evaluate(accelerator.unwrap_model(model), tok, list(val_examples)[: config.val_limit])
     return run_loop(model=model, optimizer=optimizer, accelerator=accelerator, train=train, val=val,
                     collate=lambda rows: collate(rows, tok.pad_token_id), config=config, out=out, recipe=recipe,
-                    desc=f"LoRA {kind}", load_s=load_s, point_metrics=point_metrics, progress=progress)
+                    desc=f"LoRA {kind}", load_s=load_s, point_metrics=point_metrics, progress=progress,
+                    items=lambda batch: loss_items(batch["labels"], shifted=kind == "causal"))
+
+
+def loss_items(labels, shifted: bool) -> int:
+    """How many label tokens transformers' loss averages over (causal LMs predict token t+1 from t)."""
+    return int(((labels[:, 1:] if shifted else labels) != -100).sum())
 
 
 def run_loop(*, model, optimizer, accelerator, train: list, val: list, collate: Callable, config: TrainConfig,
              out: Path, recipe: dict, desc: str, load_s: float, point_metrics: Callable | None = None,
-             progress: bool | None = None) -> TrainReport:
+             progress: bool | None = None, items: Callable | None = None) -> TrainReport:
     """The loop every LoRA trainer shares: resume from out/checkpoint (same data only), linear warm-up
     then decay, seeded batches (a resumed run sees the same ones), validation loss (+ `point_metrics()`),
     checkpoints, and finally out/adapter (written atomically, with recipe.json) and out/report.json.
-    `model` and `optimizer` are already prepared by `accelerator`; `collate(rows)` returns model inputs."""
+    `model` and `optimizer` are already prepared by `accelerator`; `collate(rows)` returns model inputs.
+
+    Several processes (`accelerate launch`) train on the same global batch as one: step s draws the same
+    batch_size x grad_accum x processes examples whatever the process count and each process takes every
+    n-th; `items(batch)` counts the loss's tokens, so each micro-batch's mean loss is re-weighted to its
+    share of the global batch's tokens and the averaged gradient equals one process's on the whole batch
+    (without `items`, every micro-batch weighs the same). The loss curve is the global batch's."""
     import torch
 
     ckpt = out / "checkpoint"
@@ -384,19 +400,28 @@ def run_loop(*, model, optimizer, accelerator, train: list, val: list, collate: 
                                                           "validation": report.validation})
         accelerator.wait_for_everyone()
 
+    def count(batch: dict) -> float:
+        return float(items(batch)) if items is not None else 1.0
+
     t1 = time.perf_counter()
     model.train()
-    for step in bar(range(start, config.steps), desc=desc, total=config.steps - start, progress=progress):
+    share = accelerator.num_processes * config.grad_accum   # backward divides by grad_accum, DDP by processes
+    for step in bar(range(start, config.steps), desc=desc, total=config.steps - start,
+                    progress=progress if accelerator.is_main_process else False):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        total = 0.0
-        for batch in batch_for(step):
+        batches = list(batch_for(step))
+        counts = [count(b) for b in batches]
+        n_global = accelerator.reduce(torch.tensor(sum(counts), device=accelerator.device), "sum").item()
+        weighted = torch.zeros((), device=accelerator.device)
+        for batch, n in zip(batches, counts):
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
-                accelerator.backward(loss)
+                accelerator.backward(loss * (n * share / max(n_global, 1.0)))
                 optimizer.step()
                 optimizer.zero_grad()
-            total += loss.item() / config.grad_accum
+            weighted += loss.detach() * n
+        total = accelerator.reduce(weighted, "sum").item() / max(n_global, 1.0)
         if not math.isfinite(total):
             raise TrainingError(f"loss became {total} at step {step + 1}; lower the learning rate (now {config.lr})")
         report.loss_curve.append([step + 1, round(total, 5)])

@@ -21,7 +21,7 @@ from pathlib import Path
 from ...inflect import ACRONYMS, ENDS_IN_S, PLURAL_ONLY, SAME, plural
 from ...lexicon import FORMS, canonical, dedupe, objects365
 
-DATA_VERSION = "kw-data-2"
+DATA_VERSION = "kw-data-4"
 SYSTEM = "List the objects to segment."
 LABELS = ["O", "B-OBJ", "I-OBJ"]
 
@@ -108,6 +108,41 @@ TEMPLATES = {
         "Is this photo from last summer?", "Good morning, how are you?", "Test test 123", "No objects this time.",
         "Tell me a joke about the weekend.", "segment please", "Can you describe the mood of the scene?",
     ],
+    # kw-data-4 (issue 13): scope across sentences, corrections, soft exclusions, exceptions after a list
+    "multi": [
+        "Do not segment {X}. Segment {K}.", "Segment {K}. Do not segment {X}.", "Don't mask {X}. Mask {K} instead.",
+        "Segment {K}. Leave {X} alone.", "Ignore {X}. I want {K}.", "{X}: no. {K}: yes.", "Segment {K}. Not {X}, though.",
+        "Find {K}. {X} should not be segmented.", "No {X}. Only {K}.", "Skip {X}. Then outline {K}.",
+        "First, segment {K}. Second, ignore {X}.", "We don't need {X}. Please find {K}.",
+        "Don't ignore {K}.", "Do not skip {K}.", "Don't leave out {K}.", "Please don't forget {K}; ignore {X}.",
+        "Ignore everything except {K}.", "Ignore everything but {K}.", "Ignore all objects except {K}.",
+        "Everything except {K} should be ignored.", "Everything other than {K} can be ignored.",
+        "Apart from {X}, segment {K}.", "Segment {K}, apart from {X}.",
+        "Only {K}, apart from that nothing.", "{K} only; apart from that, nothing.", "Just {K}, nothing more.",
+    ],
+    "correction": [
+        "Segment {X}. Actually, no, segment {K} instead.", "Find {X}... wait, I meant {K}.", "Segment {X}, sorry, {K}.",
+        "Mark {X}. Scratch that: mark {K}.", "Outline {X}. No wait, outline {K}.", "Segment {X}; correction: {K}.",
+        "Rather than {X}, segment {K}.", "Segment {K} rather than {X}.", "Not {X} but {K}.", "{K}, not {X}.",
+        "I said {X} but I meant {K}.", "Segment {X}. Hmm, on second thought, just {K}.",
+        "Segment {K} and {X}, except {XR}.", "Find {K}, {X}, but not {XR}.", "Outline {K} and {X}; skip {XR} though.",
+        "Segment {K} and {X}. Actually leave out {XR}.",
+    ],
+    "soft": [
+        "Segment {K}. {X} can stay unmarked.", "Segment {K}; {X} are fine to skip.", "Segment {K}; {X} are out of scope.",
+        "{X} don't matter, only {K}.", "Segment {K}, {X} can be left as they are.", "Mark {K}. {X} need no mask.",
+        "Find {K}. We don't care about {X}.", "Outline {K}; {X} are not needed.", "{X} are background. Segment {K}.",
+        "Segment {K}. Masks for {X} are optional, skip them.", "Please segment {K}; {X} will be done later.",
+        "Segment {K}. {X} are already labelled.",
+    ],
+    # words that are not objects to segment: category words next to members, possessors, task words
+    "hard_negative": [
+        "Segment all {C} like {K}.", "Segment {C} such as {K}.", "Find the {C}: {K}.", "Mark {C}, for example {K}.",
+        "Segment the {C}, especially {K}.", "Segment the {P}'s {K}.", "Find the {P}s' {K}.", "Outline the {P}'s {K}.",
+        "Create a segmentation mask for {K}.", "Draw bounding boxes around {K}.", "Produce masks for {K}.",
+        "Box {K}.", "Give me the outline of {K}.", "Make a mask of {K}.", "Label {K} with boxes.",
+        "I want a segmentation of {K}.", "Generate a mask for each of {K}.",
+    ],
 }
 ADJECTIVES = ["red", "blue", "white", "black", "green", "yellow", "small", "large", "big", "old", "wooden",
               "metal", "plastic", "tiny", "shiny", "dirty", "new", "brown", "grey", "pink"]
@@ -180,12 +215,34 @@ def _render_list(items: list[str], rng: random.Random, misspell: float, bare: bo
     return text, spans
 
 
+CATEGORY_WORDS = ["animals", "vehicles", "furniture", "fruit", "fruits", "kitchen items", "tools", "food", "objects",
+                  "items", "things", "electronics", "devices", "appliances", "instruments", "toys", "sports gear",
+                  "containers", "clothes", "accessories", "plants", "birds", "pets"]
+POSSESSORS = ["cyclist", "driver", "girl", "boy", "man", "woman", "surfer", "rider", "child", "teacher", "worker",
+              "chef", "player", "farmer", "tourist", "student", "customer", "owner", "neighbour", "kid"]
+# Concrete nouns outside Objects365 (objects a user may still ask for): the tagger must tag them too,
+# and they come back as written. Written for kw-data-4; nouns of the frozen evaluation set were removed.
+EXTRA_NOUNS = """eagle hawk squirrel frog snake turtle lizard shark whale octopus bee spider ant kangaroo koala panda
+leopard cheetah hippo rhino gorilla barn shed hut bridge gate door window wall roof chimney staircase balcony fountain
+statue trailer tram canoe kayak raft yacht submarine rocket drone sled wagon sack hose wire rope hoe saw drill wrench
+skillet wok ladle spatula whisk grater colander jar lid tray thermos whistle harp accordion banjo xylophone poster
+sculpture curtain blanket quilt rug mat cushion hammock crib cot cap jacket sweater shirt dress skirt sock crown apron
+lime walnut peanut almond pretzel bagel muffin croissant waffle pancake taco burrito noodle soup salad omelette wheel
+engine bumper antenna seesaw trampoline stove heater boiler stump branch rock boulder pebble shell coral cactus toolbox
+nail screw bolt cassette joystick controller robot coin banknote ticket envelope parcel stamp torch flashlight
+chandelier soda juice milk coffee tea wine drawer wardrobe dresser goggles""".split()
+
 # Context that names things which are not objects to segment (places, people, times, scene parts).
 CONTEXTS = [" in the photo I took in Paris last summer", " from my holiday pictures", " near the river",
             " on the left side of the frame", " for my school project", " in the image my friend sent yesterday",
             " on the road", " under the bright sky", " in the kitchen", " at the beach", " in the living room",
             " on the statue", " by the window", " in this shot from the parking lot", " at my grandmother's house",
-            " from the video my brother recorded", " in the background", " on the street"]
+            " from the video my brother recorded", " in the background", " on the street",
+            # kw-data-4: gerunds and scene words after the objects are not objects to segment
+            " grazing in the field", " running across the grass", " flying over the lake", " parked along the curb",
+            " next to the dock", " walking down the road", " sleeping on the floor", " standing near the wall",
+            " swimming in the pond", " lying on the ground", " waiting at the platform", " hanging on the wall",
+            " in front of the building", " against the sky", " behind the hill", " floating in the water"]
 
 
 def make_example(template: str, labels: list[str], rng: random.Random, misspell: float = 0.0) -> dict:
@@ -194,19 +251,27 @@ def make_example(template: str, labels: list[str], rng: random.Random, misspell:
         stem = template.rstrip(".!?")
         template = stem + rng.choice(CONTEXTS) + template[len(stem):]
     slots = re.findall(r"\{(K2?|X2?)\}", template)
+    for slot, words in (("{C}", CATEGORY_WORDS), ("{P}", POSSESSORS)):   # untagged words (kw-data-4)
+        if slot in template:
+            template = template.replace(slot, rng.choice(words))
     need = {s: rng.choice([1, 1, 2, 2, 3, 4]) if s == "K" else rng.choice([1, 1, 2]) for s in slots}
     if "X2" in need:
         need["X"] = need["X2"] = 1
     chosen = rng.sample(labels, sum(need.values()))
     text, spans, output = "", [], []
-    for piece in re.split(r"(\{K2?\}|\{X2?\})", template):
+    said: dict[str, list[str]] = {}
+    for piece in re.split(r"(\{K2?\}|\{X[2R]?\})", template):
         slot = piece[1:-1] if piece.startswith("{") else None
         if slot is None:
             text += piece
             continue
+        if slot == "XR":   # the excluded objects named again ("segment A and B, except the B")
+            text += _render_list(said["X"], rng, 0.0, False)[0]
+            continue
         group, chosen = chosen[: need[slot]], chosen[need[slot]:]
         forms = [rng.choice(surface_forms(label)) for label in group]
-        bare = re.search(r"\b(each|every|the|a|all|any|of)\s$", text.lower()) is not None
+        said[slot] = forms
+        bare = re.search(r"(\b(each|every|the|a|all|any|of)|'s|s')\s$", text.lower()) is not None
         rendered, rspans = _render_list(forms, rng, misspell, bare)
         if slot.startswith("K"):
             spans += [(len(text) + s, len(text) + e) for s, e in rspans]
@@ -218,7 +283,7 @@ def make_example(template: str, labels: list[str], rng: random.Random, misspell:
 def build(n_train: int = 4000, n_val: int = 400, *, seed: int = 0, val_fraction: float = 0.2) -> dict:
     """{"train": [...], "val": [...]} split by template and by category (see module doc)."""
     rng = random.Random(seed)
-    labels = [label for label in objects365() if surface_forms(label)]
+    labels = [label for label in list(objects365()) + EXTRA_NOUNS if surface_forms(label)]
     rng.shuffle(labels)
     n_val_labels = int(len(labels) * val_fraction)
     val_labels, train_labels = labels[:n_val_labels], labels[n_val_labels:]
