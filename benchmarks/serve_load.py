@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -35,12 +36,15 @@ def start_server(args: list[str], env: dict | None = None, timeout: float = 180)
     import httpx
 
     port = _free_port()
+    # The log goes to a file, not a pipe: nobody reads a pipe while the server runs, and a full one blocks it.
+    log = tempfile.NamedTemporaryFile(prefix="edgesight-serve-", suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "edgesight.cli", "serve", "--port", str(port), *args],
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = Path(log.name)
     url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {proc.stdout.read().decode()[-2000:]}")
+            raise RuntimeError(f"server exited {proc.returncode}: {server_log(proc)[-2000:]}")
         try:
             if httpx.get(url + "/health", timeout=1).status_code == 200:
                 return proc, url
@@ -50,12 +54,22 @@ def start_server(args: list[str], env: dict | None = None, timeout: float = 180)
     raise RuntimeError(f"server did not answer /health within {timeout:.0f} s")
 
 
-def stop_server(proc) -> None:
+def stop_server(proc) -> float | None:
+    """SIGTERM, then SIGKILL after 10 s; returns the seconds SIGTERM took, None when it had to be killed."""
+    t0 = time.monotonic()
     proc.terminate()
     try:
         proc.wait(10)
+        return time.monotonic() - t0
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait()
+        return None
+
+
+def server_log(proc) -> str:
+    """What the server printed so far."""
+    return proc.log_path.read_text(encoding="utf-8", errors="replace")
 
 
 def photo_b64() -> str:
