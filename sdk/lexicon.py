@@ -250,7 +250,7 @@ def spell_fix(word: str) -> str:
 
 # ----------------------------------------------------------------------------- French prompts
 
-FRENCH_MARKERS = {"les", "des", "et", "sauf", "pas", "mais", "sans", "segmente", "segmentez", "trouve", "trouvez",
+FRENCH_MARKERS = {"le", "la", "les", "des", "et", "sauf", "pas", "mais", "sans", "segmente", "segmentez", "trouve", "trouvez",
                   "detecte", "detectez", "je", "ne", "du", "une", "aussi", "avec", "seulement", "rien", "tout",
                   "l'", "d'", "n'", "excepte", "hormis", "uniquement", "ignorez", "veux", "entoure", "repere"}
 
@@ -285,10 +285,10 @@ def _french_singular(token: str) -> str:
 def from_french(text: str) -> str:
     """A French prompt -> word-by-word English the extractor reads ("Segmente les chats, mais pas les
     chiens" -> "segment the cat, but not the dog"); any other text comes back unchanged. French is
-    recognised by two or more of its function words (les, et, sauf, pas, ...)."""
+    recognised by two or more different function words (les, et, sauf, pas, ...)."""
     tokens = _french_tokens(text)
     folded = [_fold(t) for t in tokens]
-    if sum(t in FRENCH_MARKERS for t in folded) < 2:
+    if len(FRENCH_MARKERS.intersection(folded)) < 2:
         return text
     table, singulars = french_table(), [_french_singular(t) for t in folded]
     out, i = [], 0

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..defaults import DATA_DIR
 from ..errors import BundleError, InputError
-from ..lexicon import LabelMap, answer_name, canonical, dedupe, from_french, spell_fix
+from ..lexicon import LabelMap, answer_name, canonical, dedupe, from_french, lexicon, spell_fix
 from ..record import Record
 from ..tokenizer import TextTokenizer
 from .base import Call, Task, adapter_json, prompt_halves
@@ -58,9 +58,33 @@ def spans_to_names(text: str, spans) -> list[str]:
     spell-corrected only when it is not English and close to exactly one name word (lexicon.spell_fix)."""
     names = []
     for start, end in spans:
-        phrase = re.sub(r"[A-Za-z]+", lambda m: spell_fix(m.group()), text[start:end])
-        names.append(answer_name(phrase))
+        phrase = re.sub(r"[^\W\d_]+", lambda m: spell_fix(m.group()), text[start:end])
+        names += [answer_name(p) for p in _split_names(phrase)]
     return dedupe(n for n in names if n)
+
+
+def _split_names(phrase: str) -> list[str]:
+    """One tagged span -> the names in it: "Bottle Cup Knife" (seed 000 writes names one after the other)
+    is three known names; verb forms at the edges of an unknown phrase go ("cows grazing" -> "cows")."""
+    known = lexicon()
+    words = phrase.split()
+    if len(words) < 2 or canonical(phrase).lower() in known:
+        return [phrase]
+    pieces, i = [], 0
+    while i < len(words):
+        j = next((j for j in range(len(words), i, -1) if canonical(" ".join(words[i:j])).lower() in known), None)
+        if j is None:
+            break
+        pieces.append(" ".join(words[i:j]))
+        i = j
+    if i == len(words):
+        return pieces
+    verb = re.compile(r"[a-z]{3,}(ing|ed)$", re.I)
+    while len(words) > 1 and verb.fullmatch(words[0]):
+        words = words[1:]
+    while len(words) > 1 and verb.fullmatch(words[-1]):
+        words = words[:-1]
+    return [" ".join(words)]
 
 
 # Seed 000's training rows wrap the user's text: "\nInstruction: ... Example: For the input '...' ...

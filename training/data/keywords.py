@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 
 from ...inflect import ACRONYMS, ENDS_IN_S, PLURAL_ONLY, SAME, plural
-from ...lexicon import FORMS, canonical, dedupe, objects365
+from ...lexicon import FORMS, answer_name, canonical, dedupe, objects365
 
 DATA_VERSION = "kw-data-4"
 SYSTEM = "List the objects to segment."
@@ -245,6 +245,37 @@ CONTEXTS = [" in the photo I took in Paris last summer", " from my holiday pictu
             " in front of the building", " against the sky", " behind the hill", " floating in the water"]
 
 
+# Long chatty prompts (kw-data-4): sentences around the request whose nouns are not objects to segment.
+CHATTY_BEFORE = ["Hi there! ", "Hello, hope you're well. ", "Quick question about a photo I took with my phone. ",
+                 "This picture is from our family trip to the mountains last spring. ",
+                 "I'm preparing a presentation for my marketing class and need some help. ",
+                 "Our startup is building an inventory tool for small shops. ",
+                 "So, this is a frame from the security footage of our warehouse. ",
+                 "My neighbour sent me this snapshot of the street festival. ",
+                 "I'm a biology student documenting the campus garden. ",
+                 "We are labelling images for a research project on city traffic. ",
+                 "Sorry for the blurry shot, it was taken from a moving train. ",
+                 "This one comes from the school's sports day. ", "Okay, next image: the lobby of our hotel. ",
+                 "Long story short, the scanner at the office broke, so I used my camera. ",
+                 "Context: a dashcam clip from a rainy evening. ", "Task for the annotation team: ",
+                 "I've been working on this dataset all week and I'm exhausted. ",
+                 "My grandfather's old slide collection is being digitised. "]
+CHATTY_AFTER = [" Thanks a lot!", " Thank you so much, you're a lifesaver.", " Let me know if anything is unclear.",
+                " The deadline for the report is Monday.", " We will handle the rest of the image ourselves.",
+                " Nothing else in the picture matters.", " I'll send more pictures tomorrow.", " Cheers!",
+                " This is for a school project about recycling.", " The lighting is poor, sorry about that.",
+                " My manager needs the masks by noon.", " The photo was taken with an old film camera."]
+
+
+def chatty(example: dict, rng: random.Random) -> dict:
+    """The example inside a sentence or two of chat (before, after or both); spans shift along."""
+    r = rng.random()
+    before = rng.choice(CHATTY_BEFORE) if r < 0.7 else ""
+    after = rng.choice(CHATTY_AFTER) if r > 0.4 else ""
+    return {**example, "input": before + example["input"] + after,
+            "spans": [[s + len(before), e + len(before)] for s, e in example["spans"]]}
+
+
 def make_example(template: str, labels: list[str], rng: random.Random, misspell: float = 0.0) -> dict:
     """Fill one template with objects drawn from `labels`; returns input, output, spans."""
     if "{K" in template and rng.random() < 0.25:
@@ -275,7 +306,7 @@ def make_example(template: str, labels: list[str], rng: random.Random, misspell:
         rendered, rspans = _render_list(forms, rng, misspell, bare)
         if slot.startswith("K"):
             spans += [(len(text) + s, len(text) + e) for s, e in rspans]
-            output += [canonical(f) for f in forms]
+            output += [answer_name(f) for f in forms]   # the SDK's answer form (Objects365 name for synonyms)
         text += rendered
     return {"input": text, "output": dedupe(output), "spans": [list(s) for s in spans]}
 
@@ -301,7 +332,10 @@ def build(n_train: int = 4000, n_val: int = 400, *, seed: int = 0, val_fraction:
         rows = []
         for i in range(n):
             family, t = temps[i % len(temps)] if i < len(temps) else srng.choice(temps)
+            wrap = srng.random() < 0.15
             ex = make_example(t, labs, srng, miss)
+            if wrap:
+                ex = chatty(ex, srng)
             ex.update(family=family, template=t)
             rows.append(ex)
         out[split] = rows
