@@ -1,10 +1,10 @@
-"""A product catalogue as a search index: unit embeddings (numpy matrix) + JSON metadata per item.
+"""A product catalogue as a search index: unit vectors in faiss (one or more rows per product) + JSON metadata.
 
 Recognition is a nearest-neighbour search, so adding a product or changing a price is an index
 update, never a retraining. Ingestion reads the seeds' CSV shape (title, category3_code or category,
 full_price, local_image_path; extra columns are kept) and reports bad rows instead of failing on them.
-Saved as a bundle (embeddings.npy + items.json, sha256-verified, no pickle) tied to the encoder that
-made the embeddings: searching with another encoder would silently return nonsense, so it is refused.
+Saved as a bundle (faiss's own serialisation of the rows + items.json, sha256-verified, no pickle) tied to
+the encoder that made the embeddings: searching with another encoder would silently return nonsense, so it is refused.
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ class IngestReport:
 
 # A price: optional currency sign or code, digits with one kind of thousands separator (",", ".", "'",
 # space) in groups of three, and at most one decimal separator ("," or ".") with 1-2 digits after it.
-_CURRENCY = re.compile(r"^(?:[$€£¥₹]|[A-Za-z]{3})?\s*(.*?)\s*(?:[$€£¥₹]|[A-Za-z]{3})?$")
+_CURRENCY = re.compile(r"^(?:[$€£¥₹]|[A-Za-z]{3})?\s*(.*?)\s*(?:[$€£¥₹]|[A-Za-z]{3})?$", re.S)
 _AMOUNT = re.compile(r"^(\d{1,3}(?:([,.' \u00a0\u202f])\d{3})*|\d+)(?:([.,])(\d{1,2}))?$")
 
 
@@ -212,74 +212,42 @@ def read_catalog_csv(path, *, require_image: bool = True) -> tuple[list[Product]
     return products, report
 
 
-IVF_MIN_ITEMS = 20_000   # below this an exact scan is already a few milliseconds
+ANN_MIN_ROWS = 20_000    # below this an exact scan is already a few milliseconds
 
 
-def _top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top-k of a (Q, N) similarity matrix, best first."""
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < sims.shape[1] else np.tile(np.arange(sims.shape[1]), (len(sims), 1))
-    order = np.take_along_axis(sims, top, 1).argsort(axis=1)[:, ::-1]
-    idx = np.take_along_axis(top, order, 1)
-    return idx, np.take_along_axis(sims, idx, 1)
+def _faiss():
+    import faiss   # a core dependency, imported on first search so `import edgesight` stays light
 
-
-def _top_k_rows(q: np.ndarray, embeddings: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k among candidate `rows` only, padded with the best of the rest if the lists held fewer than k."""
-    if len(rows) < k:
-        rows = np.concatenate([rows, np.setdiff1d(np.arange(len(embeddings)), rows)[:k - len(rows)]])
-    idx, sims = _top_k((embeddings[rows] @ q)[None], k)
-    return rows[idx[0]], sims[0]
-
-
-@dataclass
-class InvertedFile:
-    """Spherical k-means lists over unit embeddings: centroids (L, dim), the list of every row, and the
-    rows grouped by list (order/offsets) so a probe is a slice, not a scan."""
-    centroids: np.ndarray
-    assign: np.ndarray
-    order: np.ndarray = None
-    offsets: np.ndarray = None
-
-    @classmethod
-    def train(cls, x: np.ndarray, lists: int | None = None, iters: int = 8, sample: int = 20_000, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        lists = lists or int(np.sqrt(len(x)))
-        train = x[rng.choice(len(x), min(sample, len(x)), replace=False)]
-        c = train[rng.choice(len(train), lists, replace=False)].copy()
-        for _ in range(iters):
-            a = (train @ c.T).argmax(1)
-            sums = np.zeros_like(c)
-            np.add.at(sums, a, train)
-            empty = np.bincount(a, minlength=lists) == 0
-            sums[empty] = train[rng.choice(len(train), int(empty.sum()))]  # re-seed empty lists
-            c = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-        ivf = cls(c.astype(np.float32), np.zeros(0, np.int32))
-        ivf.assign = np.concatenate([ivf.nearest(x[i:i + 8192]) for i in range(0, len(x), 8192)])
-        ivf.reorder()
-        return ivf
-
-    def nearest(self, x: np.ndarray) -> np.ndarray:
-        return (np.atleast_2d(x) @ self.centroids.T).argmax(1).astype(np.int32)
-
-    def reorder(self) -> None:
-        self.order = np.argsort(self.assign, kind="stable")
-        self.offsets = np.searchsorted(self.assign[self.order], np.arange(len(self.centroids) + 1))
-
-    def candidates(self, q: np.ndarray, nprobe: int) -> np.ndarray:
-        probe = np.argpartition(-(self.centroids @ q), min(nprobe, len(self.centroids)) - 1)[:nprobe]
-        return np.concatenate([self.order[self.offsets[p]:self.offsets[p + 1]] for p in probe])
+    return faiss
 
 
 class CatalogIndex:
-    """Unit embeddings (N, dim) float32 + one metadata dict per row; search is one matrix-vector product."""
+    """Catalogue rows in faiss: one or more unit vectors per product (views of its photo; embedding, or
+    embedding fused with a colour descriptor) + one metadata record per product. A product's score is its
+    best row's inner product (cosine for unit rows).
 
-    def __init__(self, embeddings: np.ndarray, products: list[Product], encoder: dict):
+    The rows live in an exact faiss `IndexFlatIP` (the source of truth, saved with faiss's own serialisation);
+    from ANN_MIN_ROWS rows an approximate index (`IndexIVFScalarQuantizer`, 8-bit codes, ~sqrt(rows) lists) is
+    trained on first use and finds candidates, which the exact rows then re-score. `features` says how the
+    rows were made (the recogniser builds queries the same way) and `calibration` holds the catalogue's own
+    "unknown" threshold."""
+
+    def __init__(self, embeddings: np.ndarray, products: list[Product], encoder: dict, *, items: np.ndarray | None = None,
+                 features: dict | None = None, calibration: dict | None = None):
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-        if embeddings.ndim != 2 or len(embeddings) != len(products):
-            raise CatalogError(f"{len(products)} products but embeddings of shape {embeddings.shape}")
-        self.embeddings, self.products, self.encoder = embeddings, list(products), dict(encoder)
-        self._ivf: InvertedFile | None = None
-        self.nprobe = 16
+        items = np.arange(len(products), dtype=np.int32) if items is None else np.asarray(items, dtype=np.int32)
+        if embeddings.ndim != 2 or len(embeddings) != len(items) or (len(items) and not 0 <= items.min() <= items.max() < len(products)):
+            raise CatalogError(f"{len(products)} products but {len(items)} row labels and rows of shape {embeddings.shape}")
+        self.products, self.encoder = list(products), dict(encoder)
+        self.features, self.calibration = dict(features or {}), dict(calibration or {})
+        self.items = items                                   # row -> product
+        self._dim = embeddings.shape[1]
+        self._flat = _faiss().IndexFlatIP(self._dim)
+        if len(embeddings):
+            self._flat.add(embeddings)
+        self._row_ids = np.arange(len(items), dtype=np.int64)   # stable ids of the rows in the approximate index
+        self._ann = None
+        self.nprobe, self.threads = 16, None
         self._rows = {p.title: i for i, p in enumerate(self.products)}
         if len(self._rows) != len(self.products):
             dupes = sorted({p.title for p in self.products if sum(q.title == p.title for q in self.products) > 1})
@@ -290,7 +258,22 @@ class CatalogIndex:
 
     @property
     def dim(self) -> int:
-        return self.embeddings.shape[1]
+        return self._dim
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """The rows (R, dim) as a read-only view of the exact index's storage (no copy)."""
+        n = self._flat.ntotal
+        if not n:
+            return np.zeros((0, self._dim), np.float32)
+        view = _faiss().rev_swig_ptr(self._flat.get_xb(), n * self._dim).reshape(n, self._dim)
+        view.flags.writeable = False
+        return view
+
+    @property
+    def views(self) -> int:
+        """Rows per product (the most any product has)."""
+        return int(np.bincount(self.items).max()) if len(self.items) else 1
 
     def __contains__(self, title: str) -> bool:
         return title in self._rows
@@ -304,53 +287,96 @@ class CatalogIndex:
         except KeyError:
             raise CatalogError(f"no product titled {title!r} in the catalogue ({len(self)} products)") from None
 
+    # -- search -------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int = 5, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k rows by cosine similarity for unit query rows (Q, dim): (indices (Q, k), similarities (Q, k)).
-
-        Up to IVF_MIN_ITEMS items: exact, one BLAS matrix product + argpartition (only the k winners are
-        sorted). Above: an inverted file (spherical k-means, ~sqrt(N) lists) built on first use; a query
-        scans only the `nprobe` lists nearest to it (sub-linear). exact=True forces the full scan."""
+        """Top-k products for unit query rows (Q, dim): (product indices (Q, k), scores (Q, k)), best first; a
+        product scores its best row. Exact below ANN_MIN_ROWS rows (or exact=True); above, the approximate
+        index proposes candidates (`nprobe` lists) and the exact rows score them."""
         if not len(self):
             raise CatalogError("the catalogue is empty; add products before searching")
-        queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        queries = np.ascontiguousarray(np.atleast_2d(np.asarray(queries, dtype=np.float32)))
         if queries.shape[1] != self.dim:
-            raise CatalogError(f"query embedding has {queries.shape[1]} dims, the catalogue {self.dim}: "
+            raise CatalogError(f"query vector has {queries.shape[1]} dims, the catalogue {self.dim}: "
                                "it was built with another encoder; rebuild the index with this one")
+        faiss = _faiss()
+        if self.threads:
+            faiss.omp_set_num_threads(int(self.threads))
         k = min(k, len(self))
-        if exact or (exact is None and len(self) < IVF_MIN_ITEMS):
-            return _top_k(queries @ self.embeddings.T, k)
-        ivf = self.ivf()
-        rows, sims = zip(*(_top_k_rows(q, self.embeddings, ivf.candidates(q, self.nprobe), k) for q in queries))
-        return np.stack(rows), np.stack(sims)
+        rows_k = min(self._flat.ntotal, k * self.views * 2)   # enough rows to hold k distinct products
+        if exact or (exact is None and self._flat.ntotal < ANN_MIN_ROWS):
+            sims, rows = self._flat.search(queries, rows_k)
+        else:
+            ann = self.ann()
+            ann.nprobe = self.nprobe
+            _, ids = ann.search(queries, min(self._flat.ntotal, rows_k * 4))
+            rows = np.searchsorted(self._row_ids, np.where(ids < 0, self._row_ids[-1], ids))
+            sims = np.einsum("qd,qkd->qk", queries, self.embeddings[rows])   # exact scores of the candidates
+            order = np.argsort(-sims, axis=1)[:, :rows_k]
+            rows, sims = np.take_along_axis(rows, order, 1), np.take_along_axis(sims, order, 1)
+        return self._per_product(rows, sims, k)
 
-    def ivf(self) -> "InvertedFile":
-        if self._ivf is None:
-            self._ivf = InvertedFile.train(self.embeddings)
-        return self._ivf
+    def _per_product(self, rows: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row hits (best first) -> the first k distinct products with their best score (padded with the
+        lowest-scored other products when the hits held fewer than k)."""
+        out_i, out_s = np.zeros((len(rows), k), np.int64), np.zeros((len(rows), k), np.float32)
+        for q, (r, s) in enumerate(zip(rows, sims)):
+            valid = r >= 0
+            items = self.items[r[valid]]
+            _, first = np.unique(items, return_index=True)
+            first = np.sort(first)[:k]
+            got_i, got_s = items[first], s[valid][first]
+            if len(got_i) < k:
+                rest = np.setdiff1d(np.arange(len(self)), got_i)[:k - len(got_i)]
+                got_i, got_s = np.concatenate([got_i, rest]), np.concatenate([got_s, np.full(len(rest), -1.0, np.float32)])
+            out_i[q], out_s[q] = got_i, got_s
+        return out_i, out_s
+
+    def ann(self):
+        """The approximate index (faiss IVF, 8-bit scalar-quantised codes, inner product), trained on first use."""
+        if self._ann is None:
+            faiss = _faiss()
+            x = self.embeddings
+            lists = max(1, int(np.sqrt(len(x))))
+            ann = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(self.dim), self.dim, lists,
+                                                faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+            sample = np.random.default_rng(0).choice(len(x), min(len(x), 64 * lists), replace=False)
+            ann.train(x[np.sort(sample)])
+            for i in range(0, len(x), 65_536):
+                ann.add_with_ids(x[i:i + 65_536], self._row_ids[i:i + 65_536])
+            self._ann = ann
+        return self._ann
 
     # -- updates: no retraining, just rows --------------------------------------------------------
     def add(self, product: Product, embedding: np.ndarray, *, replace: bool = False) -> None:
-        """Add a product (or replace one with the same title when replace=True)."""
-        emb = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
-        if emb.shape[1] != self.dim:
-            raise CatalogError(f"embedding has {emb.shape[1]} dims, the catalogue {self.dim}")
-        emb /= max(float(np.linalg.norm(emb)), 1e-12)
+        """Add a product with its row(s) (dim,) or (views, dim); replace=True updates the product with that title."""
+        rows = np.array(embedding, dtype=np.float32, ndmin=2)
+        if rows.shape[1] != self.dim:
+            raise CatalogError(f"embedding has {rows.shape[1]} dims, the catalogue {self.dim}")
+        rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
         if product.title in self._rows:
             if not replace:
                 raise CatalogError(f"a product titled {product.title!r} already exists; pass replace=True to update it "
                                    "or give the new product a distinct title")
-            row = self._rows[product.title]
-            self.products[row], self.embeddings[row] = product, emb[0]
-            if self._ivf is not None:
-                self._ivf.assign[row] = self._ivf.nearest(emb)[0]
-                self._ivf.reorder()
-            return
-        self._rows[product.title] = len(self.products)
-        self.products.append(product)
-        self.embeddings = np.concatenate([self.embeddings, emb])
-        if self._ivf is not None:  # the new row joins its nearest list; centroids stay as trained
-            self._ivf.assign = np.append(self._ivf.assign, self._ivf.nearest(emb))
-            self._ivf.reorder()
+            item = self._rows[product.title]
+            self._drop_rows(self.items == item)
+            self.products[item] = product
+        else:
+            item = len(self.products)
+            self._rows[product.title] = item
+            self.products.append(product)
+        ids = self._row_ids[-1] + 1 + np.arange(len(rows)) if len(self._row_ids) else np.arange(len(rows), dtype=np.int64)
+        self._flat.add(rows)
+        self.items = np.concatenate([self.items, np.full(len(rows), item, np.int32)])
+        self._row_ids = np.concatenate([self._row_ids, ids])
+        if self._ann is not None:   # the new rows join their nearest lists; the lists stay as trained
+            self._ann.add_with_ids(rows, ids)
+
+    def _drop_rows(self, mask: np.ndarray) -> None:
+        faiss = _faiss()
+        self._flat.remove_ids(faiss.IDSelectorBatch(np.flatnonzero(mask).astype(np.int64)))   # positions shift like np.delete
+        if self._ann is not None:
+            self._ann.remove_ids(faiss.IDSelectorBatch(self._row_ids[mask]))
+        self.items, self._row_ids = self.items[~mask], self._row_ids[~mask]
 
     def set_price(self, title: str, price) -> None:
         try:
@@ -359,13 +385,11 @@ class CatalogIndex:
             raise CatalogError(f"bad price for {title!r}: {exc}") from None
 
     def remove(self, title: str) -> None:
-        row = self._row(title)
-        del self.products[row]
-        self.embeddings = np.delete(self.embeddings, row, axis=0)
+        item = self._row(title)
+        self._drop_rows(self.items == item)
+        self.items = self.items - (self.items > item)
+        del self.products[item]
         self._rows = {p.title: i for i, p in enumerate(self.products)}
-        if self._ivf is not None:
-            self._ivf.assign = np.delete(self._ivf.assign, row)
-            self._ivf.reorder()
 
     # -- persistence --------------------------------------------------------------------------------
     def save(self, out, *, source: str | None = None) -> Bundle:
@@ -376,33 +400,62 @@ class CatalogIndex:
         return Bundle.load(out)
 
     def write_into(self, w: BundleWriter, prefix: str = "") -> None:
-        """Add embeddings.npy + items.json to a bundle being written (roles catalog_embeddings, catalog_items)."""
-        path = w.dir / f"{prefix}embeddings.npy"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, self.embeddings, allow_pickle=False)
-        w.set_role("catalog_embeddings", f"{prefix}embeddings.npy")
-        w.add_json({"encoder": self.encoder, "products": [p.to_dict() for p in self.products]},
-                   f"{prefix}items.json", role="catalog_items")
-        if self._ivf is not None:  # a trained inverted file is kept: retraining it at 100k items takes ~30 s
-            for name, arr in (("ivf_centroids", self._ivf.centroids), ("ivf_assign", self._ivf.assign)):
-                np.save(w.dir / f"{prefix}{name}.npy", arr, allow_pickle=False)
-                w.set_role(f"catalog_{name}", f"{prefix}{name}.npy")
+        """Add the index to a bundle being written: rows.faiss (faiss's own serialisation of the exact rows),
+        row_items.npy, items.json, and ann.faiss when the approximate index was trained (retraining it at 1M
+        rows takes minutes). The bundle records every file's sha256; nothing is pickled."""
+        faiss = _faiss()
+        (w.dir / prefix).mkdir(parents=True, exist_ok=True)
+        faiss.serialize_index(self._flat).tofile(w.dir / f"{prefix}rows.faiss")
+        w.set_role("catalog_rows", f"{prefix}rows.faiss")
+        np.save(w.dir / f"{prefix}row_items.npy", self.items, allow_pickle=False)
+        w.set_role("catalog_row_items", f"{prefix}row_items.npy")
+        w.add_json({"encoder": self.encoder, "features": self.features, "calibration": self.calibration,
+                    "products": [p.to_dict() for p in self.products]}, f"{prefix}items.json", role="catalog_items")
+        if self._ann is not None:
+            faiss.serialize_index(self._ann).tofile(w.dir / f"{prefix}ann.faiss")
+            w.set_role("catalog_ann", f"{prefix}ann.faiss")
+            np.save(w.dir / f"{prefix}row_ids.npy", self._row_ids, allow_pickle=False)
+            w.set_role("catalog_row_ids", f"{prefix}row_ids.npy")
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> "CatalogIndex":
         import json
 
-        if not (bundle.has("catalog_embeddings") and bundle.has("catalog_items")):
+        if not bundle.has("catalog_items") or not (bundle.has("catalog_rows") or bundle.has("catalog_embeddings")):
             raise BundleError(f"{bundle.path}: bundle carries no catalogue index; pass catalog=CSV or an index directory")
-        emb = np.load(bundle.file("catalog_embeddings"), allow_pickle=False)
         meta = json.loads(bundle.file("catalog_items").read_text(encoding="utf-8"))
-        index = cls(emb, [Product(**p) for p in meta["products"]], meta["encoder"])
-        if bundle.has("catalog_ivf_centroids"):
-            index._ivf = InvertedFile(np.load(bundle.file("catalog_ivf_centroids"), allow_pickle=False),
-                                      np.load(bundle.file("catalog_ivf_assign"), allow_pickle=False))
-            index._ivf.reorder()
+        products = [Product(**p) for p in meta["products"]]
+        kw = dict(features=meta.get("features"), calibration=meta.get("calibration"))
+        if bundle.has("catalog_rows"):   # the saved faiss index becomes the index's storage (no copy)
+            flat = _read_faiss(bundle, "catalog_rows", "IndexFlatIP")
+            items = np.load(bundle.file("catalog_row_items"), allow_pickle=False).astype(np.int32)
+            if len(items) != flat.ntotal or (len(items) and not 0 <= items.min() <= items.max() < len(products)):
+                raise BundleError(f"{bundle.path}: {len(items)} row labels for {flat.ntotal} rows of {len(products)} products")
+            index = cls(np.zeros((0, flat.d), np.float32), products, meta["encoder"], items=np.zeros(0, np.int32), **kw)
+            index._flat, index.items, index._row_ids = flat, items, np.arange(len(items), dtype=np.int64)
+        else:   # an index saved before faiss: one embedding per product in embeddings.npy
+            index = cls(np.load(bundle.file("catalog_embeddings"), allow_pickle=False), products, meta["encoder"], **kw)
+        if bundle.has("catalog_ann"):
+            ann = _read_faiss(bundle, "catalog_ann", "IndexIVFScalarQuantizer")
+            ids = np.load(bundle.file("catalog_row_ids"), allow_pickle=False)
+            if ann.d != index.dim or ann.ntotal != len(ids) or len(ids) != len(index.items):
+                raise BundleError(f"{bundle.path}: ann.faiss does not match the catalogue rows; delete it and save the index again")
+            index._ann, index._row_ids = ann, ids.astype(np.int64)
         return index
 
     @classmethod
     def load(cls, path) -> "CatalogIndex":
         return cls.from_bundle(Bundle.load(path))
+
+
+def _read_faiss(bundle: Bundle, role: str, kind: str):
+    """A faiss index from its serialised bytes (sha256 already verified by Bundle.load), of the expected type."""
+    faiss = _faiss()
+    path = bundle.file(role)
+    try:
+        index = faiss.downcast_index(faiss.deserialize_index(np.fromfile(path, dtype=np.uint8)))
+    except RuntimeError as exc:
+        raise BundleError(f"{path}: not a readable faiss index ({str(exc).splitlines()[0][:120]})") from None
+    if type(index).__name__ != kind:
+        raise BundleError(f"{path}: a faiss {type(index).__name__}, expected {kind}")
+    return index
