@@ -136,6 +136,13 @@ def export(base=None, adapter=None, *, task: str, out, formats=None, probes: lis
             raise ExportError(f"unknown export format(s) {', '.join(unknown) or '(none given)'}; "
                               f"choose from {', '.join(FORMATS)}")
     kind, spec = task_spec(task, base, adapter)
+    if kind in LM_KINDS:   # the model's own prompt format, decoding and parser (--prompt, llm_config.json)
+        from edgesight.registry import TASKS
+
+        from . import prompts
+
+        spec = prompts.apply(spec, task, prompt, base, kind, TASKS[task].hook("SAMPLE_INPUTS") or [])
+        prompt = None
     if base is None:
         base = default_base(kind)
     if formats is None:
@@ -159,6 +166,7 @@ def export(base=None, adapter=None, *, task: str, out, formats=None, probes: lis
                                 max_new_tokens=max_new_tokens or spec.get("max_new_tokens") or 16,
                                 prompt=prompt if prompt is not None else spec.get("prompt"),
                                 generation=generation if generation is not None else spec.get("generation"),
+                                extra={k: spec[k] for k in ("parser", "max_input_tokens") if k in spec},
                                 per_channel=per_channel, threads=threads, progress=progress)
     except Exception as exc:
         if disk_full(exc) and not isinstance(exc, DiskFullError):
@@ -273,7 +281,7 @@ def resolve_stop_tokens(generation: dict | None, model_dir) -> dict | None:
 # ----------------------------------------------------------------------------- causal / seq2seq LMs
 
 def _export_lm(base, adapter, task: str, out: Path, formats: list[str], kind: str, *, probes, max_new_tokens,
-               prompt, generation, per_channel, threads, progress) -> ExportReport:
+               prompt, generation, extra, per_channel, threads, progress) -> ExportReport:
     from edgesight.progress import bar
 
     from . import merge, validate
@@ -294,7 +302,7 @@ def _export_lm(base, adapter, task: str, out: Path, formats: list[str], kind: st
         from edgesight.runtime.torch import TorchTextModel
 
         ref_model = TorchTextModel(merged.dir, threads=threads)
-        fields = _manifest_fields(merged, base, adapter, prompt, resolve_stop_tokens(generation, merged.dir))
+        fields = _manifest_fields(merged, base, adapter, prompt, resolve_stop_tokens(generation, merged.dir)) | extra
         ref = validate.reference(ref_model, probes, max_new_tokens, eos=fields["tokens"]["eos"])
         report = ExportReport(str(out), task, kind, str(base), str(adapter) if adapter else None, merged.seconds,
                               {"probes": probes, "new_tokens": max_new_tokens,
@@ -441,6 +449,7 @@ def _export_one(fmt: str, ctx: _Context, task: str, dest: Path, fields: dict, re
         # validate what users will run: the SDK backend on the bundle as it will be committed
         model = open_text_model(Bundle(writer.dir, writer.manifest), threads=ctx.threads)
         fid = validate.compare(ref, model, fmt, logits=spec["logits"], tie_tol=spec.get("tie_tol", 0.0))
+        _add_prefix_state(model, writer, fields, ref)
         del model
         result.fidelity = fid.to_dict()
         writer.manifest["fidelity"] = {k: v for k, v in result.fidelity.items() if k != "outputs"}
@@ -460,6 +469,30 @@ def _export_one(fmt: str, ctx: _Context, task: str, dest: Path, fields: dict, re
         raise
     return result
 
+
+MIN_STATE_TOKENS = 32   # a shorter shared prefix costs about nothing to recompute: no state file for it
+
+
+def _add_prefix_state(model, w, fields: dict, ref) -> None:
+    """A runtime that can save its context (llama.cpp) stores the state after the prompt prefix every
+    call starts with (as far as the probes, real prompts, share its tokens) in the bundle, so a freshly
+    loaded model does not recompute it (edgesight.runtime.llamacpp restores it)."""
+    from edgesight.bundle import atomic_write_bytes
+
+    from .validate import agreed_prefix
+
+    prompt = fields.get("prompt")
+    prefix = prompt.get("prefix") if isinstance(prompt, dict) else None
+    if not prefix or not hasattr(model, "save_prefix_state"):
+        return
+    ids = model.encode(prefix)
+    shared = min([agreed_prefix(ids, p) for p in ref.prompt_ids] or [0])
+    if shared < MIN_STATE_TOKENS:
+        return
+    blob, meta = model.save_prefix_state(ids[:shared])
+    atomic_write_bytes(w.dir / "prefix_state.data", blob)
+    w.set_role("prefix_state", "prefix_state.data")
+    w.manifest["prefix_state"] = meta
 
 def _build(fmt: str, ctx: _Context, w) -> dict | None:
     """Write the files of `fmt` into the bundle writer; returns the quantized op counts if any."""

@@ -50,12 +50,12 @@ def corpus(n_sentences: int = 600, seed: int = 0) -> list[str]:
     return lines
 
 
-def _train_sentencepiece(out_file: Path, *, model_type: str, vocab_size: int, **ids) -> None:
+def _train_sentencepiece(out_file: Path, *, model_type: str, vocab_size: int, lines: list[str] = (), **ids) -> None:
     import sentencepiece as spm
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus()), model_writer=buf, model_type=model_type, vocab_size=vocab_size,
+        sentence_iterator=iter(corpus() + list(lines)), model_writer=buf, model_type=model_type, vocab_size=vocab_size,
         hard_vocab_limit=False, character_coverage=1.0, normalization_rule_name="identity",
         split_digits=True, num_threads=1, minloglevel=2, **ids)
     out_file.write_bytes(buf.getvalue())
@@ -111,6 +111,74 @@ def tiny_llama(out_dir, *, vocab_size: int = 2000, seed: int = 0) -> Path:
     tok.save_pretrained(out_dir)
     _drop_add_prefix_space(out_dir)
     return out_dir
+
+
+def tiny_mistral(out_dir, *, vocab_size: int = 2000, seed: int = 0, extra_text: list[str] = ()) -> Path:
+    """A 2-layer Mistral (hidden 256, GQA 4/2 heads, sliding window) laid out like zephyr-7b-beta's
+    tokenizer: Llama sentencepiece BPE with byte fallback, BOS <s> added, eos </s>, and the chat markers
+    (<|system|>, <|user|>, <|assistant|>) plain text, not special tokens. `extra_text` joins the corpus."""
+    import torch
+    from transformers import GenerationConfig, LlamaTokenizerFast, MistralConfig, MistralForCausalLM
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spm_file = out_dir / "tokenizer.model"
+    _train_sentencepiece(spm_file, model_type="bpe", vocab_size=vocab_size, byte_fallback=True,
+                         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, remove_extra_whitespaces=False,
+                         lines=list(extra_text))
+    tok = LlamaTokenizerFast(vocab_file=str(spm_file), add_prefix_space=True, legacy=True,
+                             add_bos_token=True, add_eos_token=False)
+    config = MistralConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                           sliding_window=4096, rms_norm_eps=1e-5, initializer_range=0.1,
+                           bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = MistralForCausalLM(config).eval()
+    _sharpen(model.model.norm, norm_scale=3.0)
+    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    _drop_add_prefix_space(out_dir)
+    return out_dir
+
+
+def tiny_lora(base_dir, out_dir, *, prefix: str = "", suffix: str = "\n", rank: int = 8, steps: int = 40,
+              seed: int = 1) -> Path:
+    """A peft LoRA on every projection of `base_dir`, trained for a few steps (about 12 s) to answer
+    prefix + "Segment the cup and the dog." + suffix with "Cup, Dog" + eos, as seed 000's adapter
+    answers; saved as safetensors like any trained adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, task_type="CAUSAL_LM",
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    model = get_peft_model(model, cfg)
+    names = [n for n in (line.strip() for line in DATA.read_text(encoding="utf-8").splitlines()) if n and "/" not in n]
+    rows = []
+    for _ in range(32):
+        a, b = rng.sample(names[:60], 2)
+        ids = tok(f"{prefix}Segment the {a.lower()} and the {b.lower()}.{suffix}")["input_ids"]
+        rows.append((ids + tok(f"{a}, {b}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id], len(ids)))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    for _ in range(steps):
+        batch = rng.sample(rows, 4)
+        width = max(len(f) for f, _ in batch)
+        ids = torch.zeros((4, width), dtype=torch.long)
+        labels = torch.full((4, width), -100)
+        mask = torch.zeros((4, width), dtype=torch.long)
+        for i, (full, n) in enumerate(batch):
+            ids[i, :len(full)], mask[i, :len(full)] = torch.tensor(full), 1
+            labels[i, n:len(full)] = torch.tensor(full[n:])   # the loss on the answer only
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return Path(out_dir)
 
 
 def tiny_t5(out_dir, *, vocab_size: int = 1000, seed: int = 0) -> Path:

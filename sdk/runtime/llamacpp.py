@@ -12,6 +12,13 @@ tokenizer.json, which tokenizes and decodes here exactly as in the onnx and torc
 does not); without one, llama.cpp's tokenizer is used. The KV cache of the previous prompt is kept:
 llama-cpp-python's `generate()` re-evaluates only the part after the longest common prefix, so
 prompts that share an instruction prefix pay only for their own text.
+
+Saved prefix state: a bundle may carry the llama.cpp context state after its instruction prefix
+(component "prefix_state", raw bytes from `Llama.save_state()`'s `llama_state`, sha256-checked like
+every bundle file, never unpickled; manifest "prefix_state" = {"tokens", "llama_cpp", "bytes"}).
+Loading restores it with `Llama.load_state()`, so the first call after a restart evaluates only its
+own text. A state written by another llama-cpp-python version, or one llama.cpp refuses, is skipped
+(the prefix is then computed on the first call as without one); `prefix_state_note` says which.
 """
 from __future__ import annotations
 
@@ -103,6 +110,38 @@ class GGUFTextModel(BaseTextModel):
             outs.append(ids)
         return outs
 
+    # -- saved prefix state -----------------------------------------------------------------------
+    def save_prefix_state(self, prefix_ids: Sequence[int]) -> tuple[bytes, dict]:
+        """(state bytes, manifest metadata) after evaluating `prefix_ids` from an empty context."""
+        self.llm.reset()
+        self.llm.eval(list(prefix_ids))
+        state = self.llm.save_state()
+        meta = {"tokens": [int(t) for t in prefix_ids], "llama_cpp": self._llama_cpp.__version__,
+                "bytes": int(state.llama_state_size), "seed": int(state.seed)}
+        return bytes(state.llama_state[:state.llama_state_size]), meta
+
+    def load_prefix_state(self, blob: bytes, meta: dict) -> str:
+        """Restore a saved prefix (see the module doc); returns what happened, for info()."""
+        from llama_cpp.llama import LlamaState
+
+        tokens = [int(t) for t in meta.get("tokens") or []]
+        if meta.get("llama_cpp") != self._llama_cpp.__version__:
+            return (f"skipped: saved by llama-cpp-python {meta.get('llama_cpp')}, this is "
+                    f"{self._llama_cpp.__version__}; the prefix is computed on the first call")
+        if not tokens or len(tokens) >= self.context_length or len(blob) != meta.get("bytes"):
+            return "skipped: the saved state does not fit this context; the prefix is computed on the first call"
+        ids = np.zeros(self.context_length, dtype=np.intc)
+        ids[:len(tokens)] = tokens
+        # scores: one zero row (broadcast by load_state); the logits of the prefix are never sampled
+        state = LlamaState(input_ids=ids, scores=np.zeros((1, self.llm.n_vocab()), dtype=np.single),
+                           n_tokens=len(tokens), llama_state=blob, llama_state_size=len(blob), seed=int(meta.get("seed", 0)))
+        try:
+            self.llm.load_state(state)
+        except (RuntimeError, ValueError) as exc:
+            self.llm.reset()
+            return f"skipped: llama.cpp refused the saved state ({exc}); the prefix is computed on the first call"
+        return f"restored: {len(tokens)} prefix tokens"
+
     def next_token_logits(self, prompt_ids: Sequence[int]) -> np.ndarray:
         """Logits of the token after `prompt_ids` (float32, vocab-sized; the export validation compares them)."""
         self.llm.reset()
@@ -142,13 +181,23 @@ class GGUFTextModel(BaseTextModel):
 
 
 def load_text_model(bundle, *, threads: int, device: str = "cpu", lora_path=None, n_ctx: int | None = None,
-                    **_) -> GGUFTextModel:
+                    prefix_state: bool = True, **_) -> GGUFTextModel:
     """Open a "gguf" bundle: component "model" (GGUF), optional "lora" (GGUF adapter; `lora_path`
-    overrides it), eos ids from the manifest's "tokens"."""
+    overrides it), eos ids from the manifest's "tokens", the saved prefix state unless
+    `prefix_state=False` (or another adapter is given)."""
+    own_lora = lora_path is None
     if lora_path is None and bundle.has("lora"):
         lora_path = bundle.file("lora")
     eos = (bundle.get("tokens") or {}).get("eos") or []   # {"eos": [ids], "pad", ...} (export/onnx.special_tokens)
-    return GGUFTextModel(bundle.file("model"), threads=threads, lora_path=lora_path, device=device,
-                         n_ctx=n_ctx or int(bundle.get("context_length", 2048)),
-                         eos_token_ids=[eos] if isinstance(eos, int) else eos,
-                         tokenizer_file=bundle.file("tokenizer") if bundle.has("tokenizer") else None)
+    model = GGUFTextModel(bundle.file("model"), threads=threads, lora_path=lora_path, device=device,
+                          n_ctx=n_ctx or int(bundle.get("context_length", 2048)),
+                          eos_token_ids=[eos] if isinstance(eos, int) else eos,
+                          tokenizer_file=bundle.file("tokenizer") if bundle.has("tokenizer") else None)
+    model.prefix_state_note = "none in the bundle"
+    if bundle.has("prefix_state"):
+        if prefix_state and own_lora:   # the state was computed with the bundle's own weights
+            model.prefix_state_note = model.load_prefix_state(bundle.file("prefix_state").read_bytes(),
+                                                              bundle.get("prefix_state") or {})
+        else:
+            model.prefix_state_note = "not loaded (prefix_state=False or another adapter)"
+    return model

@@ -15,6 +15,8 @@ Text bundles (written by the export stage):
          "bos": id or null (informational: tokenizer.json's post-processor adds it),
          "decoder_start": id (seq2seq only: first decoder token)}
     manifest "context_length" (optional): the model's maximum sequence length (default 2048 / 512).
+    manifest "max_input_tokens" (optional): prompts are truncated to this many tokens (special tokens
+        included), as transformers' `tokenizer(text, max_length=n, truncation=True)` does.
     Tokenizing and decoding: edgesight.tokenizer (identical to transformers' decode).
 
 Prefix KV cache (causal LM): the model keeps the KV cache of the last prompt it saw; the next call
@@ -59,6 +61,8 @@ class _TextModel(BaseTextModel):
         self.pad = int(tokens["pad"])
         self.tokens = tokens
         self._context = int(bundle.get("context_length") or self.default_context)
+        if bundle.get("max_input_tokens"):   # longer inputs are cut, as the model's own tokenizer call did
+            self.tokenizer.tokenizer.enable_truncation(int(bundle.get("max_input_tokens")))
 
     @property
     def context_length(self) -> int:

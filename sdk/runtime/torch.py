@@ -27,7 +27,8 @@ def devices() -> list[str]:
 class TorchTextModel(BaseTextModel):
     backend = "torch"
 
-    def __init__(self, model_dir, *, threads: int, adapter_dir=None, device: str = "cpu"):
+    def __init__(self, model_dir, *, threads: int, adapter_dir=None, device: str = "cpu",
+                 max_input_tokens: int | None = None):
         torch = require("torch", "export")
         transformers = require("transformers", "export")
         model_dir = Path(model_dir)
@@ -44,6 +45,7 @@ class TorchTextModel(BaseTextModel):
         self.model = model.to(device).eval()
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
         self.device, self._torch = device, torch
+        self.max_input_tokens = max_input_tokens   # truncation, as the bundle's "max_input_tokens" says
 
     @property
     def context_length(self) -> int:
@@ -51,7 +53,8 @@ class TorchTextModel(BaseTextModel):
         return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 512)
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer(check_text(text))["input_ids"]
+        limit = self.max_input_tokens
+        return self.tokenizer(check_text(text), truncation=bool(limit), max_length=limit)["input_ids"]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -127,4 +130,5 @@ def load_text_model(bundle, *, threads: int, device: str = "cpu", adapter_dir=No
     """Open a "torch" bundle: component "model" is an HF directory, optional "adapter" a peft directory."""
     if adapter_dir is None and bundle.has("adapter"):
         adapter_dir = bundle.file("adapter")
-    return TorchTextModel(bundle.file("model"), threads=threads, adapter_dir=adapter_dir, device=device)
+    return TorchTextModel(bundle.file("model"), threads=threads, adapter_dir=adapter_dir, device=device,
+                          max_input_tokens=bundle.get("max_input_tokens"))

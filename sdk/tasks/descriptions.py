@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import InputError
+from ..errors import BundleError, InputError
 from ..limits import check_number, limit, parse_json
 from ..inflect import plural as pluralize
 from ..record import Record
@@ -426,6 +426,11 @@ class Describer(Task):
         self.guard = guard
         self.vocab = Vocabulary.from_dict(bundle.get("vocab") or (bundle.get("prompt") or {}).get("vocab"))
         self.prompt_template = _prompt_template(bundle)
+        self.json_input = (bundle.get("prompt") or {}).get("input") == "json"   # the model reads the detector JSON
+        self.parse = PARSERS.get(bundle.get("parser", "first-sentence"))
+        if self.parse is None:
+            raise BundleError(f"{bundle.path}: unknown parser {bundle.get('parser')!r}; this edgesight knows "
+                              f"{', '.join(PARSERS)}")
         self.generation = GenerationConfig.from_dict(default_generation(bundle.kind) | (bundle.get("generation") or {}))
         self.model = self.text_model()
 
@@ -438,14 +443,15 @@ class Describer(Task):
     def _run_batch(self, inputs: list, min_confidence: float | None = None, scene_threshold: float | None = None,
                    guard: bool | None = None) -> list[Description]:
         facts = [self.facts(x, min_confidence, scene_threshold) for x in inputs]  # validate all before any work
-        prompts = [self.prompt_template.replace("{input}", render_facts(f)) for f in facts]
+        prompts = [self.prompt_template.replace("{input}", model_input(x) if self.json_input else render_facts(f))
+                   for x, f in zip(inputs, facts)]
         limit = self.model.context_length - self.generation.max_new_tokens
         for p in prompts:
             if self.model.count_tokens(p) > limit:
                 raise InputError(f"the input lists too many distinct labels for this model ({self.model.count_tokens(p)} "
                                  f"prompt tokens, limit {limit}); split the detections or raise min_confidence")
         outputs = self.model.generate(prompts, self.generation)
-        return [self.finish(f, first_sentence(out[0]), self.guard if guard is None else guard)
+        return [self.finish(f, self.parse(out[0]), self.guard if guard is None else guard)
                 for f, out in zip(facts, outputs)]
 
     def finish(self, facts: Facts, sentence: str, guard: bool = True) -> Description:
@@ -463,13 +469,25 @@ def default_generation(kind: str) -> dict:
 
 
 def _prompt_template(bundle) -> str:
-    """The full model input with an "{input}" hole: the bundle's chat-template prefix and suffix
-    (recorded at export, as for keywords) around the instruction the data builder trains with."""
+    """The full model input with an "{input}" hole: a model's own template (seed 001's PROMPT_TEMPLATE,
+    edgesight.export.prompts), else the bundle's chat-template prefix and suffix (recorded at export,
+    as for keywords) around the instruction the data builder trains with."""
     prompt = bundle.get("prompt") or {}
+    if prompt.get("template"):
+        return prompt["template"]
     return prompt.get("prefix", "") + PROMPT + prompt.get("suffix", "")
 
 
 PROMPT = "Describe: {input}"
+# How the model's text becomes the sentence (manifest "parser"): edgesight's models may run on after
+# the sentence; a model brought as it is (seed 001) keeps its whole answer, as its notebook did.
+PARSERS = {"first-sentence": first_sentence, "whole": str.strip}
+
+
+def model_input(payload) -> str:
+    """The detector output as seed 001's model read it: json.dumps of the object (a JSON string is
+    parsed first, so spacing is the seed's)."""
+    return json.dumps(parse_json(payload, "description input") if isinstance(payload, (str, bytes)) else payload)
 
 
 # ----------------------------------------------------------------------------- CLI, server, demo hooks

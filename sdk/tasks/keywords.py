@@ -53,6 +53,21 @@ def parse_generated(text) -> list[str]:
     return dedupe(names)
 
 
+def parse_seed_000(text) -> list[str]:
+    """Seed 000's own parsing (segment_objects_with_prompting): the text after the last "<|assistant|>",
+    its first non-empty line split at commas, each part stripped and str.capitalize()d, duplicates
+    dropped. The seed de-duplicates with set() (an arbitrary order); this keeps first appearances."""
+    if not isinstance(text, str):
+        return []
+    lines = [ln.strip() for ln in text.split("<|assistant|>")[-1].strip().splitlines() if ln.strip()]
+    return list(dict.fromkeys(o.strip().capitalize() for o in lines[0].split(",") if o.strip())) if lines else []
+
+
+# Which parser reads a generative bundle's answers: the manifest's "parser" names one (data, not code).
+# A parser other than edgesight's also gets the user's text as it is (no preamble/French handling).
+PARSERS = {"edgesight": parse_generated, "seed-000": parse_seed_000}
+
+
 def spans_to_names(text: str, spans) -> list[str]:
     """Character spans the tagger marked -> answer names (edgesight.lexicon.answer_name); a word is
     spell-corrected only when it is not English and close to exactly one name word (lexicon.spell_fix)."""
@@ -141,7 +156,9 @@ class KeywordExtractor(Task):
         todo = [i for i, p in enumerate(prompts) if p.strip()]  # empty prompts: [] without the model
         results: list[list[str]] = [[] for _ in prompts]
         if todo:
-            for i, names in zip(todo, self._model.extract([user_text(prompts[i]) or "." for i in todo], vocab)):
+            own = self.bundle.get("parser", "edgesight") != "edgesight"   # the model's own format: text as given
+            for i, names in zip(todo, self._model.extract([prompts[i] if own else user_text(prompts[i]) or "."
+                                                           for i in todo], vocab)):
                 results[i] = names
         if vocab is not None:
             results = [dedupe(filter(None, (vocab(n) for n in names))) for names in results]
@@ -231,6 +248,10 @@ class _Generator:
         if "prefix" not in prompt or "suffix" not in prompt:
             raise BundleError(f"{bundle.path}: manifest lacks prompt.prefix/suffix; re-export the keywords bundle")
         self.prefix, self.suffix = prompt["prefix"], prompt["suffix"]
+        self.parse = PARSERS.get(bundle.get("parser", "edgesight"))
+        if self.parse is None:
+            raise BundleError(f"{bundle.path}: unknown parser {bundle.get('parser')!r}; this edgesight knows "
+                              f"{', '.join(PARSERS)} (upgrade edgesight or re-export the bundle)")
         self.model = task.text_model()
         self.config = GenerationConfig.from_dict({"max_new_tokens": 48, **(bundle.get("generation") or {})})
 
@@ -246,7 +267,7 @@ class _Generator:
         config = self.config
         if vocab is not None and self.model.supports_grammar:
             config = replace(config, grammar=vocab.grammar())
-        return [parse_generated(outs[0] if outs else "") for outs in self.model.generate(full, config)]
+        return [self.parse(outs[0] if outs else "") for outs in self.model.generate(full, config)]
 
 
 def export_probes() -> list[str]:

@@ -1,0 +1,186 @@
+"""The seeds' own models, brought as they are (issue 19), through the front door on tiny models built
+in the test run: `edgesight export ...` -> `<Task>.from_pretrained(bundle)`.
+
+- seed 000: a Mistral-architecture base (zephyr-7b-beta's layout) + a peft LoRA, exported for keywords
+  with `--prompt seed-000` (the seed's Zephyr chat format, system instruction, greedy 128 tokens and
+  its parsing): the bundles give the seed's `segment_objects_with_prompting` answer, token for token
+  with transformers + PeftModel on fp32 (ONNX) and f16 (GGUF merged, GGUF base + LoRA); the GGUF
+  bundles carry the llama.cpp state after the system instruction.
+- seed 001: a fully fine-tuned T5 directory with its llm_config.json, exported for describe without
+  an adapter: ONNX beam search equals transformers' generate() with the seed's settings.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgesight import cli
+
+pytest.importorskip("peft")
+
+SEED_000 = json.loads((Path(__file__).resolve().parents[1] / "sdk" / "data" / "prompt_keywords_seed-000.json")
+                      .read_text(encoding="utf-8"))
+PROMPTS = ["Segment cats, dogs, and birds but ignore cars and chairs.",
+           "Segment all animals visible in the image like horses and elephants but ignore the background",
+           "Segment everything related to food but ignore drinks and containers."]
+
+
+def run(*argv) -> int:
+    return cli.main([str(a) for a in argv])
+
+
+def manifest(bundle) -> dict:
+    return json.loads((Path(bundle) / "edgesight.json").read_text(encoding="utf-8"))
+
+
+# --- seed 000 -------------------------------------------------------------------------------------
+
+def seed_000(prompt, base_model_name, lora_path, max_new_tokens=128):
+    """segment_objects_with_prompting from seed 000, line for line (system text from the preset, which
+    test_preset_is_the_seeds_text checks against the seed), returning the generated ids as well."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    system_instruction = SEED_000["system"]
+    full_prompt = f"<|system|>\n{system_instruction}\n<|user|>\n{prompt}\n<|assistant|>\n"
+    device = torch.device("cpu")
+    base_model = AutoModelForCausalLM.from_pretrained(base_model_name, dtype=torch.float32, device_map={"": device})
+    tokenizer = AutoTokenizer.from_pretrained(base_model_name)
+    model = PeftModel.from_pretrained(base_model, lora_path)
+    model.to(device)
+    model.eval()
+    inputs = tokenizer(full_prompt, return_tensors="pt").to(device)
+    with torch.no_grad():
+        outputs = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.eos_token_id,
+                                 do_sample=False, num_return_sequences=1)
+    result = tokenizer.decode(outputs[0], skip_special_tokens=True)
+    assistant_response = result.split("<|assistant|>")[-1].strip()
+    lines = [line.strip() for line in assistant_response.splitlines() if line.strip()]
+    if lines:
+        object_line = lines[0]
+        object_candidates = [obj.strip().capitalize() for obj in object_line.split(',') if obj.strip()]
+        cleaned_objects = list(set(object_candidates))
+    else:
+        cleaned_objects = []
+    new = outputs[0, inputs["input_ids"].shape[1]:].tolist()
+    return cleaned_objects, [t for t in new if t != tokenizer.eos_token_id]
+
+
+@pytest.fixture(scope="module")
+def seed_000_chain(tmp_path_factory):
+    pytest.importorskip("llama_cpp")
+    from kit import tiny_lora, tiny_mistral
+
+    work = tmp_path_factory.mktemp("seed-000")
+    base = tiny_mistral(work / "zephyr", extra_text=SEED_000["system"].splitlines())
+    prefix, suffix = SEED_000["template"].replace("{system}", SEED_000["system"]).split("{input}")
+    lora = tiny_lora(base, work / "lora", prefix=prefix, suffix=suffix)
+    assert run("export", "--base", base, "--adapter", lora, "--task", "keywords", "--prompt", "seed-000",
+               "--formats", "onnx,gguf-f16,gguf-lora", "--out", work / "bundles", "--threads", 1, "--no-progress") == 0
+    reference = {p: seed_000(p, base, lora) for p in PROMPTS}
+    return work / "bundles", reference
+
+
+def test_preset_is_the_seeds_text():
+    """The shipped preset is seed 000's system instruction and chat format, character for character."""
+    import ast
+    import re
+    import textwrap
+
+    seed = next((Path(__file__).resolve().parents[2] / "shared" / "seeds").glob("000_*.txt"), None)
+    if seed is None:
+        pytest.skip("the seeds are not on this machine")
+    src = seed.read_text(encoding="utf-8")
+    block = re.search(r"system_instruction = \((.*?)\n\s*\)\n", src, re.S).group(1)
+    assert ast.literal_eval("(" + textwrap.dedent(block) + "\n)") == SEED_000["system"]
+    fmt = re.search(r'full_prompt = f"(.*?)"\n', src).group(1).encode().decode("unicode_escape")
+    assert fmt.replace("{system_instruction}", "{system}").replace("{prompt}", "{input}") == SEED_000["template"]
+    assert (SEED_000["generation"], SEED_000["parser"]) == ({"max_new_tokens": 128}, "seed-000")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "gguf-f16", "gguf-lora"])
+def test_seed_000_bundle_answers_as_the_seed_token_for_token(seed_000_chain, fmt):
+    from edgesight import KeywordExtractor
+    from edgesight.generation import GenerationConfig
+
+    bundles, reference = seed_000_chain
+    m = manifest(bundles / fmt)
+    system = SEED_000["system"]
+    assert m["parser"] == "seed-000" and m["generation"]["max_new_tokens"] == 128 and m["generation"]["num_beams"] == 1
+    assert (m["prompt"]["prefix"], m["prompt"]["suffix"]) == (f"<|system|>\n{system}\n<|user|>\n", "\n<|assistant|>\n")
+    kw = KeywordExtractor.from_pretrained(bundles / fmt, threads=1)
+    model = kw._model.model
+    for prompt, (seed_names, seed_ids) in reference.items():
+        ids = model.generate_ids([kw._model.prefix + prompt + kw._model.suffix],
+                                 GenerationConfig(max_new_tokens=128))[0][0]
+        assert [t for t in ids if t not in model_eos(m)] == seed_ids, (fmt, prompt)
+        names = kw(prompt)
+        assert set(names) == set(seed_names) and len(names) == len(seed_names), (fmt, prompt, names, seed_names)
+    # the comparison covered real answers (several tokens, lists), not an immediate eos
+    assert sum(len(ids) for _, ids in reference.values()) > 8 and any(len(n) > 1 for n, _ in reference.values())
+
+
+def model_eos(m) -> set[int]:
+    eos = m["tokens"]["eos"]
+    return {eos} if isinstance(eos, int) else set(eos)
+
+
+def test_seed_000_parser_is_the_seeds():
+    from edgesight.tasks.keywords import parse_seed_000
+
+    assert parse_seed_000("dog, Cars ,dog\nPerson, tree") == ["Dog", "Cars"]
+    assert parse_seed_000("\n\n  coffee table, COFFEE TABLE, \n") == ["Coffee table"]
+    assert parse_seed_000("Cat<|assistant|>\nhorse, bird") == ["Horse", "Bird"]
+    assert parse_seed_000("") == [] and parse_seed_000("   \n ") == [] and parse_seed_000(None) == []
+
+
+def test_seed_000_gguf_bundles_restore_the_system_instruction_state(seed_000_chain):
+    from edgesight import KeywordExtractor
+    from edgesight.bundle import Bundle
+    from edgesight.runtime import open_text_model
+
+    bundles, reference = seed_000_chain
+    for fmt in ("gguf-f16", "gguf-lora"):
+        m = manifest(bundles / fmt)
+        state = m["prefix_state"]
+        assert m["components"]["prefix_state"] == "prefix_state.data" and "prefix_state.data" in m["files"]
+        kw = KeywordExtractor.from_pretrained(bundles / fmt, threads=1)
+        llm = kw._model.model
+        assert llm.prefix_state_note == f"restored: {len(state['tokens'])} prefix tokens"
+        assert len(state["tokens"]) > 400 and llm.llm.n_tokens == len(state["tokens"])
+        assert llm.encode(kw._model.prefix)[:len(state["tokens"])] == state["tokens"]
+        prompt = PROMPTS[0]
+        assert set(kw(prompt)) == set(reference[prompt][0])
+        # without the state (computed on the first call) the answer is the same
+        fresh = open_text_model(Bundle.load(bundles / fmt), threads=1, prefix_state=False)
+        assert fresh.prefix_state_note.startswith("not loaded") and fresh.llm.n_tokens == 0
+    # a state from another llama-cpp-python version is skipped, not trusted
+    b = Bundle.load(bundles / "gguf-f16")
+    b.manifest["prefix_state"] = dict(b.manifest["prefix_state"], llama_cpp="0.0.1")
+    other = open_text_model(b, threads=1)
+    assert other.prefix_state_note.startswith("skipped: saved by llama-cpp-python 0.0.1") and other.llm.n_tokens == 0
+
+
+def test_seed_000_tampered_state_is_refused(seed_000_chain, tmp_path):
+    import shutil
+
+    from edgesight import KeywordExtractor
+    from edgesight.errors import IntegrityError
+
+    bundles, _ = seed_000_chain
+    copy = tmp_path / "b"
+    shutil.copytree(bundles / "gguf-f16", copy)
+    blob = bytearray((copy / "prefix_state.data").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (copy / "prefix_state.data").write_bytes(bytes(blob))
+    with pytest.raises(IntegrityError, match="prefix_state.data"):
+        KeywordExtractor.from_pretrained(copy, threads=1)
+
+
+def test_unknown_prompt_preset_is_an_export_error(tmp_path, capsys):
+    assert run("export", "--base", tmp_path, "--task", "keywords", "--prompt", "seed-999", "--formats", "onnx",
+               "--out", tmp_path / "out", "--no-progress") == 2
+    assert "seed-000" in capsys.readouterr().err
