@@ -184,3 +184,87 @@ def test_unknown_prompt_preset_is_an_export_error(tmp_path, capsys):
     assert run("export", "--base", tmp_path, "--task", "keywords", "--prompt", "seed-999", "--formats", "onnx",
                "--out", tmp_path / "out", "--no-progress") == 2
     assert "seed-000" in capsys.readouterr().err
+
+
+# --- seed 001 -------------------------------------------------------------------------------------
+
+PROMPT_TEMPLATE = """Describe the garbage detected based on this CV output:
+{input}
+Description:"""
+CV_OUTPUTS = [
+    {"detections": [{"label": "plastic", "confidence": 0.92}, {"label": "metal", "confidence": 0.75}],
+     "scene": {"class": "grass", "confidence": 0.95}},
+    {"detections": [], "scene": {"class": "sandy", "confidence": 0.91}},
+    # over max_input_length (256 tokens): the seed's tokenizer call truncates it, so must the bundle
+    {"detections": [{"label": lab, "confidence": 0.9} for lab in ["plastic", "glass", "metal", "paper"] * 12],
+     "scene": {"class": "rocky", "confidence": 0.85}},
+]
+
+
+def seed_001(cv_output, model, tokenizer):
+    """generate_description_llm from seed 001, line for line; also returns the generated ids."""
+    import torch
+
+    prompt = PROMPT_TEMPLATE.format(input=json.dumps(cv_output))
+    inputs = tokenizer(prompt, return_tensors="pt", max_length=256, truncation=True)
+    with torch.no_grad():
+        outputs = model.generate(**inputs, max_length=128, num_beams=4, early_stopping=True, no_repeat_ngram_size=2)
+    return tokenizer.decode(outputs[0], skip_special_tokens=True), outputs[0].tolist(), inputs["input_ids"].shape[1]
+
+
+@pytest.fixture(scope="module")
+def seed_001_chain(tiny_t5_dir, tmp_path_factory):
+    import shutil
+
+    from transformers import T5ForConditionalGeneration, T5Tokenizer
+
+    work = tmp_path_factory.mktemp("seed-001")
+    t5 = work / "description_llm"
+    shutil.copytree(tiny_t5_dir, t5)
+    config = {"model_path": str(t5), "model_type": "t5", "prompt_template": PROMPT_TEMPLATE,
+              "max_input_length": 256, "max_output_length": 128, "num_beams": 4}   # the seed's llm_config.json
+    (t5 / "llm_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    assert run("export", "--base", t5, "--task", "describe", "--formats", "onnx,onnx-int8", "--out", work / "bundles",
+               "--threads", 1, "--no-progress") == 0
+    model, tokenizer = T5ForConditionalGeneration.from_pretrained(t5).eval(), T5Tokenizer.from_pretrained(t5)
+    return work / "bundles", [seed_001(x, model, tokenizer) for x in CV_OUTPUTS]
+
+
+def test_seed_001_bundle_carries_the_seeds_prompt_and_decoding(seed_001_chain):
+    bundles, _ = seed_001_chain
+    m = manifest(bundles / "onnx")
+    assert (m["kind"], m["provenance"]["adapter"]) == ("seq2seq", None)
+    assert m["prompt"]["template"] == PROMPT_TEMPLATE and m["prompt"]["input"] == "json"
+    g = m["generation"]
+    assert (g["num_beams"], g["no_repeat_ngram_size"], g["early_stopping"], g["max_new_tokens"]) == (4, 2, True, 127)
+    assert (m["max_input_tokens"], m["parser"]) == (256, "whole")
+
+
+def test_seed_001_onnx_beam_search_equals_transformers(seed_001_chain):
+    from edgesight import Describer
+
+    bundles, reference = seed_001_chain
+    assert reference[2][2] == 256   # the long input was truncated by the seed's own call
+    ds = Describer.from_pretrained(bundles / "onnx", threads=1, guard=False)
+    eos = set(manifest(bundles / "onnx")["tokens"]["eos"])
+    for cv, (text, ids, _) in zip(CV_OUTPUTS, reference):
+        prompt = PROMPT_TEMPLATE.replace("{input}", json.dumps(cv))
+        ours = ds.model.generate_ids([prompt], ds.generation)[0][0]
+        assert [t for t in ours if t not in eos] == [t for t in ids[1:] if t not in eos | {0}]
+        assert ds(cv).text == text.strip()
+
+
+def test_seed_001_guard_applies_as_for_the_default(seed_001_chain):
+    from edgesight import Describer
+    from edgesight.tasks.descriptions import Vocabulary, check_sentence, template_sentence
+
+    bundles, reference = seed_001_chain
+    for fmt in ("onnx", "onnx-int8"):
+        ds = Describer.from_pretrained(bundles / fmt, threads=1)
+        for cv in CV_OUTPUTS:
+            d = ds(cv)
+            facts = ds.facts(cv)
+            report = check_sentence(d.generated, facts, Vocabulary.from_dict(None))
+            assert d.fallback == (not report.passed)
+            assert d.text == (template_sentence(facts, ds.vocab) if d.fallback else d.generated)
+    assert ds(CV_OUTPUTS[1]).fallback   # a random model's sentence fails the rules: the template answers
