@@ -20,7 +20,8 @@ extras = {
     "ray": ["ray[data]==2.60.0"],
     # device="cuda" for ONNX bundles; replaces the CPU onnxruntime (the two wheels share the import name)
     "gpu": ["onnxruntime-gpu>=1.18"],
-    "dev": ["pytest>=8", "pytest-timeout>=2.3", "matplotlib>=3.8", "scikit-image>=0.24", "httpx>=0.27", "psutil>=5.9", "build>=1.2", "hypothesis>=6.100"],
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "matplotlib>=3.8", "scikit-image>=0.24", "httpx>=0.27", "psutil>=5.9", "build>=1.2", "hypothesis>=6.100",
+            "selenium>=4.40"],   # the console's browser tests (Debian's chromium + chromedriver; scripts/setup.sh)
 }
 extras["all"] = sorted({req for name, reqs in extras.items() if name != "gpu" for req in reqs})
 
@@ -37,7 +38,7 @@ setup(
     },
     packages=["edgesight", "edgesight.runtime", "edgesight.tasks", "edgesight.export", "edgesight.training",
               "edgesight.training.data", "edgesight.evaluation"],
-    package_data={"edgesight": ["data/*", "adapters/*/*"]},
+    package_data={"edgesight": ["data/*", "adapters/*/*", "static/*"]},   # static: the serve console (/ui)
     install_requires=["numpy>=1.26", "pillow>=10", "onnxruntime>=1.18", "tokenizers>=0.19", "tqdm>=4.66", "rapidfuzz>=3"],
     extras_require=extras,
     entry_points={"console_scripts": ["edgesight=edgesight.cli:main"]},

@@ -10,6 +10,8 @@ Routes
                              (local paths shown only with --show-paths)
   GET  /metrics              Prometheus text format: requests by route and status, latency histogram,
                              queue depth, rejections, time-limit outcomes, model load times
+  GET  /ui                   the web console (edgesight.console; off with --no-ui): a tab per task, calling
+                             the /v1/<task> routes above
 
 Models load once at start-up; a task whose bundle is missing is reported in /health (503 on its
 route) instead of stopping the server. Inference runs in a pool of `concurrency` worker threads;
@@ -24,15 +26,15 @@ worker recovered or replaced (edgesight.workers; /health counts both); a request
 does not arrive within `read_timeout_s` closes the connection (408 for a body); a client that goes
 away is logged as one line. SIGTERM always ends the process.
 
-Security: with `--api-key` / EDGESIGHT_API_KEY every route but /health and /hello-world needs
-`Authorization: Bearer <key>` (401 otherwise; compared in constant time). Binding beyond loopback
-without a key prints a warning. Local paths are hidden from /v1/models and /health unless
+Security: with `--api-key` / EDGESIGHT_API_KEY every route but /health, /hello-world and the console's page
+(not what it fetches) needs `Authorization: Bearer <key>` (401 otherwise; compared in constant time).
+Binding beyond loopback without a key prints a warning. Local paths are hidden from /v1/models and /health unless
 `--show-paths`.
 
 Settings: command-line flags, else environment variables (like the seed's container):
 EDGESIGHT_HOST, EDGESIGHT_PORT, EDGESIGHT_THREADS, EDGESIGHT_CONCURRENCY, EDGESIGHT_QUEUE,
 EDGESIGHT_MAX_BODY_MB, EDGESIGHT_DEVICE, EDGESIGHT_TIME_LIMIT, EDGESIGHT_READ_TIMEOUT, EDGESIGHT_API_KEY,
-EDGESIGHT_MODEL_<TASK> (bundle path), and the seed's total_captions_number.
+EDGESIGHT_MODEL_<TASK> (bundle path), EDGESIGHT_UI (0 = no console), and the seed's total_captions_number.
 """
 
 import asyncio
@@ -75,6 +77,7 @@ class ServeConfig:
     read_timeout_s: float = 30.0        # to receive a request head, and a body; beyond: connection closed / 408
     api_key: str | None = field(default=None, repr=False)   # Bearer token required on every route but OPEN_ROUTES
     show_paths: bool = False            # local bundle paths in /v1/models and /health
+    ui: bool = True                     # the web console at /ui
 
     @classmethod
     def from_env(cls) -> "ServeConfig":
@@ -85,7 +88,7 @@ class ServeConfig:
                    models=models, caption_samples=_env("total_captions_number", None, int),
                    device=_env("EDGESIGHT_DEVICE", cls.device), time_limit_s=_env("EDGESIGHT_TIME_LIMIT", cls.time_limit_s, float),
                    read_timeout_s=_env("EDGESIGHT_READ_TIMEOUT", cls.read_timeout_s, float),
-                   api_key=_env("EDGESIGHT_API_KEY", None))
+                   api_key=_env("EDGESIGHT_API_KEY", None), ui=_env("EDGESIGHT_UI", True, lambda v: v.lower() not in ("0", "false", "no")))
 
     def check(self) -> "ServeConfig":
         if not (self.time_limit_s > 0 and self.read_timeout_s > 0):
@@ -189,6 +192,10 @@ def create_app(config: ServeConfig, tasks: dict | None = None, missing: dict | N
     shown = (lambda v: v) if config.show_paths else hide_paths
     app = fastapi.FastAPI(title="edgesight", version=__import__("edgesight").__version__)
     routes = {"/", "/hello-world", "/health", "/v1/models", "/metrics"} | {f"/v1/{n}" for n in TASKS}
+    open_routes = OPEN_ROUTES
+    if config.ui:   # the page is open (the key is typed into it); what it fetches is not
+        from . import console
+        routes, open_routes = routes | console.PAGE_ROUTES, OPEN_ROUTES | console.PAGE_ROUTES
 
     def error(status: int, message: str, kind: str, headers: dict | None = None):
         return JSONResponse({"error": message, "type": kind}, status_code=status, headers=headers)
@@ -211,7 +218,7 @@ def create_app(config: ServeConfig, tasks: dict | None = None, missing: dict | N
         """API key (constant-time), then the request; every answer counted by route and status."""
         path, t0 = request.url.path, time.perf_counter()
         route = path if path in routes else "other"
-        if config.api_key and path not in OPEN_ROUTES and not _authorized(request.headers.get("authorization"), config.api_key):
+        if config.api_key and path not in open_routes and not _authorized(request.headers.get("authorization"), config.api_key):
             metrics.rejected.labels("unauthorized").inc()
             response = error(401, "missing or wrong API key; send 'Authorization: Bearer <key>'", "Unauthorized",
                              {"WWW-Authenticate": 'Bearer realm="edgesight"'})
@@ -329,6 +336,8 @@ def create_app(config: ServeConfig, tasks: dict | None = None, missing: dict | N
     async def prometheus():
         return Response(metrics.text(), media_type=metrics.content_type)
 
+    if config.ui:
+        console.add_routes(app, tasks, error)
     app.state.config, app.state.tasks, app.state.pool = config, tasks, pool
     return app
 
@@ -391,6 +400,7 @@ def add_cli_arguments(parser) -> None:
     parser.add_argument("--api-key", default=env.api_key, help="require 'Authorization: Bearer KEY' on every route but "
                         "/health and /hello-world (default: EDGESIGHT_API_KEY; prefer the variable: flags show in `ps`)")
     parser.add_argument("--show-paths", action="store_true", help="show local bundle paths in /v1/models and /health")
+    parser.add_argument("--no-ui", dest="ui", action="store_false", default=env.ui, help="no web console at /ui")
     add_runtime_arguments(parser, backend=False, device=env.device, threads=env.threads)
 
 
@@ -405,7 +415,8 @@ def main(args) -> None:
     config = ServeConfig(host=args.host, port=args.port, threads=args.threads, concurrency=args.concurrency,
                          queue=args.queue, max_body_mb=args.max_body_mb, models=models,
                          caption_samples=args.caption_samples, device=args.device, time_limit_s=args.time_limit,
-                         read_timeout_s=args.read_timeout, api_key=args.api_key, show_paths=args.show_paths).check()
+                         read_timeout_s=args.read_timeout, api_key=args.api_key, show_paths=args.show_paths,
+                         ui=args.ui).check()
     logging.basicConfig(format="edgesight serve: %(levelname)s %(message)s", level=logging.INFO)
     if not config.api_key and not _loopback(config.host):
         log.warning("binding %s without an API key: anyone who can reach this port can use the models; "
@@ -414,6 +425,8 @@ def main(args) -> None:
     settings = {k: v for k, v in asdict(config).items() if k not in ("models", "api_key")} | {"auth": bool(config.api_key)}
     print(f"edgesight serve: http://{config.host}:{config.port} tasks ready: {', '.join(app.state.tasks) or 'none'}; "
           f"settings {json.dumps(settings)}", file=sys.stderr, flush=True)
+    if config.ui:
+        print(f"edgesight serve: web console at http://{config.host}:{config.port}/ui", file=sys.stderr, flush=True)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", timeout_keep_alive=30,
                 http=_timed_protocol(config.read_timeout_s), limit_concurrency=max(64, 4 * (config.concurrency + config.queue)),
                 timeout_graceful_shutdown=int(config.time_limit_s) + 5)

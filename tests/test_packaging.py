@@ -83,13 +83,13 @@ def test_missing_weight_package_offline_names_the_pip_command(monkeypatch):
         weights.package_file("edgesight_no_such_weights")
 
 
-def test_wheel_carries_adapters_and_data_and_no_tests(tmp_path):
+def test_wheel_carries_adapters_data_and_console_and_no_tests(tmp_path):
     pytest.importorskip("build")
     proc = subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     names = zipfile.ZipFile(next(tmp_path.glob("edgesight-*.whl"))).namelist()
-    shipped = [p.relative_to(ROOT / "sdk").as_posix() for d in ("adapters", "data") for p in (ROOT / "sdk" / d).rglob("*")
+    shipped = [p.relative_to(ROOT / "sdk").as_posix() for d in ("adapters", "data", "static") for p in (ROOT / "sdk" / d).rglob("*")
                if p.is_file()]
     assert shipped and all(f"edgesight/{p}" in names for p in shipped)
     assert "edgesight/export/fetch.py" in names and "edgesight/training/data/keywords.py" in names
