@@ -41,5 +41,17 @@ fi
 "$VPY" -m edgesight.export.fetch weights
 SRC=$("$VPY" -m edgesight.export.fetch converter --into "$CACHE")
 echo "$SRC" > .venv/.edgesight-llama-cpp-src
+# 4. A headless browser for the serve console's tests (tests/test_console.py skips without one): Debian's
+#    Chromium + chromedriver (Playwright's own browser download needs the network), installed only when missing.
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+  SUDO=$([ "$(id -u)" = 0 ] || echo "sudo -n")
+  if command -v apt-get >/dev/null && { [ -z "$SUDO" ] || sudo -n true 2>/dev/null; }; then
+    echo "[setup] installing chromium + chromium-driver (Debian) for the console's browser tests"
+    { $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >/dev/null \
+      || echo "[setup] chromium could not be installed: the console's browser tests will skip"
+  else
+    echo "[setup] no chromium/chromedriver and no root apt-get: the console's browser tests will skip"
+  fi
+fi
 "$VPY" -c "import edgesight, sys; assert 'torch' not in sys.modules, 'edgesight core imported torch'"
 echo "[setup] ready: .venv ($("$VPY" -c 'import edgesight; print(edgesight.__version__)'))"
