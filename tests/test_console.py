@@ -164,8 +164,13 @@ class Page:
         return {f: self.text(f'#out-{task} [data-field="{f}"] .v') for f in ("latency", "bundle", "precision", "backend")}
 
     def shot(self, task):
+        """The whole page (the window grown to its height), then the window as it was."""
         SHOTS.mkdir(parents=True, exist_ok=True)
+        size = self.d.get_window_size()
+        height = self.d.execute_script("return document.documentElement.scrollHeight + outerHeight - innerHeight")
+        self.d.set_window_size(size["width"], max(size["height"], height))
         self.d.save_screenshot(str(SHOTS / f"{task}.png"))
+        self.d.set_window_size(size["width"], size["height"])
 
 
 @pytest.fixture
@@ -209,7 +214,7 @@ def test_keywords_tab_shows_the_json_routes_answer(page, server):
     status, body = post(server, "keywords", {"prompt": prompt, "vocabulary": ["cat", "person"]})
     assert status == 200 and page.texts("#out-keywords .chip") == body
     check_meta(page, "keywords", server)
-    page.all("#panel-keywords .sample")[0].click()
+    page.all("#panel-keywords .sample")[1].click()
     page.one("#kw-vocab").clear()
     page.answer("keywords", lambda: page.one("#panel-keywords .run").click())
     page.shot("keywords")

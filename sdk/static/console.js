@@ -55,6 +55,18 @@ const base64Of = (blob) => new Promise((resolve, reject) => {
   reader.readAsDataURL(blob);
 });
 
+// JSON for the describe editor: one key a line, list items one a line, each item on one line.
+// (Real newlines only ever come from JSON.stringify's layout, never from inside a string, so joining them is safe.)
+const oneLine = (v) => JSON.stringify(v, null, 1).replace(/\n\s*/g, " ").replace(/^([[{]) /, "$1").replace(/ ([\]}])$/, "$1");
+const list = (items, pad) => `[\n${items.map((x) => pad + "  " + oneLine(x)).join(",\n")}\n${pad}]`;
+function pretty(value) {
+  if (Array.isArray(value)) return value.length ? list(value, "") : "[]";
+  if (value === null || typeof value !== "object") return oneLine(value);
+  const rows = Object.entries(value).map(([k, v]) =>
+    `  ${JSON.stringify(k)}: ${Array.isArray(v) && v.length ? list(v, "  ") : oneLine(v)}`);
+  return rows.length ? `{\n${rows.join(",\n")}\n}` : "{}";
+}
+
 // ---------------------------------------------------------------------------------- server state
 async function refresh() {
   const health = await api("/health");
@@ -102,12 +114,12 @@ async function loadSamples() {
     add("keywords", prompt.length > 42 ? prompt.slice(0, 40) + "…" : prompt, prompt, () => { $("#kw-prompt").value = prompt; });
   }
   (r.body.describe?.samples || []).forEach((sample, i) => {
-    const text = JSON.stringify(sample, null, 2);
+    const text = pretty(sample);
     add("describe", `Sample ${i + 1}`, text, () => { $("#ds-input").value = text; });
   });
   const prompt = $("#kw-prompt"), detector = $("#ds-input"), first = r.body.describe?.samples?.[0];
   if (!prompt.value && r.body.keywords?.samples?.length) prompt.value = r.body.keywords.samples[0];
-  if (!detector.value && first) detector.value = JSON.stringify(first, null, 2);
+  if (!detector.value && first) detector.value = pretty(first);
   for (const task of ["caption", "products"]) {
     (r.body[task]?.samples || []).forEach((name, i) => add(task, name, `the server's sample image ${name}`, async () => {
       try { setImage(task, await fetchBlob(`/ui/samples/${task}/${i}`), name); }
@@ -327,7 +339,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) { e.preventDefault(); run(state.current); }
   });
   $("#ds-format").addEventListener("click", () => {
-    try { $("#ds-input").value = JSON.stringify(JSON.parse($("#ds-input").value), null, 2); }
+    try { $("#ds-input").value = pretty(JSON.parse($("#ds-input").value)); }
     catch (err) { showError("describe", { status: 0, ms: null, body: { error: `not valid JSON: ${err.message}`, type: "InputError" } }); }
   });
   wireImage("caption");
