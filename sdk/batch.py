@@ -318,6 +318,7 @@ class BatchSummary:
     done: int           # written by this run
     errors: int         # of those, error rows
     seconds: float      # wall time of the processing (bundle loading and Ray start-up included)
+    first_output_s: float | None = None   # until the first output rows were written (start-up)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -351,7 +352,7 @@ def run_batch(task: str, source, out, *, engine: str = "local", model=None, back
     rows = read_rows(source, spec.inputs, column)
     writer = _writer(Path(out))
     todo = [r for r in rows if r["id"] not in writer.done]
-    errors = 0
+    errors, first = 0, None
     try:
         with bar(total=len(todo), desc=f"batch {task}", unit="input", progress=progress) as pbar:
             if todo:
@@ -361,12 +362,13 @@ def run_batch(task: str, source, out, *, engine: str = "local", model=None, back
                           _run_ray(task, todo, batch_size, threads=threads or 1, workers=workers, address=address, **kwargs))
                 for chunk in chunks:
                     writer.write(chunk)
+                    first = first or round(time.perf_counter() - t0, 3)
                     errors += sum(not ok for ok in chunk["ok"])
                     pbar.update(len(chunk["id"]))
     finally:
         writer.close()
     return BatchSummary(str(out), engine, len(rows), len(rows) - len(todo), len(todo), errors,
-                        round(time.perf_counter() - t0, 3))
+                        round(time.perf_counter() - t0, 3), first)
 
 
 def _run_local(task, rows, batch_size, *, runner, **kwargs):

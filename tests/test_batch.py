@@ -130,3 +130,17 @@ def test_core_import_stays_lean():
             "bad = [m for m in ('torch', 'ray', 'pyarrow', 'transformers') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_in_buckets_caps_sorts_and_restores_order():
+    from edgesight.tasks.base import in_buckets
+    items = ["x" * n for n in (9, 1, 5, 3, 7, 2, 8, 4, 6, 0)]
+    calls = []
+
+    def fn(chunk):
+        calls.append([len(x) for x in chunk])
+        return [len(x) for x in chunk]
+
+    assert in_buckets(items, fn, cap=4) == [len(x) for x in items]
+    assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]     # similar lengths share a batch, none over the cap
+    assert in_buckets([], fn, cap=4) == [] and in_buckets([{"a": 1}], lambda c: ["r"], cap=4) == ["r"]

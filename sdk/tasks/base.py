@@ -50,10 +50,15 @@ class Task:
     def text_model(self, **kwargs) -> runtime.TextModel:
         return runtime.open_text_model(self.bundle, self.backend, self.threads, self.device, **kwargs)
 
+    # Inputs per model call. A list is run in batches of at most this many, similar lengths together:
+    # one batch pads every input to its longest, so a large mixed batch costs more per input than
+    # single calls (128 keyword prompts in one batch: 3.6x the per-prompt time of one at a time).
+    max_batch: int = 8
+
     def __call__(self, inputs, **kwargs) -> Any:
-        """One input gives one result; a list gives a list of results (run as a batch)."""
+        """One input gives one result; a list gives a list of results (run in length-sorted batches)."""
         if isinstance(inputs, list):
-            return self._run_batch(inputs, **kwargs) if inputs else []
+            return in_buckets(inputs, lambda chunk: self._run_batch(chunk, **kwargs), cap=self.max_batch)
         return self._run_batch([inputs], **kwargs)[0]
 
     def _run_batch(self, inputs: list, **kwargs) -> list:
@@ -65,6 +70,29 @@ class Task:
                 "precision": m.get("precision"), "kind": m.get("kind"), "backend": self.backend,
                 "device": self.device, **({"device_note": self.device_note} if self.device_note else {}),
                 "threads": self.threads, "provenance": m.get("provenance", {}), "fidelity": m.get("fidelity", {})}
+
+
+def input_size(x) -> int:
+    """A cheap stand-in for how long an input's model sequence will be (text: characters; JSON: its
+    repr); images and the rest are 0 (they are resized to one shape anyway)."""
+    if isinstance(x, str):
+        return len(x)
+    return len(repr(x)) if isinstance(x, (dict, list, tuple)) else 0
+
+
+def in_buckets(items: list, fn, *, cap: int, key=input_size) -> list:
+    """fn(chunk) -> results for `items` in chunks of at most `cap`, chunks of similar `key` (length), so
+    little padding is wasted; results come back in the order of `items`. Sorting is stable, so inputs of
+    equal key (images) keep their order."""
+    if len(items) <= 1:
+        return fn(items) if items else []
+    order, cap = sorted(range(len(items)), key=lambda i: key(items[i])), max(1, cap)
+    out: list = [None] * len(items)
+    for start in range(0, len(order), cap):
+        idx = order[start:start + cap]
+        for i, result in zip(idx, fn([items[i] for i in idx])):
+            out[i] = result
+    return out
 
 
 # -- what the trainer wrote beside an adapter, for the tasks' export_spec hooks --
