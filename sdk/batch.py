@@ -393,7 +393,8 @@ def _run_ray(task, rows, batch_size, *, threads: int, workers: int, address, run
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 8 * workers)))
     ds = ds.map_batches(runner, fn_constructor_args=(task,), fn_constructor_kwargs={**kwargs, "threads": threads},
                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers),
-                        num_cpus=threads, batch_format="pyarrow")
+                        num_cpus=threads, num_gpus=1 if kwargs.get("device") == "cuda" else None,
+                        batch_format="pyarrow")
     for chunk in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         yield chunk.to_pydict()
 
