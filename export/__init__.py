@@ -11,7 +11,11 @@ What a bundle carries besides the weights comes from the task: its run-time modu
 `export_spec(adapter_dir, kind)` (edgesight.tasks.<module>, named by the registry) gives the prompt,
 vocabulary, generation settings and validation probes (describe: the adapter's chat prompt and
 vocabulary; keywords: the chat prompt or the tagger's probes; products: an image encoder). Explicit
-`prompt` / `generation` / `probes` / `max_new_tokens` arguments override it.
+`prompt` / `generation` / `probes` / `max_new_tokens` arguments override it. A model trained elsewhere
+brings its own way of being talked to (edgesight.export.prompts): `prompt` naming a task preset
+("seed-000") or a prompt object with a template, or the base directory's llm_config.json, sets the
+prompt, decoding, parser and probes in the model's own format. GGUF bundles whose prompt prefix is
+long carry the llama.cpp state after it (restored at load: a restart does not recompute it).
 
 The model kind picks the path: causal-lm / seq2seq (merge -> ONNX, GGUF, torch; greedy tokens
 compared with the reference), token-classifier (a TOKEN_CLS adapter: edgesight.export.tagger, tag

@@ -39,8 +39,12 @@ def add_cli_arguments(p) -> None:
                                                  "(default: the task's probes)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="greedy tokens compared per probe "
                                                                    "(default: the task's, else 16)")
-    p.add_argument("--prompt", default=None, help="the task's prompt template (a .json/.txt file or the text), "
-                                                  "stored in the manifests instead of the task's")
+    p.add_argument("--prompt", default=None,
+                   help="the model's own prompt, stored in the manifests instead of the task's: a preset the task "
+                        "ships (keywords: seed-000 = seed 000's Zephyr format, system text, decoding and parsing), "
+                        "a .json prompt object ({\"template\": \"...{system}...{input}...\", \"system\", "
+                        "\"generation\", \"parser\", \"input\", \"max_input_tokens\"}) or text; without it a "
+                        "base directory's llm_config.json (seed 001) is read. See docs/seed-models.md")
     p.add_argument("--per-channel", action="store_true", help="per-channel int8 weights for onnx-int8")
     p.add_argument("--threads", type=threads_arg, default=None, help="threads for torch, onnxruntime and llama.cpp")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
