@@ -39,7 +39,10 @@ setup(
     packages=["edgesight", "edgesight.runtime", "edgesight.tasks", "edgesight.export", "edgesight.training",
               "edgesight.training.data", "edgesight.evaluation"],
     package_data={"edgesight": ["data/*", "adapters/*/*", "static/*"]},   # static: the serve console (/ui)
-    install_requires=["numpy>=1.26", "pillow>=10", "onnxruntime>=1.18", "tokenizers>=0.19", "tqdm>=4.66", "rapidfuzz>=3"],
+    # faiss-cpu: the product catalogue's index (exact and approximate search, its own serialisation); core, not an
+    # extra, because products is a core task and one search path beats a numpy fallback; imported on first search
+    install_requires=["numpy>=1.26", "pillow>=10", "onnxruntime>=1.18", "tokenizers>=0.19", "tqdm>=4.66", "rapidfuzz>=3",
+                      "faiss-cpu>=1.8"],
     extras_require=extras,
     entry_points={"console_scripts": ["edgesight=edgesight.cli:main"]},
 )

@@ -198,7 +198,9 @@ def run_eval(bundle=None, *, threads: int | None = None, backend: str | None = N
 
     def row(model, task):
         return {"model": str(model or "default"), "encoder": task.bundle.get("name"), "precision": task.bundle.precision,
-                "threshold": round(task.threshold, 4), "threshold_source": getattr(task, "threshold_source", None)}
+                "threshold": round(task.threshold, 4), "threshold_source": task.threshold_source,
+                "calibration": task.catalog.calibration, "views": task.catalog.views,
+                "colour_weight": task.catalog.features.get("colour_weight", 0.0)}
 
     report = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -246,7 +248,11 @@ def run_eval(bundle=None, *, threads: int | None = None, backend: str | None = N
             listed, held_out = items[:products], items[products:]
             known = queries(listed, views=views, seed=seed + 1000)
             unknown = queries(held_out, views=1, seed=seed + 2000)
-            others = [arr for name, arr in real_photos() if name in ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")]
+            try:  # real photos of non-products (scikit-image's CC0 samples, in the [dev] extra) should all be `unknown`
+                from skimage import data
+                others = [getattr(data, n)() for n in ("astronaut", "chelsea", "coffee", "rocket", "camera", "horse", "coins")]
+            except ImportError:
+                others = []
             rows = []
             csv_path = write_catalog(f"{tmp}/packaged", listed)
             for model, task in _tasks(bundles, csv_path, **kw):

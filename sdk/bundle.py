@@ -22,7 +22,8 @@ MANIFEST = "edgesight.json"
 SCHEMA = 1
 # Files a bundle may carry. Pickle-based formats (.bin, .pt, .pth, .pkl) are refused outright.
 ALLOWED_SUFFIXES = {".onnx", ".data", ".gguf", ".safetensors", ".json", ".txt", ".model", ".npy", ".jinja", ".csv", ".jsonl",
-                    ".png", ".jpg"}  # images: sample inputs and catalogue photos (decoded by PIL, never unpickled)
+                    ".png", ".jpg",   # images: sample inputs and catalogue photos (decoded by PIL, never unpickled)
+                    ".faiss"}         # catalogue rows: faiss's own binary serialisation (no code, no pickle)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -453,9 +453,11 @@ def _read_faiss(bundle: Bundle, role: str, kind: str):
     faiss = _faiss()
     path = bundle.file(role)
     try:
-        index = faiss.downcast_index(faiss.deserialize_index(np.fromfile(path, dtype=np.uint8)))
+        base = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
     except RuntimeError as exc:
         raise BundleError(f"{path}: not a readable faiss index ({str(exc).splitlines()[0][:120]})") from None
+    index = faiss.downcast_index(base)
+    index.referenced_objects = [base]   # the typed proxy must keep the owning one alive
     if type(index).__name__ != kind:
         raise BundleError(f"{path}: a faiss {type(index).__name__}, expected {kind}")
     return index

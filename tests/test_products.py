@@ -149,23 +149,30 @@ def test_add_and_reprice_without_retraining(default_bundle, catalog):
     csv_path, _, held_out = catalog
     pr = ProductRecognizer.from_pretrained(default_bundle, catalog=csv_path, threads=1)
     new = held_out[0]
-    photo = photo_queries([new], seed=9)[0][0]
-    assert pr(photo).title != new.title
+    photos = [p for p, _ in photo_queries([new], views=5, seed=9)]
+    photo = photos[1]
+    assert pr(photo).matches[0].title != new.title
+    rows = len(pr.catalog.embeddings)
     pr.add_product(new.title, new.category, f"${new.price}", render(new), brand=new.brand)
-    assert pr(photo).title == new.title and pr(photo).price == new.price
+    assert len(pr.catalog.embeddings) == rows + pr.catalog.views          # one row per view of the new photo
+    assert sum(pr(p).matches[0].title == new.title for p in photos) >= 4  # shop photos: 4 of 5 at least
+    best = pr(photo).matches[0]
+    assert best.title == new.title and best.price == new.price
     pr.set_price(new.title, "1,299.00")
-    assert pr(photo).price == 1299.0
+    assert pr(photo).matches[0].price == 1299.0
     with pytest.raises(CatalogError, match="already exists"):
         pr.add_product(new.title, new.category, 1.0, render(new))
     with pytest.raises(CatalogError, match="bad price"):
         pr.set_price(new.title, "free")
     pr.catalog.remove(new.title)
-    assert new.title not in pr.catalog and pr(photo).title != new.title
+    assert new.title not in pr.catalog and pr(photo).matches[0].title != new.title
+    assert len(pr.catalog.embeddings) == rows
 
 
 def test_index_saves_as_a_bundle_and_refuses_another_encoder(recognizer, fp32_bundle, default_bundle, tmp_path):
     saved = recognizer.catalog.save(tmp_path / "index")
-    assert saved.kind == "catalog-index" and (tmp_path / "index" / "embeddings.npy").is_file()
+    assert saved.kind == "catalog-index" and (tmp_path / "index" / "rows.faiss").is_file()
+    assert saved.manifest["files"]["rows.faiss"]["sha256"]           # faiss bytes, hash-checked like every file
     again = ProductRecognizer.from_pretrained(default_bundle, catalog=tmp_path / "index", threads=1)
     assert [p.title for p in again.catalog.products] == [p.title for p in recognizer.catalog.products]
     np.testing.assert_array_equal(again.catalog.embeddings, recognizer.catalog.embeddings)
@@ -185,25 +192,36 @@ def test_search_matches_brute_force_on_a_large_random_index():
     assert idx[0, 0] == 7 and idx[1, 0] == 19_999 and np.all(np.diff(sims, axis=1) <= 0)
 
 
-def test_inverted_file_agrees_with_exact_search_and_follows_updates(tmp_path):
+def test_approximate_search_agrees_with_exact_and_follows_updates(tmp_path):
+    from edgesight.bundle import Bundle
+    from edgesight.errors import BundleError
+
     rng = np.random.default_rng(1)
-    emb = rng.standard_normal((5_000, 32)).astype(np.float32)
+    emb = rng.standard_normal((21_000, 32)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-    index = CatalogIndex(emb, [Product(f"p{i}", None, 1.0) for i in range(len(emb))], {})
+    items = np.repeat(np.arange(7_000), 3)                    # three views per product
+    index = CatalogIndex(emb, [Product(f"p{i}", None, 1.0) for i in range(7_000)], {}, items=items)
     rows = rng.integers(0, len(emb), 40)
     q = emb[rows] + 0.05 * rng.standard_normal((40, 32)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     exact = index.search(q, 3, exact=True)[0]
-    approx = index.search(q, 3, exact=False)[0]          # trains the inverted file on first use
-    assert len(index.ivf().centroids) == 70 and (approx[:, 0] == exact[:, 0]).mean() >= 0.95
-    new = rng.standard_normal(32).astype(np.float32)
+    approx = index.search(q, 3)[0]                             # >= ANN_MIN_ROWS rows: faiss IVF, trained on first use
+    assert index.ann().nlist == 144 and (exact[:, 0] == items[rows]).all() and (approx[:, 0] == exact[:, 0]).mean() >= 0.95
+    assert all(len(set(r)) == 3 for r in approx)               # k distinct products, not k rows of one product
+    new = rng.standard_normal((2, 32)).astype(np.float32)
     index.add(Product("new", None, 2.0), new)
-    assert index.products[index.search(new / np.linalg.norm(new), 1, exact=False)[0][0, 0]].title == "new"
-    index.remove(f"p{rows[0]}")
-    assert f"p{rows[0]}" not in [index.products[i].title for i in index.search(q[:1], 3, exact=False)[0][0]]
-    loaded = CatalogIndex.load(index.save(tmp_path / "ivf").path)
-    assert loaded._ivf is not None
-    np.testing.assert_array_equal(loaded.search(q, 3, exact=False)[0], index.search(q, 3, exact=False)[0])
+    assert index.products[index.search(new[1] / np.linalg.norm(new[1]), 1)[0][0, 0]].title == "new"
+    gone = f"p{items[rows[0]]}"
+    index.remove(gone)
+    assert gone not in [index.products[i].title for i in index.search(q[:1], 3)[0][0]]
+    assert len(index.embeddings) == len(emb) - 3 + 2 and len(index) == 7_000
+    saved = index.save(tmp_path / "ann")
+    loaded = CatalogIndex.load(saved.path)
+    assert loaded._ann is not None and saved.has("catalog_ann")
+    np.testing.assert_array_equal(loaded.search(q, 3)[0], index.search(q, 3)[0])
+    (tmp_path / "ann" / "ann.faiss").write_bytes(b"\0" * 64)   # tampered: refused by its sha256 before faiss reads it
+    with pytest.raises(BundleError):
+        Bundle.load(tmp_path / "ann")
 
 
 def test_price_helpers():
@@ -278,14 +296,15 @@ def test_clip_image_tower_exports_as_an_encoder_bundle(tmp_path):
 def test_eval_reports_accuracy_price_error_and_unknowns(default_bundle, tmp_path):
     from edgesight.evaluation.products import run_eval
 
-    report = run_eval(default_bundle, threads=1, products=8, views=1, holdout=2, ocr="off")
+    report = run_eval(default_bundle, threads=1, benchmarks="packaged", products=8, views=1, holdout=2, ocr="off")
     row = report["results"][0]
     assert report["catalogue"] == {"products": 8, "views": 1, "held_out": 2, "seed": 0}
     assert row["queries"] == 8 and row["unknown_queries"] == 2 and row["top1_title_accuracy"] >= 0.5, row
     assert row["non_product_photos"] == 7 and row["non_product_unknown_rate"] == 1.0, row
     assert row["price_mae"] >= 0 and row["median_ms"] > 0
     from edgesight.cli import main
-    assert main(["eval", "products", "--model", str(default_bundle), "--products", "2", "--views", "1", "--holdout", "1",
+    assert main(["eval", "products", "--model", str(default_bundle), "--benchmarks", "packaged", "--products", "2",
+                 "--views", "1", "--holdout", "1",
                  "--ocr", "off", "--threads", "1", "--json", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["catalogue"]["products"] == 2
 

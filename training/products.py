@@ -187,9 +187,10 @@ def build_default(out_dir, *, threads: int = 1, progress: bool | None = None, pr
     """Default bundle: real EfficientNet-Lite0 encoder (int8 static) + an embedded 24-product sample catalogue."""
     import tempfile
 
-    from edgesight.catalog import CatalogIndex, encoder_fingerprint, read_catalog_csv
+    from edgesight.catalog import encoder_fingerprint, read_catalog_csv
     from edgesight.export.image_encoder import efficientnet_lite0, export_image_encoder
     from edgesight.images import load_image
+    from edgesight.tasks.products import IndexBuilder
 
     from .data.products import augment, catalog_products, queries, render, write_catalog
 
@@ -202,10 +203,11 @@ def build_default(out_dir, *, threads: int = 1, progress: bool | None = None, pr
 
         def add_catalog(w, encoder):
             rows, _ = read_catalog_csv(csv_path)
-            emb = encoder.embed([load_image(r.image) for r in rows])
+            builder = IndexBuilder(encoder)   # the same views, colour and calibration as a CSV ingested by the SDK
+            builder.add_images([load_image(r.image) for r in rows])
             for i, r in enumerate(rows):  # ship the photos so the sample index is self-contained
                 r.image = str(w.add_file(r.image, f"catalog/images/{i:04d}.png").relative_to(w.dir))
-            CatalogIndex(emb, rows, encoder_fingerprint(w.dir / "model.onnx", w.manifest)).write_into(w, "catalog/")
+            builder.finish(rows, encoder_fingerprint(w.dir / "model.onnx", w.manifest)).write_into(w, "catalog/")
             w.add_file(query, "samples/query.jpg", role="sample_query")
 
         validation = [im for im, _ in queries(products, views=1, seed=8)]  # unseen by the calibration

@@ -15,7 +15,9 @@ printed in the photo is reported next to (never instead of) the catalogue price.
 from __future__ import annotations
 
 import difflib
+import io
 import os
+import random
 import re
 import threading
 from dataclasses import dataclass, field
@@ -33,7 +35,8 @@ from ..progress import bar
 from ..record import Record
 from .base import Task, adapter_json
 
-DEFAULT_THRESHOLD = 0.55   # cosine below which a photo is `unknown` (non-products score <= 0.28, listed >= ~0.7); a manifest may set `unknown_threshold`
+DEFAULT_THRESHOLD = 0.55   # similarity below which a photo is `unknown` when the catalogue has no calibrated threshold
+                           # (too few items) and the manifest sets no `unknown_threshold`
 OCR_WEIGHT = 0.15          # how much a label-text match adds to the visual similarity when re-ranking
 RERANK_POOL = 20           # OCR re-ranks only the visual top-20: search stays one matrix product
 
@@ -43,7 +46,7 @@ class Match(Record):
     title: str
     category: str | None
     price: float | None
-    similarity: float              # cosine between photo and catalogue image
+    similarity: float              # the item's best view: cosine, fused with colour similarity (index `features`)
     score: float                   # similarity (+ OCR text bonus when OCR ran): the ranking key
     text_score: float | None = None
     extra: dict = field(default_factory=dict)
@@ -87,12 +90,14 @@ class ProductRecognizer(Task):
     name = "products"
 
     def __init__(self, bundle, backend=None, threads=None, device: str | None = "cpu", catalog=None, ocr: bool = False,
-                 threshold: float | None = None, top_k: int = 5, progress: bool | None = None):
+                 threshold: float | None = None, top_k: int = 5, progress: bool | None = None,
+                 views: int | None = None, colour_weight: float | None = None):
         super().__init__(bundle, backend, threads, device)
         self.encoder = ImageEncoder.from_task(self)
-        self.threshold = check_number(threshold if threshold is not None else bundle.get("unknown_threshold", DEFAULT_THRESHOLD),
-                                      "threshold", -1.0, 1.0)
-        self.threshold_source = "argument" if threshold is not None else "bundle" if bundle.get("unknown_threshold") else "default"
+        self._threshold = None if threshold is None else check_number(threshold, "threshold", -1.0, 1.0)
+        self.matching = {"views": int(check_number(MATCHING["views"] if views is None else views, "views", 1, 256)),
+                         "colour_weight": check_number(MATCHING["colour_weight"] if colour_weight is None else colour_weight,
+                                                       "colour_weight", 0.0, 0.95)}
         self.top_k, self.use_ocr, self.progress = int(top_k), bool(ocr), progress
         self._ocr_engine, self._ocr_lock = None, threading.Lock()
         self.report: IngestReport | None = None
@@ -100,11 +105,31 @@ class ProductRecognizer(Task):
         catalog = catalog if catalog is not None else os.environ.get("EDGESIGHT_PRODUCTS_CATALOG") or None  # for `serve`
         if catalog is not None:
             self.set_catalog(catalog)
-        elif bundle.has("catalog_embeddings"):
+        elif bundle.has("catalog_items"):
             self.catalog = CatalogIndex.from_bundle(bundle)   # the bundle's sample catalogue
             for p in self.catalog.products:
                 if p.image and not Path(p.image).is_absolute():
                     p.image = str(bundle.path / p.image)
+        self._use_catalog_threshold()
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold_value
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._threshold = check_number(value, "threshold", -1.0, 1.0)
+        self._use_catalog_threshold()
+
+    def _use_catalog_threshold(self) -> None:
+        """The "unknown" threshold: the caller's, else the catalogue's own (calibrated when it was indexed),
+        else the bundle's, else DEFAULT_THRESHOLD; `threshold_source` says which."""
+        calibrated = (self.catalog.calibration.get("threshold") if self.catalog is not None else None)
+        for source, value in (("argument", self._threshold), ("catalogue", calibrated),
+                              ("bundle", self.bundle.get("unknown_threshold")), ("default", DEFAULT_THRESHOLD)):
+            if value is not None:
+                self._threshold_value, self.threshold_source = float(value), source
+                return
 
     # -- catalogue ----------------------------------------------------------------------------------
     @property
@@ -124,13 +149,14 @@ class ProductRecognizer(Task):
             index = CatalogIndex.load(catalog)
         elif Path(catalog).suffix.lower() == ".csv":
             products, self.report = read_catalog_csv(catalog)
-            embeddings, failed = self.embed_files([p.image for p in products], skip_bad=True)
+            builder = IndexBuilder(self.encoder, **self.matching)
+            _, failed = self.embed_files([p.image for p in products], skip_bad=True, embed=builder.add_images)
             for i, problem in failed.items():   # the header passed, the full decode did not: a skipped row
                 self.report.skip(products[i].title, problem)
             products = [p for i, p in enumerate(products) if i not in failed]
             if not products:
                 raise CatalogError(f"{catalog}: no catalogue image could be decoded; see the report's issues")
-            index = CatalogIndex(embeddings, products, self.fingerprint)
+            index = builder.finish(products, self.fingerprint)
         else:
             raise CatalogError(f"{catalog}: not a catalogue CSV or index directory; pass a .csv "
                                "(title, category, full_price, local_image_path) or a directory saved by index.save()")
@@ -138,11 +164,14 @@ class ProductRecognizer(Task):
             raise CatalogError(f"the catalogue index was embedded with encoder {index.encoder.get('name')} "
                                f"({str(index.encoder.get('sha256'))[:12]}…), not this bundle's "
                                f"({self.fingerprint['sha256'][:12]}…); rebuild it from the CSV with this encoder")
+        index.threads = self.threads
         self.catalog = index
+        self._use_catalog_threshold()
         return self.report
 
-    def embed_files(self, paths: list, batch: int = 16, skip_bad: bool = False):
-        """Embeddings of image files; with skip_bad, (embeddings of the readable ones, {index: why not})."""
+    def embed_files(self, paths: list, batch: int = 16, skip_bad: bool = False, embed=None):
+        """Embeddings of image files (or what `embed(images)` makes of them, e.g. IndexBuilder.add_images);
+        with skip_bad, (embeddings of the readable ones, {index: why not})."""
         out, failed = [], {}
         for i in bar(range(0, len(paths), batch), desc="embedding catalogue", progress=self.progress):
             images = []
@@ -154,7 +183,7 @@ class ProductRecognizer(Task):
                         raise
                     failed[j] = f"image cannot be decoded ({exc}); re-save it as JPEG or PNG"
             if images:
-                out.append(self.encoder.embed(images))
+                out.append((embed or self.encoder.embed)(images))
         emb = np.concatenate(out) if out else np.zeros((0, self.encoder.dim), np.float32)
         return (emb, failed) if skip_bad else emb
 
@@ -165,8 +194,10 @@ class ProductRecognizer(Task):
         except ValueError as exc:
             raise CatalogError(f"bad price for {title!r}: {exc}") from None
         path = str(image) if isinstance(image, (str, Path)) else None
-        self._require_catalog(allow_empty=True).add(Product(title, category, price, path, extra),
-                                                    self.encoder.embed([load_image(image)])[0], replace=replace)
+        catalog = self._require_catalog(allow_empty=True)
+        rows = IndexBuilder(self.encoder, catalog.features.get("views", 1), catalog.features.get("colour_weight", 0.0)).rows_of(
+            [load_image(image)])
+        catalog.add(Product(title, category, price, path, extra), rows, replace=replace)
 
     def set_price(self, title: str, price) -> None:
         self._require_catalog().set_price(title, price)
@@ -175,7 +206,8 @@ class ProductRecognizer(Task):
         if self.catalog is None:
             if not allow_empty:
                 raise CatalogError("no catalogue loaded; pass catalog=CSV or index directory to from_pretrained()")
-            self.catalog = CatalogIndex(np.zeros((0, self.encoder.dim), np.float32), [], self.fingerprint)
+            builder = IndexBuilder(self.encoder, **self.matching)
+            self.catalog = CatalogIndex(np.zeros((0, builder.dim), np.float32), [], self.fingerprint, features=builder.features)
         if not allow_empty and not len(self.catalog):
             raise CatalogError("the catalogue is empty; add products (add_product or a CSV) before recognising photos")
         return self.catalog
@@ -186,7 +218,7 @@ class ProductRecognizer(Task):
         k = max(1, int(top_k or self.top_k))
         use_ocr = self.use_ocr if ocr is None else ocr
         images = [_open_photo(x, 1024 if use_ocr else self.encoder.preprocessing.size) for x in inputs]
-        idx, sims = catalog.search(self.encoder.embed(images), RERANK_POOL if use_ocr else k)
+        idx, sims = catalog.search(describe(self.encoder, images, catalog.features), RERANK_POOL if use_ocr else k)
         return [self._result(catalog, row_idx, row_sims, self._read(img) if use_ocr else None, k)
                 for img, row_idx, row_sims in zip(images, idx, sims)]
 
@@ -226,6 +258,182 @@ class ProductRecognizer(Task):
         engine = require("rapidocr_onnxruntime", "ocr").RapidOCR
         # No angle classifier: it "corrects" upright labels (MOXI read as IXOW); shop photos are roughly upright.
         return engine(use_cls=False, intra_op_num_threads=self.threads, inter_op_num_threads=1, print_verbose=False)
+
+
+# -- appearance: multi-view rows, colour, the catalogue's own "unknown" threshold -----------------------
+# The ImageNet embedding is nearly colour-blind and sees a crop of a pattern as another object. So every
+# catalogue photo is indexed as several views (flips, tilts, crops of the item, light, blur) and every row
+# and query is the embedding fused with a colour histogram in CIELAB: concatenating sqrt(1-w)*embedding and
+# sqrt(w)*colour makes one inner product score (1-w)*cosine + w*colour similarity, so faiss searches it as is.
+MATCHING = {"views": 16, "colour_weight": 0.3}   # tuned on the fine-grained dev split (docs/products.md)
+COLOUR_BINS = (4, 8, 8)        # L x a* x b* bins; a*, b* over -64..64
+PROBES = 2                     # calibration photos per catalogue item
+CALIBRATION_ITEMS = 512        # items whose probes set the threshold (a sample of a big catalogue)
+LISTED_COST = 2.0              # calibration: flagging a listed item costs as much as missing two new products
+
+
+def _lab(rgb: np.ndarray):
+    """sRGB uint8-range (..., 3) -> CIELAB L, a*, b* (D65)."""
+    c = rgb / 255.0
+    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    xyz = c @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    f = xyz / np.array([0.9505, 1.0, 1.089])
+    f = np.where(f > 0.008856, np.cbrt(f), 7.787 * f + 16 / 116)
+    return 116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])
+
+
+def colour_descriptor(image, bins=COLOUR_BINS, side: int = 48) -> np.ndarray:
+    """A unit vector: the square root of the L*a*b* histogram of a 48 px thumbnail, so the inner product of
+    two is their Bhattacharyya coefficient. A light, grey photo border (a studio background) counts less."""
+    from PIL import Image
+
+    arr = np.asarray(image.resize((side, side), Image.BILINEAR), dtype=np.float32)
+    L, a, b = _lab(arr)
+    weight = np.ones_like(L)
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+    bl, ba, bb = (float(v[0]) for v in _lab(np.median(border, 0)[None]))
+    if bl > 80 and abs(ba) < 6 and abs(bb) < 8:
+        weight = np.clip((np.sqrt((L - bl) ** 2 * 0.25 + (a - ba) ** 2 + (b - bb) ** 2) - 4) / 8, 0, 1)
+    nl, na, nb = bins
+    li = np.clip((L / 100 * nl).astype(int), 0, nl - 1)
+    ai = np.clip(((a + 64) / 128 * na).astype(int), 0, na - 1)
+    bi = np.clip(((b + 64) / 128 * nb).astype(int), 0, nb - 1)
+    h = np.sqrt(np.bincount(((li * na + ai) * nb + bi).ravel(), weights=weight.ravel(), minlength=nl * na * nb) / max(weight.sum(), 1e-6))
+    return (h / max(np.linalg.norm(h), 1e-6)).astype(np.float32)
+
+
+def _item_box(image) -> tuple[int, int, int, int]:
+    """Bounding box of what differs from the photo's corner colour (the item on its background)."""
+    from PIL import Image, ImageChops
+
+    bg = image.getpixel((0, 0))
+    mask = ImageChops.difference(image, Image.new("RGB", image.size, bg)).convert("L").point(lambda v: 255 if v > 12 else 0)
+    return mask.getbbox() or (0, 0) + image.size
+
+
+def catalogue_views(image, n: int, seed: int) -> list:
+    """The photo, its mirror image and n-2 seeded re-shoots: tilt +-10 deg, a square crop of 60-95 % of the
+    item, light x0.75-1.25, a mirror half the time, a slight blur half the time."""
+    from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+    rng = random.Random(seed)
+    out, (w, h) = [image, ImageOps.mirror(image)][:n], image.size
+    bg = image.getpixel((0, 0))
+    while len(out) < n:
+        v = image.rotate(rng.uniform(-10, 10), resample=Image.BILINEAR, fillcolor=bg)
+        x0, y0, x1, y1 = _item_box(v)
+        side = max(8, int(rng.uniform(0.6, 0.95) * max(x1 - x0, y1 - y0)))
+        cx = rng.randint(x0 + side // 2, max(x0 + side // 2, x1 - side // 2))
+        cy = rng.randint(y0 + side // 2, max(y0 + side // 2, y1 - side // 2))
+        v = v.crop((cx - side // 2, cy - side // 2, cx + side // 2, cy + side // 2)).resize((w, h), Image.BILINEAR)
+        v = ImageEnhance.Brightness(v).enhance(rng.uniform(0.75, 1.25))
+        if rng.random() < 0.5:
+            v = ImageOps.mirror(v)
+        if rng.random() < 0.5:
+            v = v.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+        out.append(v)
+    return out
+
+
+def probe_view(image, rng: random.Random):
+    """A calibration photo: a re-shoot unlike any indexed view, with a shop photo's faults on top (another
+    background half the time, a hand or shelf edge over a side a third of the time, light, blur, JPEG), so
+    the listed scores it gives are not optimistic."""
+    from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFilter
+
+    if rng.random() < 0.5:
+        bg = image.getpixel((0, 0))
+        mask = ImageChops.difference(image, Image.new("RGB", image.size, bg)).convert("L").point(lambda v: 255 if v > 12 else 0)
+        image = Image.composite(image, Image.new("RGB", image.size, tuple(rng.randint(120, 235) for _ in range(3))), mask)
+    v = catalogue_views(image, 3, rng.randint(0, 2**31))[2].filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.5)))
+    v = ImageEnhance.Brightness(v).enhance(rng.uniform(0.85, 1.15))
+    if rng.random() < 0.33:
+        w, h = v.size
+        ow, oh = int(w * rng.uniform(0.2, 0.4)), int(h * rng.uniform(0.3, 0.6))
+        x, y = rng.choice([0, w - ow]), rng.randint(0, h - oh)
+        ImageDraw.Draw(v).rectangle((x, y, x + ow, y + oh), fill=tuple(rng.randint(60, 200) for _ in range(3)))
+    return jpeg_roundtrip(v, rng.randint(35, 90))
+
+
+def jpeg_roundtrip(image, quality: int):
+    """The image as a JPEG of that quality would show it (compression artefacts included)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+
+
+def describe(encoder: ImageEncoder, images: list, features: dict) -> np.ndarray:
+    """Rows / queries as a catalogue's `features` say: the unit embedding, fused with the colour descriptor."""
+    emb = encoder.embed(images)
+    w = float(features.get("colour_weight") or 0.0)
+    if not w:
+        return emb
+    colour = np.stack([colour_descriptor(im, tuple(features.get("colour_bins", COLOUR_BINS))) for im in images])
+    return np.hstack([np.sqrt(1 - w) * emb, np.sqrt(w) * colour]).astype(np.float32)
+
+
+def calibrate(index: CatalogIndex, probes: np.ndarray, items: np.ndarray) -> dict:
+    """The catalogue's own "unknown" threshold. Each probe (an unseen photo of a listed item) gives a listed
+    score (its own item's) and a look-alike score (the best *other* item: what a new product one detail away
+    from a listed one would score); the threshold best separates the two, a listed item wrongly flagged
+    costing LISTED_COST look-alikes missed."""
+    if len(index) < 2 or not len(probes):
+        return {}
+    top, sims = index.search(probes, 2, exact=True)
+    own = top[:, 0] == items
+    rows = index.embeddings
+    pos = np.where(own, sims[:, 0], [float((rows[index.items == i] @ p).max()) for i, p in zip(items, probes)])
+    neg = np.where(own, sims[:, 1], sims[:, 0])
+    cand = np.unique(np.concatenate([pos, neg]))
+    cuts = np.concatenate([[cand[0] - 1e-3], (cand[:-1] + cand[1:]) / 2, [cand[-1] + 1e-3]])
+    good = np.array([LISTED_COST * (pos >= t).mean() + (neg < t).mean() for t in cuts])
+    t = float(np.median(cuts[good == good.max()]))
+    return {"threshold": round(t, 4), "probes": int(len(probes)), "items": int(len(np.unique(items))),
+            "listed_pass_rate": round(float((pos >= t).mean()), 4), "lookalike_flag_rate": round(float((neg < t).mean()), 4),
+            "listed_median": round(float(np.median(pos)), 4), "lookalike_median": round(float(np.median(neg)), 4),
+            "method": f"probe photos of listed items: own-item score vs best other item; the cut that separates them best "
+                      f"(a listed item flagged costs {LISTED_COST:g} look-alikes missed)"}
+
+
+class IndexBuilder:
+    """Catalogue photos -> the rows of a CatalogIndex (views x fused descriptors) + calibration probes."""
+
+    def __init__(self, encoder: ImageEncoder, views: int = MATCHING["views"], colour_weight: float = MATCHING["colour_weight"]):
+        self.encoder, self.views = encoder, max(1, int(views))
+        self.features = {"embedding": encoder.dim, "views": self.views, "colour_weight": float(colour_weight),
+                         **({"colour_bins": list(COLOUR_BINS)} if colour_weight else {})}
+        self.rows, self.probes, self.probe_items, self.count = [], [], [], 0
+        self._rng = random.Random(0)
+
+    def rows_of(self, images: list) -> np.ndarray:
+        """(len(images) * views, dim) rows, each image's views together."""
+        start, self.count = self.count, self.count + len(images)
+        views = [v for i, im in enumerate(images) for v in catalogue_views(im, self.views, start + i)]
+        return np.concatenate([describe(self.encoder, views[j:j + 32], self.features) for j in range(0, len(views), 32)])
+
+    def add_images(self, images: list) -> np.ndarray:
+        first = self.count
+        self.rows.append(self.rows_of(images))
+        sample = [(first + i, im) for i, im in enumerate(images) if first + i < CALIBRATION_ITEMS]
+        if sample:
+            probes = [probe_view(im, self._rng) for _, im in sample for _ in range(PROBES)]
+            self.probes.append(describe(self.encoder, probes, self.features))
+            self.probe_items += [i for i, _ in sample for _ in range(PROBES)]
+        return self.rows[-1]
+
+    def finish(self, products: list[Product], fingerprint: dict) -> CatalogIndex:
+        rows = np.concatenate(self.rows) if self.rows else np.zeros((0, self.dim), np.float32)
+        index = CatalogIndex(rows, products, fingerprint, items=np.repeat(np.arange(len(products)), self.views),
+                             features=self.features)
+        if self.probes:
+            index.calibration = calibrate(index, np.concatenate(self.probes), np.array(self.probe_items))
+        return index
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim + (int(np.prod(COLOUR_BINS)) if self.features["colour_weight"] else 0)
 
 
 def _open_photo(image, min_side: int):

@@ -11,12 +11,13 @@ Only PIL and numpy are used here, so `edgesight eval products` can render withou
 from __future__ import annotations
 
 import csv
-import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
+
+from edgesight.tasks.products import jpeg_roundtrip
 
 BRANDS = ["NORDA", "KIVO", "LUMEX", "ZAPPA", "ORBIT", "PELLA", "MOXI", "TERRA", "VANTA", "QUILL", "BRISK", "SOLA"]
 # product type, category (category3_code style), package shape, base price
@@ -132,9 +133,7 @@ def augment(img: Image.Image, rng: random.Random, strength: float = 1.0) -> Imag
         ow, oh = int(w * rng.uniform(0.25, 0.45)), int(h * rng.uniform(0.25, 0.45))
         ox, oy = rng.choice([0, w - ow]), rng.randint(0, h - oh)
         ImageDraw.Draw(img).rectangle((ox, oy, ox + ow, oy + oh), fill=tuple(rng.randint(60, 200) for _ in range(3)))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=rng.randint(35, 80))
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return jpeg_roundtrip(img, rng.randint(35, 80))
 
 
 def write_catalog(out_dir, products: list[SyntheticProduct], size: int = SIZE) -> Path:
@@ -331,9 +330,7 @@ def reshoot(img: Image.Image, rng: random.Random) -> Image.Image:
     img = img.crop((cx - side // 2, cy - side // 2, cx + side // 2, cy + side // 2)).resize((w, h), Image.BILINEAR)
     img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0, 1.5)))
     img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.7, 1.3))
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=rng.randint(35, 75))
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    return jpeg_roundtrip(img, rng.randint(35, 75))
 
 
 def garment_queries(garments: list[Garment], views: int, seed: int) -> list:
