@@ -32,7 +32,7 @@ CV_OUTPUTS = [
     {"detections": [{"label": "glass", "confidence": 0.81}], "scene": {"class": "sandy", "confidence": 0.91}},
 ]
 # Zephyr-7B (Mistral-7B shape): 32 layers, hidden 4096, 32/8 heads, MLP 14336, vocab 32000.
-ZEPHYR = dict(layers=32, hidden=4096, kv=1024, mlp=14336, vocab=32000)
+ZEPHYR = dict(layers=32, hidden=4096, kv=1024, mlp=14336, vocab=32000, heads=32, kv_heads=8)
 
 
 def zephyr_sizes() -> dict:
@@ -188,17 +188,141 @@ def t5(args) -> dict:
             "onnx_int8_MB": round(sum(p.stat().st_size for p in (work / "bundles" / "onnx-int8").iterdir()) / 1e6, 1)}
 
 
+def write_mistral_7b_q4_0(path: Path, seed: int = 0, z: dict = ZEPHYR) -> Path:
+    """A Mistral-7B-shaped GGUF (32 layers, 4096 hidden, 32/8 heads, MLP 14336, vocab 32000) in Q4_0 with
+    random blocks, written tensor by tensor with gguf-py: no fp32 (or f16) weights are ever materialised
+    (the largest buffer is one 33 MB tensor). Tokenizer: a sentencepiece BPE trained on seed 000's system
+    instruction, padded to 32000 pieces, so the prompt has a realistic token count."""
+    import io
+
+    import numpy as np
+    import sentencepiece as spm
+    from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType
+
+    from edgesight.export.prompts import preset_path
+
+    preset = json.loads(preset_path("keywords", "seed-000").read_text(encoding="utf-8"))
+    text = preset["template"].replace("{system}", preset["system"]).splitlines() + KEYWORD_PROMPTS
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter([ln for ln in text if ln.strip()] * 20), model_writer=buf,
+                                   model_type="bpe", vocab_size=600, hard_vocab_limit=False, byte_fallback=True,
+                                   character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1,
+                                   minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    tokens, scores, types = [], [], []
+    for i in range(sp.get_piece_size()):
+        tokens.append(sp.id_to_piece(i).encode())
+        scores.append(sp.get_score(i))
+        types.append(TokenType.UNKNOWN if sp.is_unknown(i) else TokenType.CONTROL if sp.is_control(i)
+                     else TokenType.BYTE if sp.is_byte(i) else TokenType.NORMAL)
+    for i in range(z["vocab"] - len(tokens)):
+        tokens.append(f"\u2581zzfill{i}".encode())
+        scores.append(-1e9)
+        types.append(TokenType.UNUSED)
+    w = GGUFWriter(str(path), "llama")
+    w.add_context_length(32768)
+    w.add_embedding_length(z["hidden"])
+    w.add_block_count(z["layers"])
+    w.add_feed_forward_length(z["mlp"])
+    w.add_rope_dimension_count(z["hidden"] // z["heads"])
+    w.add_head_count(z["heads"])
+    w.add_head_count_kv(z["kv_heads"])
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_file_type(LlamaFileType.MOSTLY_Q4_0)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(True)
+    shapes = [("token_embd.weight", (z["vocab"], z["hidden"]))]
+    for i in range(z["layers"]):
+        shapes += [(f"blk.{i}.attn_norm.weight", (z["hidden"],)), (f"blk.{i}.ffn_norm.weight", (z["hidden"],)),
+                   (f"blk.{i}.attn_q.weight", (z["hidden"], z["hidden"])), (f"blk.{i}.attn_k.weight", (z["kv"], z["hidden"])),
+                   (f"blk.{i}.attn_v.weight", (z["kv"], z["hidden"])), (f"blk.{i}.attn_output.weight", (z["hidden"], z["hidden"])),
+                   (f"blk.{i}.ffn_gate.weight", (z["mlp"], z["hidden"])), (f"blk.{i}.ffn_up.weight", (z["mlp"], z["hidden"])),
+                   (f"blk.{i}.ffn_down.weight", (z["hidden"], z["mlp"]))]
+    shapes += [("output_norm.weight", (z["hidden"],)), ("output.weight", (z["vocab"], z["hidden"]))]
+
+    def byte_shape(shape):   # Q4_0: blocks of 32 weights = f16 scale + 16 bytes of nibbles
+        return (shape[0], shape[1] // 32 * 18)
+
+    for name, shape in shapes:
+        if len(shape) == 1:
+            w.add_tensor_info(name, shape, np.dtype(np.float32), 4 * shape[0])
+        else:
+            bs = byte_shape(shape)
+            w.add_tensor_info(name, bs, np.dtype(np.uint8), bs[0] * bs[1], raw_dtype=GGMLQuantizationType.Q4_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    rng = np.random.default_rng(seed)
+    scale = np.frombuffer(np.float16(0.01).tobytes(), dtype=np.uint8)
+    for name, shape in shapes:
+        if len(shape) == 1:
+            w.write_tensor_data(np.ones(shape, dtype=np.float32))
+            continue
+        blocks = rng.integers(0, 256, size=(shape[0] * shape[1] // 32, 18), dtype=np.uint8)
+        blocks[:, :2] = scale
+        w.write_tensor_data(blocks.reshape(byte_shape(shape)))
+    w.close()
+    return path
+
+
+def mistral_7b(args) -> dict:
+    """Seed 000's first call on a Mistral-7B-shaped Q4_0 GGUF: without a saved state (the instruction is
+    evaluated) vs with the state restored, each in a freshly loaded model; 8 new tokens per call."""
+    from edgesight.export.prompts import preset_path
+    from edgesight.generation import GenerationConfig
+    from edgesight.runtime.llamacpp import GGUFTextModel
+
+    path = Path(args.gguf) if args.gguf else Path(tempfile.mkdtemp(prefix="mistral7b-")) / "mistral-7b.q4_0.gguf"
+    t0 = time.perf_counter()
+    if not path.is_file():
+        write_mistral_7b_q4_0(path)
+    written = time.perf_counter() - t0
+    preset = json.loads(preset_path("keywords", "seed-000").read_text(encoding="utf-8"))
+    prefix, suffix = preset["template"].replace("{system}", preset["system"]).split("{input}")
+    config = GenerationConfig(max_new_tokens=8)
+    open_model = lambda: GGUFTextModel(path, threads=args.threads, n_ctx=1024)
+    model = open_model()
+    prefix_ids = model.encode(prefix)[:-1]
+    prompt_ids = model.encode(prefix + KEYWORD_PROMPTS[0] + suffix)
+    blob, meta = model.save_prefix_state(prefix_ids)
+    del model
+    rows = {"with_state": {"load_s": [], "first_call_s": []}, "without_state": {"load_s": [], "first_call_s": []}}
+    for rep in range(args.repeats):
+        for name in (rows if rep % 2 == 0 else list(rows)[::-1]):
+            t0 = time.perf_counter()
+            model = open_model()
+            if name == "with_state":
+                note = model.load_prefix_state(blob, meta)
+                assert note.startswith("restored"), note
+            t1 = time.perf_counter()
+            model.generate([prefix + KEYWORD_PROMPTS[0] + suffix], config)
+            rows[name]["load_s"].append(t1 - t0)
+            rows[name]["first_call_s"].append(time.perf_counter() - t1)
+            del model
+    return {"model": "Mistral-7B shape, Q4_0, random blocks", "gguf_GB": round(path.stat().st_size / 1e9, 2),
+            "written_s": round(written, 1), "prefix_tokens": len(prefix_ids), "prompt_tokens": len(prompt_ids),
+            "state_MB": round(len(blob) / 1e6, 1), "new_tokens": config.max_new_tokens,
+            "median": {k: {m: _median(v) for m, v in r.items()} for k, r in rows.items()}, "runs": rows}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.seed_models", description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["prefix-state", "t5"])
+    p.add_argument("what", choices=["prefix-state", "t5", "mistral-7b"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default=None)
     p.add_argument("--bundle", default=None, help="prefix-state: a GGUF keywords bundle (default: export SmolLM2 "
                                                   "with --prompt seed-000)")
+    p.add_argument("--gguf", default=None, help="mistral-7b: reuse this GGUF (default: write one to a temp dir)")
     args = p.parse_args(argv)
     result = {"header": header(args.what, {"threads": args.threads, "repeats": args.repeats}),
-              **(prefix_state(args) if args.what == "prefix-state" else t5(args))}
+              **{"prefix-state": prefix_state, "t5": t5, "mistral-7b": mistral_7b}[args.what](args)}
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
     if args.out:
         write_json(result, Path(args.out))

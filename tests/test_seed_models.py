@@ -268,3 +268,30 @@ def test_seed_001_guard_applies_as_for_the_default(seed_001_chain):
             assert d.fallback == (not report.passed)
             assert d.text == (template_sentence(facts, ds.vocab) if d.fallback else d.generated)
     assert ds(CV_OUTPUTS[1]).fallback   # a random model's sentence fails the rules: the template answers
+
+
+# --- prompt objects (no model) --------------------------------------------------------------------
+
+def test_prompt_objects_are_checked_and_expanded(tmp_path):
+    from edgesight.errors import ExportError
+    from edgesight.export.prompts import apply, from_llm_config
+
+    spec = apply({"generation": {"max_new_tokens": 24}}, "keywords",
+                 {"template": "<s>{system}|{input}|", "system": "S", "generation": {"num_beams": 2}}, None,
+                 "causal-lm", ["a", {"b": 1}])
+    assert spec["prompt"] == {"template": "<s>S|{input}|", "prefix": "<s>S|", "suffix": "|", "system": "S",
+                             "input": "text"}
+    assert spec["generation"] == {"max_new_tokens": 24, "num_beams": 2}
+    assert spec["probes"] == ["<s>S|a|", '<s>S|{"b": 1}|']
+    for bad, why in [({"template": "no hole"}, "exactly one"), ({"template": "{system}{input}"}, "no \"system\""),
+                     ({"template": "{input}", "colour": 1}, "unknown key")]:
+        with pytest.raises(ExportError, match=why):
+            apply({}, "keywords", bad, None, "causal-lm", [])
+    assert apply({"x": 1}, "keywords", {"prefix": "p", "suffix": "s"}, None, "causal-lm", []) == \
+        {"x": 1, "prompt": {"prefix": "p", "suffix": "s"}}   # a plain prompt is stored as it was
+    (tmp_path / "llm_config.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ExportError, match="llm_config.json"):
+        from_llm_config(tmp_path, "seq2seq")
+    (tmp_path / "llm_config.json").write_text(json.dumps({"prompt_template": "T {input}", "max_output_length": 64}))
+    assert from_llm_config(tmp_path, "seq2seq")["generation"] == {"max_new_tokens": 63}
+    assert from_llm_config(tmp_path, "causal-lm")["generation"] == {"max_new_tokens": 64}
