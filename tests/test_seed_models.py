@@ -79,7 +79,8 @@ def seed_000_chain(tmp_path_factory):
     prefix, suffix = SEED_000["template"].replace("{system}", SEED_000["system"]).split("{input}")
     lora = tiny_lora(base, work / "lora", prefix=prefix, suffix=suffix)
     assert run("export", "--base", base, "--adapter", lora, "--task", "keywords", "--prompt", "seed-000",
-               "--formats", "onnx,gguf-f16,gguf-lora", "--out", work / "bundles", "--threads", 1, "--no-progress") == 0
+               "--formats", "onnx,onnx-int4,gguf-f16,gguf-q4_k_m,gguf-lora", "--out", work / "bundles", "--threads", 1,
+               "--no-progress") == 0
     reference = {p: seed_000(p, base, lora) for p in PROMPTS}
     return work / "bundles", reference
 
@@ -126,6 +127,20 @@ def test_seed_000_bundle_answers_as_the_seed_token_for_token(seed_000_chain, fmt
 def model_eos(m) -> set[int]:
     eos = m["tokens"]["eos"]
     return {eos} if isinstance(eos, int) else set(eos)
+
+
+@pytest.mark.parametrize("fmt", ["onnx-int4", "gguf-q4_k_m"])
+def test_seed_000_quantized_bundles_from_the_issues_command_run(seed_000_chain, fmt):
+    """The issue's formats (gguf-q4_k_m, onnx-int4) export for Mistral and answer through the seed's parser;
+    quantized answers need not equal fp32's, their agreement is in the manifest."""
+    from edgesight import KeywordExtractor
+
+    bundles, reference = seed_000_chain
+    m = manifest(bundles / fmt)
+    assert m["parser"] == "seed-000" and m["fidelity"]["probes"] == 3 and m["fidelity"]["prompt_ids_match"]
+    kw = KeywordExtractor.from_pretrained(bundles / fmt, threads=1)
+    answers = kw(PROMPTS)
+    assert all(isinstance(a, list) and all(n == n.strip().capitalize() for n in a) for a in answers)
 
 
 def test_seed_000_parser_is_the_seeds():
