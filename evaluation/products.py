@@ -26,42 +26,94 @@ OCR_SETTINGS = {"off": [False], "on": [True], "both": [False, True]}
 BENCH_OPTIONS = {"products": 16, "views": 2, "holdout": 4, "ocr": "off"}  # what the benchmark suite runs
 
 
-def search_scaling(sizes=(1_000, 10_000, 100_000), dim: int = 1280, queries: int = 30, k: int = 5) -> list[dict]:
-    """Time of one top-k search vs catalogue size, exact scan and (from IVF_MIN_ITEMS) the inverted file, with
-    the IVF's agreement with the exact top-1. Random unit embeddings (speed does not depend on values); the
-    queries are noisy copies of catalogue rows (cosine ~0.9, like a photo of a listed product)."""
+def real_rows(bundle=None, *, threads: int | None = None, queries: int = 300, seed: int = 0):
+    """Real catalogue rows for the search benchmark: every garment the fine-grained generator can draw (14
+    silhouettes x 12 colours x 6 patterns) indexed as the SDK indexes a CSV (16 views, colour fused), and
+    `queries` re-shot photos of random ones, described the same way. -> (rows, row items, queries, their items)."""
+    import random
+
+    from ..tasks.products import IndexBuilder, describe
+    from ..training.data.products import GARMENT_COLOURS, PATTERNS, SILHOUETTES, Garment, render_garment, reshoot
+
+    task = ProductRecognizer.from_pretrained(bundle, threads=threads)
+    garments = [Garment(f"{s[0]} {c} {p}", s[0], c, p, s[1], 1.0, True) for s in SILHOUETTES for c, _ in GARMENT_COLOURS
+                for p in PATTERNS]
+    builder = IndexBuilder(task.encoder)
+    for i in range(0, len(garments), 32):
+        builder.add_images([render_garment(g) for g in garments[i:i + 32]])
+    rows = np.concatenate(builder.rows)
+    rng = random.Random(seed)
+    picked = [rng.randrange(len(garments)) for _ in range(queries)]
+    photos = [reshoot(render_garment(garments[i]), rng) for i in picked]
+    q = np.concatenate([describe(task.encoder, photos[i:i + 32], builder.features) for i in range(0, len(photos), 32)])
+    return rows, np.repeat(np.arange(len(garments)), builder.views), q, np.array(picked)
+
+
+def search_scaling(sizes=(100_000, 1_000_000), *, bundle=None, threads: int | None = None, queries: int = 300,
+                   nprobes=(4, 8, 16, 32, 64), k: int = 5) -> dict:
+    """Exact (faiss IndexFlatIP) vs approximate (IVF-SQ8 candidates, re-scored exactly) search at catalogue sizes
+    in rows, one thread: median ms per query, product-level recall@1 of the approximate top-1 against the exact
+    one, build time and memory. The rows are real (`real_rows`: 16,128 rows of rendered garments); beyond them
+    the catalogue is filled with vectors drawn from a Gaussian fitted to the real rows (their mean and top-256
+    principal directions + isotropic rest), so the fill is as dense as real rows, without their item clusters.
+    The queries are real re-shot photos of real rows."""
+    import resource
     import time
 
-    from ..catalog import IVF_MIN_ITEMS
+    from ..catalog import _faiss
 
-    def median_ms(fn, qs):
-        times = []
-        for q in qs:
-            t0 = time.perf_counter()
-            fn(q)
-            times.append(time.perf_counter() - t0)
-        return round(float(np.median(times)) * 1000, 3)
-
+    faiss = _faiss()
+    faiss.omp_set_num_threads(1)
+    t0 = time.perf_counter()
+    real, real_items, qs, _ = real_rows(bundle, threads=threads, queries=queries)
+    embed_s = time.perf_counter() - t0
+    mean = real.mean(0)
+    _, sv, vt = np.linalg.svd(real - mean, full_matrices=False)
+    top = min(256, len(sv) - 1)
+    comps, scale = vt[:top], sv[:top] / np.sqrt(len(real))
+    rest = float(np.sqrt(max(0.0, (sv[top:] ** 2).sum() / len(real) / (real.shape[1] - top))))
     rng = np.random.default_rng(0)
-    rows = []
+    report = {"real_rows": len(real), "real_products": int(real_items.max() + 1), "dim": int(real.shape[1]), "queries": len(qs),
+              "real_embedding_s": round(embed_s, 1), "sizes": []}
     for n in sizes:
-        emb = rng.standard_normal((n, dim), dtype=np.float32)
-        emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        index = CatalogIndex(emb, [Product(str(i), None, None) for i in range(n)], {})
-        qs = emb[rng.integers(0, n, queries)] + rng.standard_normal((queries, dim), dtype=np.float32) * (0.48 / np.sqrt(dim))
-        qs /= np.linalg.norm(qs, axis=1, keepdims=True)
-        row = {"items": n, "dim": dim, "matrix_mb": round(emb.nbytes / 1e6, 1),
-               "exact_ms": median_ms(lambda q: index.search(q, k, exact=True), qs)}
-        if n >= IVF_MIN_ITEMS:
-            t0 = time.perf_counter()
-            ivf = index.ivf()
-            row.update(ivf_lists=len(ivf.centroids), nprobe=index.nprobe, ivf_build_s=round(time.perf_counter() - t0, 1),
-                       ivf_ms=median_ms(lambda q: index.search(q, k), qs),
-                       ivf_top1_agreement=float(np.mean([index.search(q, 1)[0][0, 0] == index.search(q, 1, exact=True)[0][0, 0]
-                                                         for q in qs])))
-        rows.append(row)
-        del emb, index
-    return rows
+        views = 16
+        index = CatalogIndex(real, [Product(f"p{i}", None, None) for i in range((n + views - 1) // views + int(real_items.max()) + 1)],
+                             {}, items=real_items)
+        next_item = int(real_items.max()) + 1
+        t_fill = time.perf_counter()
+        for start in range(len(real), n, 65_536):
+            m = min(65_536, n - start)
+            x = mean + (rng.standard_normal((m, top), dtype=np.float32) * scale) @ comps \
+                + rng.standard_normal((m, real.shape[1]), dtype=np.float32) * rest
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            index.add_rows(x.astype(np.float32), next_item + np.arange(m) // views)
+            next_item += (m + views - 1) // views
+        fill_s = time.perf_counter() - t_fill
+
+        def median_ms(fn):
+            times = []
+            for q in qs:
+                t = time.perf_counter()
+                fn(q)
+                times.append(time.perf_counter() - t)
+            return round(float(np.median(times)) * 1000, 2)
+
+        exact = index.search(qs, 1, exact=True)[0][:, 0]
+        row = {"rows": n, "rows_mb": round(n * index.dim * 4 / 1e6), "fill_s": round(fill_s, 1),
+               "exact_ms": median_ms(lambda q: index.search(q, k, exact=True))}
+        t = time.perf_counter()
+        ann = index.ann()
+        row.update(ann_lists=int(ann.nlist), ann_build_s=round(time.perf_counter() - t, 1),
+                   ann_mb=round(ann.ntotal * (ann.code_size + 8) / 1e6 + ann.nlist * index.dim * 4 / 1e6),
+                   peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), approximate=[])
+        for nprobe in nprobes:
+            index.nprobe = nprobe
+            approx = index.search(qs, 1)[0][:, 0]
+            row["approximate"].append({"nprobe": nprobe, "recall_at_1": round(float((approx == exact).mean()), 4),
+                                       "ms": median_ms(lambda q: index.search(q, k))})
+        report["sizes"].append(row)
+        del index
+    return report
 
 
 def evaluate(task: ProductRecognizer, known: list, unknown: list = (), ocr: bool = False, non_products: list = (),
@@ -178,11 +230,13 @@ def _tasks(bundles, csv_path, **kw):
 def run_eval(bundle=None, *, threads: int | None = None, backend: str | None = None, device: str | None = "cpu",
              benchmarks: str = "finegrained,packaged,real", splits: str = "test,dev",
              products: int = 40, views: int = 3, holdout: int = 8, ocr: str = "both", seed: int = 0,
-             threshold: float | None = None, scaling: bool = False) -> dict:
+             threshold: float | None = None, scaling: bool = False, adapt: int | None = None,
+             index_views: int | None = None, colour_weight: float | None = None) -> dict:
     """One report per benchmark ("finegrained", "packaged", "real"; comma-separated), one row per bundle (None:
     the default; a list compares several). `packaged`: a rendered catalogue of `products` items (+ `holdout`
     look-alikes left out of it) queried with `views` augmented photos each, per OCR setting ("off", "on", "both").
-    `scaling` adds `search_scaling()`."""
+    `scaling` adds `search_scaling()`. `adapt` STEPS also LoRA-adapts the first bundle's encoder to each fine-grained
+    catalogue's photos (never its queries) and scores the tuned encoder on the same queries."""
     import tempfile
 
     from ..training.data.products import catalog_products, queries, reshoot, write_catalog, write_garment_catalog
@@ -194,7 +248,8 @@ def run_eval(bundle=None, *, threads: int | None = None, backend: str | None = N
     if ocr not in OCR_SETTINGS:
         raise InputError(f"ocr must be one of {', '.join(OCR_SETTINGS)}, got {ocr!r}")
     bundles = list(bundle) if isinstance(bundle, (list, tuple)) else [bundle]
-    kw = dict(backend=backend, threads=threads, device=device, threshold=threshold)
+    kw = dict(backend=backend, threads=threads, device=device, threshold=threshold, views=index_views,
+              colour_weight=colour_weight)
 
     def row(model, task):
         return {"model": str(model or "default"), "encoder": task.bundle.get("name"), "precision": task.bundle.precision,
@@ -210,6 +265,15 @@ def run_eval(bundle=None, *, threads: int | None = None, backend: str | None = N
                 listed, known, unknown, digest = finegrained_split(split)
                 csv_path = write_garment_catalog(f"{tmp}/fine-{split}", listed)
                 rows = [{**row(m, t), **evaluate(t, known, unknown, family=_garment_family)} for m, t in _tasks(bundles, csv_path, **kw)]
+                if adapt:
+                    import time
+
+                    from ..training.products import adapt as lora_adapt
+                    t0 = time.perf_counter()
+                    tuned = lora_adapt(csv_path, f"{tmp}/adapt-{split}", adapt, threads=threads, progress=False)
+                    took = round(time.perf_counter() - t0, 1)
+                    rows += [{**row(f"adapted ({adapt} steps)", t), "adapt_s": took, **evaluate(t, known, unknown, family=_garment_family)}
+                             for _, t in _tasks([tuned], csv_path, **kw)]
                 fine[split] = {"listed": len(listed), "unlisted": len({g.title for _, g in unknown}), "sha256": digest,
                                "frozen": digest == FROZEN.get(split), "results": rows}
             report["finegrained"] = fine
@@ -261,7 +325,7 @@ def run_eval(bundle=None, *, threads: int | None = None, backend: str | None = N
             report["catalogue"] = {"products": len(listed), "views": views, "held_out": len(held_out), "seed": seed}
             report["results"] = rows
     if scaling:
-        report["search_scaling"] = search_scaling()
+        report["search_scaling"] = search_scaling(bundle=bundles[0], threads=threads)
     return report
 
 
@@ -278,10 +342,16 @@ def add_eval_arguments(p) -> None:
     p.add_argument("--ocr", choices=list(OCR_SETTINGS), default="both", help="packaged: OCR off, on or both")
     p.add_argument("--seed", type=int, default=0, help="packaged: catalogue seed")
     p.add_argument("--threshold", type=float, default=None, help="override the catalogue's calibrated 'unknown' threshold")
-    p.add_argument("--scaling", action="store_true", help="also time catalogue search (exact vs approximate) at growing sizes")
+    p.add_argument("--index-views", type=int, default=None, help="indexed views per catalogue photo (ablation; default: the SDK's)")
+    p.add_argument("--colour-weight", type=float, default=None, help="colour weight in the score (ablation; 0 = embedding only)")
+    p.add_argument("--adapt", type=int, default=None, metavar="STEPS",
+                   help="fine-grained: also LoRA-adapt the encoder to each catalogue's photos for STEPS steps and score it")
+    p.add_argument("--scaling", action="store_true",
+                   help="also measure catalogue search at 100k and 1M rows: exact vs approximate latency, recall@1, build, memory")
 
 
 def from_args(args) -> dict:
     return run_eval(args.model, threads=args.threads, backend=args.backend, device=args.device, benchmarks=args.benchmarks,
                     splits=args.splits, products=args.products, views=args.views, holdout=args.holdout, ocr=args.ocr,
-                    seed=args.seed, threshold=args.threshold, scaling=args.scaling)
+                    seed=args.seed, threshold=args.threshold, scaling=args.scaling, adapt=args.adapt,
+                    index_views=args.index_views, colour_weight=args.colour_weight)

@@ -246,7 +246,7 @@ class CatalogIndex:
         if len(embeddings):
             self._flat.add(embeddings)
         self._row_ids = np.arange(len(items), dtype=np.int64)   # stable ids of the rows in the approximate index
-        self._ann = None
+        self._ann, self._views = None, None
         self.nprobe, self.threads = 16, None
         self._rows = {p.title: i for i, p in enumerate(self.products)}
         if len(self._rows) != len(self.products):
@@ -273,7 +273,9 @@ class CatalogIndex:
     @property
     def views(self) -> int:
         """Rows per product (the most any product has)."""
-        return int(np.bincount(self.items).max()) if len(self.items) else 1
+        if self._views is None:
+            self._views = int(np.bincount(self.items).max()) if len(self.items) else 1
+        return self._views
 
     def __contains__(self, title: str) -> bool:
         return title in self._rows
@@ -364,11 +366,19 @@ class CatalogIndex:
             item = len(self.products)
             self._rows[product.title] = item
             self.products.append(product)
-        ids = self._row_ids[-1] + 1 + np.arange(len(rows)) if len(self._row_ids) else np.arange(len(rows), dtype=np.int64)
+        self.add_rows(rows, np.full(len(rows), item, np.int32))
+
+    def add_rows(self, rows: np.ndarray, items: np.ndarray) -> None:
+        """Bulk rows (unit vectors) for products already listed (items: their product indices)."""
+        rows, items = np.ascontiguousarray(rows, dtype=np.float32), np.asarray(items, dtype=np.int32)
+        if rows.ndim != 2 or rows.shape[1] != self.dim or len(rows) != len(items) or \
+                (len(items) and not 0 <= items.min() <= items.max() < len(self)):
+            raise CatalogError(f"add_rows: {len(rows)} rows of {rows.shape[1:]} dims for {len(items)} labels of "
+                               f"{len(self)} products (dim {self.dim})")
+        ids = (self._row_ids[-1] + 1 if len(self._row_ids) else 0) + np.arange(len(rows), dtype=np.int64)
         self._flat.add(rows)
-        self.items = np.concatenate([self.items, np.full(len(rows), item, np.int32)])
-        self._row_ids = np.concatenate([self._row_ids, ids])
-        if self._ann is not None:   # the new rows join their nearest lists; the lists stay as trained
+        self.items, self._row_ids, self._views = np.concatenate([self.items, items]), np.concatenate([self._row_ids, ids]), None
+        if self._ann is not None:   # new rows join their nearest lists; the lists stay as trained
             self._ann.add_with_ids(rows, ids)
 
     def _drop_rows(self, mask: np.ndarray) -> None:
@@ -376,7 +386,7 @@ class CatalogIndex:
         self._flat.remove_ids(faiss.IDSelectorBatch(np.flatnonzero(mask).astype(np.int64)))   # positions shift like np.delete
         if self._ann is not None:
             self._ann.remove_ids(faiss.IDSelectorBatch(self._row_ids[mask]))
-        self.items, self._row_ids = self.items[~mask], self._row_ids[~mask]
+        self.items, self._row_ids, self._views = self.items[~mask], self._row_ids[~mask], None
 
     def set_price(self, title: str, price) -> None:
         try:
@@ -432,7 +442,7 @@ class CatalogIndex:
             if len(items) != flat.ntotal or (len(items) and not 0 <= items.min() <= items.max() < len(products)):
                 raise BundleError(f"{bundle.path}: {len(items)} row labels for {flat.ntotal} rows of {len(products)} products")
             index = cls(np.zeros((0, flat.d), np.float32), products, meta["encoder"], items=np.zeros(0, np.int32), **kw)
-            index._flat, index.items, index._row_ids = flat, items, np.arange(len(items), dtype=np.int64)
+            index._flat, index.items, index._row_ids, index._views = flat, items, np.arange(len(items), dtype=np.int64), None
         else:   # an index saved before faiss: one embedding per product in embeddings.npy
             index = cls(np.load(bundle.file("catalog_embeddings"), allow_pickle=False), products, meta["encoder"], **kw)
         if bundle.has("catalog_ann"):

@@ -75,3 +75,24 @@ def test_training_names_a_bad_lora_target(tmp_path):
         train(csv_path, tmp_path / "run", steps=1, target_modules=["net._blocks.99._project_conv"])
     with pytest.raises(TrainingError, match="target pointwise"):
         train(csv_path, tmp_path / "run", steps=1, target_modules=["net._blocks.3._depthwise_conv"])
+
+
+def test_products_cli_adapts_the_encoder_to_the_catalogue_then_indexes_it(tmp_path, capsys):
+    """`edgesight products --catalog CSV --adapt STEPS --save-index DIR`: LoRA on the catalogue's photos, the
+    tuned encoder in DIR/encoder, the catalogue indexed with it in DIR/index (refused by the base encoder)."""
+    from edgesight.cli import main
+    from edgesight.errors import CatalogError
+    from edgesight.tasks.products import ProductRecognizer
+
+    csv_path, listed, _ = make_catalog(tmp_path / "catalog", n=4, holdout=0)
+    assert main(["products", "--catalog", str(csv_path), "--adapt", "1", "--save-index", str(tmp_path / "out"),
+                 "--threads", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["adapted"]["steps"] == 1 and out["index"] == str(tmp_path / "out" / "index")
+    tuned = ProductRecognizer.from_pretrained(out["adapted"]["encoder"], catalog=out["index"], threads=1)
+    assert tuned.catalog.calibration["threshold"] and tuned.threshold_source == "catalogue"
+    assert tuned(render(listed[1])).matches[0].title == listed[1].title
+    with pytest.raises(CatalogError, match="rebuild it from the CSV"):
+        ProductRecognizer.from_pretrained(None, catalog=out["index"], threads=1)
+    assert main(["products", "--catalog", str(csv_path), "--adapt", "1", "--threads", "1"]) == 2   # no --save-index
+    assert "--save-index" in capsys.readouterr().err

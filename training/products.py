@@ -164,6 +164,15 @@ def train(catalog_csv, out, *, steps: int = 60, batch_size: int = 12, lr: float 
     return report
 
 
+def adapt(catalog_csv, out, steps: int, *, threads: int | None = None, progress: bool | None = None, seed: int = 0) -> str:
+    """`--adapt STEPS` of `edgesight products` / `edgesight eval products`: a short LoRA run of the default recipe on
+    the catalogue's own photos; returns the tuned encoder bundle's path (`out`/bundle)."""
+    if steps < 1:
+        raise TrainingError(f"--adapt needs at least 1 step, got {steps}")
+    return train(catalog_csv, out, steps=steps, seed=seed, threads=threads, progress=progress, **{
+        k: v for k, v in DEFAULTS.items() if k != "steps"}).bundle
+
+
 def _embed(model, x):
     import torch
 

@@ -505,19 +505,33 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--save-index", default=None, help="write the catalogue index (embeddings + metadata) to this directory")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--ocr", action="store_true", help="read label text and prices (needs edgesight[ocr])")
-    p.add_argument("--threshold", type=float, default=None, help="similarity below which a photo is 'unknown'")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="similarity below which a photo is 'unknown' (default: the catalogue's calibrated one)")
+    p.add_argument("--views", type=int, default=None, help=f"indexed views per catalogue photo (default {MATCHING['views']})")
+    p.add_argument("--colour-weight", type=float, default=None,
+                   help=f"weight of colour similarity in the score, 0 = embedding only (default {MATCHING['colour_weight']})")
+    p.add_argument("--adapt", type=int, default=None, metavar="STEPS",
+                   help="first LoRA-adapt the encoder to the catalogue CSV's photos for STEPS steps (needs edgesight[train] "
+                        "and --save-index DIR: writes DIR/encoder and DIR/index)")
 
 
 def run_cli(task: ProductRecognizer, args):
     if args.threshold is not None:
         task.threshold = check_number(args.threshold, "--threshold", -1.0, 1.0)
+    if args.views is not None:          # how a --catalog CSV is indexed below
+        task.matching["views"] = int(check_number(args.views, "--views", 1, 256))
+    if args.colour_weight is not None:
+        task.matching["colour_weight"] = check_number(args.colour_weight, "--colour-weight", 0.0, 0.95)
     out = {}
+    if args.adapt is not None:
+        task, out["adapted"] = _adapted(task, args)
     if args.catalog:
         report = task.set_catalog(args.catalog)
         out["catalog"] = {"items": len(task.catalog), **(report.to_dict() if report else {})}
     if args.save_index:
-        task._require_catalog().save(args.save_index, source=args.catalog)
-        out["index"] = args.save_index
+        index_dir = Path(args.save_index) / "index" if args.adapt is not None else args.save_index
+        task._require_catalog().save(index_dir, source=args.catalog)
+        out["index"] = str(index_dir)
     if args.images:
         results = task(list(args.images), top_k=args.top_k, ocr=args.ocr)
         out["results"] = [dict(image=str(i), **r.to_dict()) for i, r in zip(args.images, results)]
@@ -525,3 +539,26 @@ def run_cli(task: ProductRecognizer, args):
         raise InputError("nothing to do: give photo paths, --catalog CSV and/or --save-index DIR")
     return out
 
+
+def _adapted(task: ProductRecognizer, args) -> tuple[ProductRecognizer, dict]:
+    """--adapt STEPS: LoRA on the catalogue's photos (edgesight.training, loaded only now), then the same
+    recognizer settings on the tuned encoder, which writes DIR/encoder."""
+    from .._optional import require
+    from ..registry import TASKS, load_hook
+
+    if not (args.catalog and str(args.catalog).lower().endswith(".csv") and args.save_index):
+        raise InputError("--adapt STEPS needs --catalog CSV (the photos to adapt to) and --save-index DIR (where the "
+                         "tuned encoder and its index go)")
+    require("peft", "train")
+    encoder_dir = Path(args.save_index) / "encoder"
+    bundle = load_hook(f"{TASKS['products'].train}:adapt")(args.catalog, Path(args.save_index) / "run", args.adapt,
+                                                          threads=task.threads, progress=task.progress)
+    import shutil
+    if encoder_dir.exists():
+        shutil.rmtree(encoder_dir)
+    shutil.move(bundle, encoder_dir)
+    tuned = ProductRecognizer.from_pretrained(str(encoder_dir), threads=task.threads, device=task.device, ocr=task.use_ocr,
+                                              threshold=task._threshold, top_k=task.top_k, progress=task.progress,
+                                              views=task.matching["views"], colour_weight=task.matching["colour_weight"])
+    return tuned, {"steps": args.adapt, "encoder": str(encoder_dir),
+                   "use": f"edgesight products PHOTO --model {encoder_dir} --catalog {Path(args.save_index) / 'index'}"}
