@@ -6,6 +6,7 @@ import json
 import os
 import struct
 import types
+import zlib
 
 import numpy as np
 import pytest
@@ -35,7 +36,8 @@ def png_claiming(width: int, height: int) -> bytes:
     buf = io.BytesIO()
     Image.new("L", (8, 8)).save(buf, "PNG")
     data = bytearray(buf.getvalue())
-    data[16:24] = struct.pack(">II", width, height)   # IHDR (its CRC is not checked before the size)
+    data[16:24] = struct.pack(">II", width, height)   # IHDR, with its CRC fixed up: a well-formed header
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     return bytes(data)
 
 
