@@ -95,6 +95,22 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(round(q / 100 * (len(sorted_values) - 1))))]
 
 
+def _run_clients(client, clients: int, watcher, done: threading.Event) -> float:
+    """client(k) on `clients` threads with `watcher` alongside until they finish; the wall time."""
+    watch = threading.Thread(target=watcher, daemon=True)
+    watch.start()
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    done.set()
+    watch.join()
+    return wall
+
+
 def run_load(url: str, pid: int, *, clients: int, requests: int, max_seconds: float, warmup: int = 20) -> dict:
     """`clients` threads each send `requests` seed requests (stopping early after `max_seconds`)."""
     import httpx
@@ -129,16 +145,7 @@ def run_load(url: str, pid: int, *, clients: int, requests: int, max_seconds: fl
         while not done.wait(1.0):
             rss_samples.append(server.memory_info().rss)
 
-    sampler = threading.Thread(target=sample_rss, daemon=True)
-    sampler.start()
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    done.set()
+    wall = _run_clients(lambda k: client(), clients, sample_rss, done)
     rss_end = server.memory_info().rss
     lat = sorted(latencies)
     return {"clients": clients, "requests_per_client": requests, "completed": len(lat), "errors": len(errors),
@@ -270,17 +277,7 @@ def run_mixed(url: str, pid: int, *, clients: int, requests: int, hostile: float
                 health["failed"] += not ok
                 health["max_ms"] = max(health["max_ms"], round((time.perf_counter() - t0) * 1000, 1))
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    done.set()
-    watcher.join()
+    wall = _run_clients(client, clients, watch, done)
     rss_end = server.memory_info().rss
     all_lat = sorted(x for v in by_name.values() for x in v)
     ms = lambda v, q: round(_percentile(sorted(v), q) * 1000, 1)
