@@ -4,7 +4,8 @@ loader and the HTTP layer. Property: any generated input gives a result or a typ
 (InputError / ImageError / CatalogError / BundleError; HTTP: a 4xx JSON body {"error", "type"}) within
 the deadline (a hang bound, not a speed claim), never another exception.
 
-Profiles: `ci` (default, the whole file in well under 2 minutes) and `long` (on demand):
+Profiles: `ci` (default, 120 examples a property: the whole file in well under 2 minutes) and `long`
+(on demand, 5000 a property or EDGESIGHT_FUZZ_EXAMPLES):
     HYPOTHESIS_PROFILE=long python -m pytest tests/test_fuzz.py --hypothesis-show-statistics
 Failures Hypothesis finds are kept as explicit @example cases (the corpus of regressions).
 """
@@ -32,7 +33,7 @@ _common = dict(deadline=timedelta(seconds=10), suppress_health_check=[HealthChec
                                                                         HealthCheck.function_scoped_fixture],
                print_blob=True, derandomize=False)
 settings.register_profile("ci", max_examples=120, **_common)
-settings.register_profile("long", max_examples=20_000, **_common)
+settings.register_profile("long", max_examples=int(os.environ.get("EDGESIGHT_FUZZ_EXAMPLES", "5000")), **_common)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # --- strategies ---------------------------------------------------------------------------------
