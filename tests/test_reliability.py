@@ -355,3 +355,44 @@ def test_labels_of_the_wrong_length_are_refused_at_load(tmp_path):
     assert ImageEncoder.from_file(tmp_path / "enc.onnx", pre, labels=["a", "b", "c"]).num_classes == 3
     with pytest.raises(BundleError, match="labels"):
         ImageEncoder.from_file(tmp_path / "enc.onnx", pre, labels=["a", "b"])
+
+
+# --- with the embedded default bundles (built in CI by `edgesight build-defaults`) -------------------
+
+def _default(task):
+    from edgesight.defaults import default_bundle_dir
+    if not (default_bundle_dir(task) / "edgesight.json").is_file():
+        pytest.skip(f"the default {task} bundle is not built (edgesight build-defaults)")
+
+
+@pytest.mark.defaults
+def test_one_truncated_catalogue_image_is_a_skipped_row(tmp_path):
+    _default("products")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(3):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (96, 96, 3), np.uint8)).save(buf, "JPEG")
+        data = buf.getvalue()
+        (tmp_path / f"p{i}.jpg").write_bytes(data[: len(data) // 3] if i == 1 else data)   # p1: header fine, body cut
+        rows.append(f"Product {i},food,{i + 1}.50,p{i}.jpg")
+    (tmp_path / "c.csv").write_text("title,category,full_price,local_image_path\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    pr = products.ProductRecognizer.from_pretrained(None, threads=1)
+    report = pr.set_catalog(str(tmp_path / "c.csv"))
+    assert len(pr.catalog) == 2 and report.added == 2
+    assert [(i.row, i.title) for i in report.issues] == [(3, "Product 1")] and "decoded" in report.issues[0].problem
+
+
+@pytest.mark.defaults
+def test_http_keywords_vocabulary_matches_the_api():
+    _default("keywords")
+    from fastapi.testclient import TestClient
+
+    from edgesight.serve import ServeConfig, create_app
+    kw = keywords.KeywordExtractor.from_pretrained(None, threads=1)
+    prompt = "find the automobiles, the dogs and the monitor"
+    expected = kw(prompt, vocabulary=["Car", "Person"])
+    assert expected != kw(prompt)
+    with TestClient(create_app(ServeConfig(threads=1), {"keywords": kw}, {})) as client:
+        r = client.post("/v1/keywords", json={"prompt": prompt, "vocabulary": ["Car", "Person"]})
+    assert r.status_code == 200 and r.json() == expected
