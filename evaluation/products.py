@@ -23,7 +23,8 @@ from ..errors import InputError
 from ..tasks.products import ProductRecognizer
 
 OCR_SETTINGS = {"off": [False], "on": [True], "both": [False, True]}
-BENCH_OPTIONS = {"products": 16, "views": 2, "holdout": 4, "ocr": "off"}  # what the benchmark suite runs
+BENCH_OPTIONS = {"benchmarks": "finegrained,packaged", "splits": "test", "products": 16, "views": 2, "holdout": 4,
+                 "ocr": "off"}  # what the benchmark suite runs
 
 
 def real_rows(bundle=None, *, threads: int | None = None, queries: int = 300, seed: int = 0):

@@ -121,6 +121,13 @@ class ProductRecognizer(Task):
         self._threshold = check_number(value, "threshold", -1.0, 1.0)
         self._use_catalog_threshold()
 
+    @property
+    def catalog_margin(self) -> float:
+        """The calibrated lead over the runner-up below which a photo is `unknown` (0 with an explicit threshold)."""
+        if self.threshold_source != "catalogue" or self.catalog is None:
+            return 0.0
+        return float(self.catalog.calibration.get("margin") or 0.0)
+
     def _use_catalog_threshold(self) -> None:
         """The "unknown" threshold: the caller's, else the catalogue's own (calibrated when it was indexed),
         else the bundle's, else DEFAULT_THRESHOLD; `threshold_source` says which."""
@@ -218,7 +225,7 @@ class ProductRecognizer(Task):
         k = max(1, int(top_k or self.top_k))
         use_ocr = self.use_ocr if ocr is None else ocr
         images = [_open_photo(x, 1024 if use_ocr else self.encoder.preprocessing.size) for x in inputs]
-        idx, sims = catalog.search(describe(self.encoder, images, catalog.features), RERANK_POOL if use_ocr else k)
+        idx, sims = catalog.search(describe(self.encoder, images, catalog.features), RERANK_POOL if use_ocr else max(k, 2))
         return [self._result(catalog, row_idx, row_sims, self._read(img) if use_ocr else None, k)
                 for img, row_idx, row_sims in zip(images, idx, sims)]
 
@@ -233,6 +240,11 @@ class ProductRecognizer(Task):
         matches.sort(key=lambda m: -m.score)
         best = matches[0]
         reason = f"best similarity {best.similarity:.2f} < threshold {self.threshold:.2f}" if best.similarity < self.threshold else None
+        visual = sorted((m.similarity for m in matches), reverse=True)
+        margin = self.catalog_margin
+        if reason is None and margin and len(visual) > 1 and visual[0] - visual[1] < margin:
+            reason = (f"the two best products are {visual[0] - visual[1]:.3f} apart, less than the catalogue's margin "
+                      f"{margin:.3f}: a new product between listed ones")
         # A look-alike of a listed product scores like one; a readable name that no candidate carries gives it away.
         if reason is None and reading and any(w.isalpha() and len(w) >= 4 for w in _words(" ".join(reading.text))) \
                 and not any(m.text_score for m in matches):
@@ -270,6 +282,7 @@ COLOUR_BINS = (4, 8, 8)        # L x a* x b* bins; a*, b* over -64..64
 PROBES = 2                     # calibration photos per catalogue item
 CALIBRATION_ITEMS = 512        # items whose probes set the threshold (a sample of a big catalogue)
 LISTED_COST = 2.0              # calibration: flagging a listed item costs as much as missing two new products
+MARGINS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06)   # leads over the runner-up product the calibration considers
 
 
 def _lab(rgb: np.ndarray):
@@ -375,25 +388,40 @@ def describe(encoder: ImageEncoder, images: list, features: dict) -> np.ndarray:
 
 
 def calibrate(index: CatalogIndex, probes: np.ndarray, items: np.ndarray) -> dict:
-    """The catalogue's own "unknown" threshold. Each probe (an unseen photo of a listed item) gives a listed
-    score (its own item's) and a look-alike score (the best *other* item: what a new product one detail away
-    from a listed one would score); the threshold best separates the two, a listed item wrongly flagged
-    costing LISTED_COST look-alikes missed."""
-    if len(index) < 2 or not len(probes):
+    """The catalogue's own "unknown" rule: a photo is unknown when its best score is below `threshold` or
+    beats the runner-up product by less than `margin`. Each probe (an unseen photo of a listed item) gives a
+    listed case (its own item's score and lead) and a look-alike case (the same photo with its item left out:
+    the best *other* item's score and lead, what a new product one detail away from listed ones looks like).
+    The pair (threshold, margin) that best separates the two is kept, a listed item wrongly flagged costing
+    LISTED_COST look-alikes missed."""
+    if len(index) < 3 or not len(probes):
         return {}
-    top, sims = index.search(probes, 2, exact=True)
-    own = top[:, 0] == items
+    top, sims = index.search(probes, 3, exact=True)
     rows = index.embeddings
-    pos = np.where(own, sims[:, 0], [float((rows[index.items == i] @ p).max()) for i, p in zip(items, probes)])
-    neg = np.where(own, sims[:, 1], sims[:, 0])
+    own_score = np.array([s[list(t).index(i)] if i in t else float((rows[index.items == i] @ p).max())
+                          for t, s, i, p in zip(top, sims, items, probes)])
+    others = np.array([[s for t_, s in zip(t, sc) if t_ != i][:2] for t, sc, i in zip(top, sims, items)])
+    pos, pos_lead = own_score, own_score - others[:, 0]
+    neg, neg_lead = others[:, 0], others[:, 0] - others[:, 1]
     cand = np.unique(np.concatenate([pos, neg]))
     cuts = np.concatenate([[cand[0] - 1e-3], (cand[:-1] + cand[1:]) / 2, [cand[-1] + 1e-3]])
-    good = np.array([LISTED_COST * (pos >= t).mean() + (neg < t).mean() for t in cuts])
-    t = float(np.median(cuts[good == good.max()]))
-    return {"threshold": round(t, 4), "probes": int(len(probes)), "items": int(len(np.unique(items))),
-            "listed_pass_rate": round(float((pos >= t).mean()), 4), "lookalike_flag_rate": round(float((neg < t).mean()), 4),
-            "listed_median": round(float(np.median(pos)), 4), "lookalike_median": round(float(np.median(neg)), 4),
-            "method": f"probe photos of listed items: own-item score vs best other item; the cut that separates them best "
+    best, choice = -1.0, []
+    for m in MARGINS:
+        for t in cuts:
+            lead_ok, lead_low = (pos_lead >= m, neg_lead < m) if m else (True, False)   # margin 0: no lead rule
+            passed, flagged = ((pos >= t) & lead_ok).mean(), ((neg < t) | lead_low).mean()
+            value = LISTED_COST * passed + flagged
+            if value > best + 1e-12:
+                best, choice = value, [(m, t, passed, flagged)]
+            elif abs(value - best) <= 1e-12 and m == choice[0][0]:
+                choice.append((m, t, passed, flagged))
+    m, t, passed, flagged = choice[len(choice) // 2]     # the middle of the best cuts (at the smallest margin)
+    return {"threshold": round(float(t), 4), "margin": round(float(m), 4), "probes": int(len(probes)),
+            "items": int(len(np.unique(items))), "listed_pass_rate": round(float(passed), 4),
+            "lookalike_flag_rate": round(float(flagged), 4), "listed_median": round(float(np.median(pos)), 4),
+            "lookalike_median": round(float(np.median(neg)), 4),
+            "method": "probe photos of listed items: own item (score, lead over the runner-up) vs the same photo with its "
+                      "item left out; the threshold and margin that separate them best "
                       f"(a listed item flagged costs {LISTED_COST:g} look-alikes missed)"}
 
 
