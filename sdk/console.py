@@ -65,12 +65,12 @@ def _images(name: str, tasks: dict) -> list:
     items = []
     task = tasks.get(name)
     if task is not None and task.bundle.has("sample_query"):
-        items.append(task.bundle.file("sample_query"))
+        items.append(task.bundle.file("sample_query").resolve())
     for x in getattr(TASKS[name].load_module(), "SAMPLE_INPUTS", []):
         if not isinstance(x, (str, Path)):
             items.append(x)
-        elif Path(x).is_file() and Path(x) not in items:
-            items.append(Path(x))
+        elif Path(x).is_file() and Path(x).resolve() not in items:
+            items.append(Path(x).resolve())
     return items
 
 
