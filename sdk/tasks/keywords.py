@@ -71,8 +71,15 @@ PARSERS = {"edgesight": parse_generated, "seed-000": parse_seed_000}
 def spans_to_names(text: str, spans) -> list[str]:
     """Character spans the tagger marked -> answer names (edgesight.lexicon.answer_name); a word is
     spell-corrected only when it is not English and close to exactly one name word (lexicon.spell_fix)."""
-    names = []
-    for start, end in spans:
+    names, known = [], lexicon()
+    merged: list[list[int]] = []
+    for start, end in spans:   # a name the tagger cut in two ("potted" + "plants") is one name
+        if merged and not text[merged[-1][1]:start].strip() and \
+                canonical(text[merged[-1][0]:end]).lower() in known:
+            merged[-1][1] = end
+        else:
+            merged.append([start, end])
+    for start, end in merged:
         phrase = re.sub(r"[^\W\d_]+", lambda m: spell_fix(m.group()), text[start:end])
         names += [answer_name(p) for p in _split_names(phrase)]
     return dedupe(n for n in names if n)
