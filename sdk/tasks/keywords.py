@@ -82,7 +82,7 @@ def spans_to_names(text: str, spans) -> list[str]:
     for start, end in merged:
         phrase = re.sub(r"[^\W\d_]+", lambda m: spell_fix(m.group()), text[start:end])
         names += [answer_name(p) for p in _split_names(phrase)]
-    return dedupe(n for n in names if n)
+    return dedupe(n for n in names if any(c.isalpha() for c in n))   # "12345" names no object
 
 
 def _split_names(phrase: str) -> list[str]:
