@@ -94,8 +94,8 @@ def _decode(fp, limit: int, what: str, min_side: int | None = None) -> Image.Ima
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{what}: not a recognised image format (JPEG, PNG, WebP, BMP, GIF, TIFF, ...)") from None
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{what}: {exc}") from None
+    except Image.DecompressionBombError as exc:   # PIL's own check (at twice its limit) fires inside open()
+        raise ImageError(f"{what}: over the {limit / 1e6:.0f} MP limit ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{what}: corrupt or truncated image data ({exc}); re-encode or re-upload the file") from None
     return img
