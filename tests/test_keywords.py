@@ -208,3 +208,21 @@ def test_default_bundle_beats_the_baseline():
     base = score([baseline(r["input"]) for r in rows], gold)
     assert model.f1 > base.f1 and model.exact >= base.exact + 0.1
     assert kw("Segment cats, dogs, but not humans") == ["Cat", "Dog"]
+
+
+@pytest.mark.defaults
+def test_default_bundle_on_the_frozen_set():
+    """Issue 13's figures (docs/keywords.md) hold for the default: overall, per family, and the demo."""
+    from edgesight.defaults import default_bundle_dir
+    from edgesight.evaluation.keywords import FROZEN, per_family
+    from edgesight.tasks.keywords import SAMPLE_INPUTS
+    if not (default_bundle_dir("keywords") / "edgesight.json").is_file():
+        pytest.skip("default bundles not built (run `edgesight build-defaults`)")
+    kw = KeywordExtractor.from_pretrained(threads=1)
+    rows = read_jsonl(FROZEN)
+    preds = kw([r["input"] for r in rows])
+    overall = score(preds, [r["output"] for r in rows])
+    assert overall.f1 >= 0.97 and overall.exact >= 0.94
+    families = per_family(rows, preds)
+    assert min(v["exact"] for f, v in families.items() if f != "chatty") >= 0.85 and families["chatty"]["exact"] >= 0.65
+    assert kw(SAMPLE_INPUTS) == [["Cat", "Dog"], ["Car", "Bicycle"], ["Umbrella"]]
