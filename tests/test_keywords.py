@@ -196,33 +196,33 @@ def test_cli_and_eval(tagger_bundle, capsys, tmp_path):
     assert entry["baseline"]["f1"] > 0.7
 
 
-@pytest.mark.defaults
-def test_default_bundle_beats_the_baseline():
+@pytest.fixture
+def default_kw():
     from edgesight.defaults import default_bundle_dir
     if not (default_bundle_dir("keywords") / "edgesight.json").is_file():
         pytest.skip("default bundles not built (run `edgesight build-defaults`)")
-    kw = KeywordExtractor.from_pretrained(threads=1)
+    return KeywordExtractor.from_pretrained(threads=1)
+
+
+@pytest.mark.defaults
+def test_default_bundle_beats_the_baseline(default_kw):
     rows = read_jsonl(HANDWRITTEN)
     gold = [r["output"] for r in rows]
-    model = score(kw([r["input"] for r in rows]), gold)
+    model = score(default_kw([r["input"] for r in rows]), gold)
     base = score([baseline(r["input"]) for r in rows], gold)
     assert model.f1 > base.f1 and model.exact >= base.exact + 0.1
-    assert kw("Segment cats, dogs, but not humans") == ["Cat", "Dog"]
+    assert default_kw("Segment cats, dogs, but not humans") == ["Cat", "Dog"]
 
 
 @pytest.mark.defaults
-def test_default_bundle_on_the_frozen_set():
+def test_default_bundle_on_the_frozen_set(default_kw):
     """Issue 13's figures (docs/keywords.md) hold for the default: overall, per family, and the demo."""
-    from edgesight.defaults import default_bundle_dir
     from edgesight.evaluation.keywords import FROZEN, per_family
     from edgesight.tasks.keywords import SAMPLE_INPUTS
-    if not (default_bundle_dir("keywords") / "edgesight.json").is_file():
-        pytest.skip("default bundles not built (run `edgesight build-defaults`)")
-    kw = KeywordExtractor.from_pretrained(threads=1)
     rows = read_jsonl(FROZEN)
-    preds = kw([r["input"] for r in rows])
+    preds = default_kw([r["input"] for r in rows])
     overall = score(preds, [r["output"] for r in rows])
     assert overall.f1 >= 0.97 and overall.exact >= 0.94
     families = per_family(rows, preds)
     assert min(v["exact"] for f, v in families.items() if f != "chatty") >= 0.85 and families["chatty"]["exact"] >= 0.65
-    assert kw(SAMPLE_INPUTS) == [["Cat", "Dog"], ["Car", "Bicycle"], ["Umbrella"]]
+    assert default_kw(SAMPLE_INPUTS) == [["Cat", "Dog"], ["Car", "Bicycle"], ["Umbrella"]]
