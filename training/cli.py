@@ -5,7 +5,8 @@ keywords, descriptions, captioning) exposing `add_train_arguments(p)` and `train
 A module adds the shared LoRA options (`--out`, `--steps`, `--lr`, `--rank`, ...) with
 `add_config_arguments(p, steps=..., lr=...)` (its own defaults) and turns them into a TrainConfig
 with `config_from_args(args, labels=..., system=...)`, so all tasks train with the same knobs.
-Under `accelerate launch -m edgesight.cli train <task> ...` the same code runs on several processes.
+Under `accelerate launch --multi_gpu --num_processes N -m edgesight.cli train <task> ...` the same code
+runs on N processes (GPUs with NCCL, or CPU processes with gloo); see docs/scale.md.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def add_config_arguments(p, **defaults) -> None:
     p.add_argument("--max-length", type=int, default=d["max_length"])
     p.add_argument("--eval-every", type=int, default=d["eval_every"])
     p.add_argument("--save-every", type=int, default=d["save_every"])
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEP",
+                   help="checkpoint at STEP and exit (e.g. a time-limited cluster slot); the same command resumes")
     p.add_argument("--val-limit", type=int, default=d["val_limit"])
     p.add_argument("--threads", type=threads_arg, default=d["threads"], help="torch threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

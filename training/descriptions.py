@@ -57,8 +57,8 @@ def train_main(args) -> dict:
         base = str(smollm2_gguf())
     config = config_from_args(args, system=SYSTEM if args.kind == "causal" else None, data_version=DATA_VERSION)
     report = train_lora(base, rows[n_val:], kind=args.kind, out_dir=out, config=config, val_examples=rows[:n_val],
-                        format_example=train_format, progress=False if args.no_progress else None)
-    (Path(report.adapter_dir) / "vocab.json").write_text(json.dumps(vocab.to_dict(), indent=2), encoding="utf-8")
+                        format_example=train_format, progress=False if args.no_progress else None,
+                        adapter_files={"vocab.json": json.dumps(vocab.to_dict(), indent=2)})
     return {"adapter": report.adapter_dir, "steps": report.steps, "final": report.final_metrics,
             "timings": report.timings}
 

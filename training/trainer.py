@@ -61,6 +61,7 @@ class TrainConfig:
     max_length: int = 128
     eval_every: int = 0                  # 0 = only at the end
     save_every: int = 50                 # checkpoint period in steps (0 = only at the end)
+    stop_after: int | None = None        # checkpoint at this step and return (a time-limited slot); rerun resumes
     val_limit: int = 256                 # validation examples used for the loss/metrics
     threads: int | None = None           # torch intra-op threads (None = leave torch's choice)
     system: str | None = None            # system message for causal chat models
@@ -263,8 +264,10 @@ def data_fingerprint(examples) -> str:
 def train_lora(base, train_examples: Sequence[dict], *, kind: str = "causal", out_dir,
                config: TrainConfig | None = None, val_examples: Sequence[dict] | None = None,
                format_example: Callable | None = None,
-               evaluate: Callable | None = None, progress: bool | None = None) -> TrainReport:
+               evaluate: Callable | None = None, progress: bool | None = None,
+               adapter_files: dict[str, str] | None = None) -> TrainReport:
     """Train a LoRA adapter on `base` and write it to `out_dir/adapter` with `out_dir/report.json`.
+    `adapter_files` ({name: text}, e.g. vocab.json) are written into the adapter with it, once.
 
     `evaluate(model, tokenizer, val_examples) -> dict` adds task metrics (e.g. F1) to each validation
     point; the model is the peft model in eval mode. Returns the TrainReport also written as JSON.
@@ -328,7 +331,8 @@ def train_lora(base, train_examples: Sequence[dict], *, kind: str = "causal", ou
     return run_loop(model=model, optimizer=optimizer, accelerator=accelerator, train=train, val=val,
                     collate=lambda rows: collate(rows, tok.pad_token_id), config=config, out=out, recipe=recipe,
                     desc=f"LoRA {kind}", load_s=load_s, point_metrics=point_metrics, progress=progress,
-                    items=lambda batch: loss_items(batch["labels"], shifted=kind == "causal"))
+                    items=lambda batch: loss_items(batch["labels"], shifted=kind == "causal"),
+                    adapter_files=adapter_files)
 
 
 def loss_items(labels, shifted: bool) -> int:
@@ -338,7 +342,8 @@ def loss_items(labels, shifted: bool) -> int:
 
 def run_loop(*, model, optimizer, accelerator, train: list, val: list, collate: Callable, config: TrainConfig,
              out: Path, recipe: dict, desc: str, load_s: float, point_metrics: Callable | None = None,
-             progress: bool | None = None, items: Callable | None = None) -> TrainReport:
+             progress: bool | None = None, items: Callable | None = None,
+             adapter_files: dict[str, str] | None = None) -> TrainReport:
     """The loop every LoRA trainer shares: resume from out/checkpoint (same data only), linear warm-up
     then decay, seeded batches (a resumed run sees the same ones), validation loss (+ `point_metrics()`),
     checkpoints, and finally out/adapter (written atomically, with recipe.json) and out/report.json.
@@ -380,14 +385,17 @@ def run_loop(*, model, optimizer, accelerator, train: list, val: list, collate: 
         for m in range(config.grad_accum):
             yield on_device(collate([train[i] for i in mine[m * config.batch_size:(m + 1) * config.batch_size]]))
 
+    def count(batch: dict) -> float:
+        return float(items(batch)) if items is not None else 1.0
+
     def validate(step: int) -> None:
         if not val:
             return
         model.eval()
         with torch.no_grad():
-            losses = [model(**on_device(collate(val[i:i + config.batch_size]))).loss.item()
-                      for i in range(0, len(val), config.batch_size)]
-            point = {"step": step, "loss": float(np.mean(losses))}
+            batches = [on_device(collate(val[i:i + config.batch_size])) for i in range(0, len(val), config.batch_size)]
+            losses, counts = [model(**b).loss.item() for b in batches], [count(b) for b in batches]
+            point = {"step": step, "loss": float(np.dot(losses, counts) / max(sum(counts), 1.0))}  # per token
             if point_metrics is not None and accelerator.is_main_process:
                 point.update(point_metrics())
         model.train()
@@ -400,13 +408,11 @@ def run_loop(*, model, optimizer, accelerator, train: list, val: list, collate: 
                                                           "validation": report.validation})
         accelerator.wait_for_everyone()
 
-    def count(batch: dict) -> float:
-        return float(items(batch)) if items is not None else 1.0
-
     t1 = time.perf_counter()
     model.train()
     share = accelerator.num_processes * config.grad_accum   # backward divides by grad_accum, DDP by processes
-    for step in bar(range(start, config.steps), desc=desc, total=config.steps - start,
+    end = min(config.steps, config.stop_after or config.steps)
+    for step in bar(range(start, end), desc=desc, total=end - start,
                     progress=progress if accelerator.is_main_process else False):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
@@ -430,6 +436,10 @@ def run_loop(*, model, optimizer, accelerator, train: list, val: list, collate: 
         if config.save_every and (step + 1) % config.save_every == 0 and step + 1 < config.steps:
             save(step + 1)
     train_s = time.perf_counter() - t1
+    if end < config.steps:                 # stop_after: checkpoint and leave; the same call resumes
+        if start < end:
+            save(end)
+        return report
     if not report.validation or report.validation[-1]["step"] != config.steps:
         validate(config.steps)
     save(config.steps)
@@ -438,6 +448,8 @@ def run_loop(*, model, optimizer, accelerator, train: list, val: list, collate: 
         with staging_dir(out / "adapter") as tmp:
             unwrapped.save_pretrained(tmp)
             (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2, ensure_ascii=False), encoding="utf-8")
+            for name, text in (adapter_files or {}).items():
+                (tmp / name).write_text(text, encoding="utf-8")
         done = config.steps - start
         report.timings = {"load_s": round(load_s, 2), "train_s": round(train_s, 2),
                           "s_per_step": round(train_s / done, 3) if done else None}
