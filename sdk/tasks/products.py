@@ -107,6 +107,7 @@ class ProductRecognizer(Task):
             self.set_catalog(catalog)
         elif bundle.has("catalog_items"):
             self.catalog = CatalogIndex.from_bundle(bundle)   # the bundle's sample catalogue
+            self.catalog.threads = self.threads
             for p in self.catalog.products:
                 if p.image and not Path(p.image).is_absolute():
                     p.image = str(bundle.path / p.image)
