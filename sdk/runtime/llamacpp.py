@@ -121,7 +121,7 @@ class GGUFTextModel(BaseTextModel):
         return bytes(state.llama_state[:state.llama_state_size]), meta
 
     def load_prefix_state(self, blob: bytes, meta: dict) -> str:
-        """Restore a saved prefix (see the module doc); returns what happened, for info()."""
+        """Restore a saved prefix (see the module doc); returns what happened (kept as `prefix_state_note`)."""
         from llama_cpp.llama import LlamaState
 
         tokens = [int(t) for t in meta.get("tokens") or []]
