@@ -226,3 +226,23 @@ def test_default_bundle_on_the_frozen_set(default_kw):
     families = per_family(rows, preds)
     assert min(v["exact"] for f, v in families.items() if f != "chatty") >= 0.85 and families["chatty"]["exact"] >= 0.65
     assert default_kw(SAMPLE_INPUTS) == [["Cat", "Dog"], ["Car", "Bicycle"], ["Umbrella"]]
+
+
+def test_full_fine_tune_saves_the_encoder_whole_and_exports(tmp_path):
+    """`train keywords --full`: every encoder layer trained and saved whole (modules_to_save), exported."""
+    from safetensors import safe_open
+    from test_trainer import tiny_bert
+
+    from edgesight.export.tagger import export_tagger
+    from edgesight.training.trainer import TrainConfig, train_lora
+    base = tiny_bert(tmp_path / "bert")
+    data = kwdata.build(80, 10, seed=0)
+    rep = train_lora(base, data["train"], kind="token-classification", out_dir=tmp_path / "run",
+                     config=TrainConfig(steps=4, batch_size=8, lr=1e-3, labels=kwdata.LABELS, save_every=0, threads=1,
+                                        max_length=64, target_modules=["word_embeddings"], modules_to_save=["encoder"]),
+                     format_example=kwdata.format_extractive, progress=False)
+    with safe_open(str(Path(rep.adapter_dir) / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any("encoder.layer.0.attention.self.query.weight" in k for k in keys)   # the whole layer, not a LoRA
+    bundle = export_tagger(base, rep.adapter_dir, tmp_path / "bundle", precision="fp32", threads=1, progress=False)
+    assert isinstance(KeywordExtractor.from_pretrained(bundle, threads=1)("find the cats"), list)
