@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import InputError
+from .limits import parse_json
 from .progress import bar
 
 ENGINES = ("local", "ray")
@@ -58,10 +59,7 @@ def _parse_json(row: dict, where: str):
     text = row.get("text")
     if text is None:
         raise InputError(f"{where}: no JSON input in this row")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{where}: not valid JSON ({exc.msg} at position {exc.pos})") from None
+    return parse_json(text, where)   # depth, number size and UTF-8 limits as everywhere else
 
 
 def _parse_image(row: dict, where: str):
@@ -123,10 +121,10 @@ def read_rows(source, kind: str, column: str | None = None) -> list[dict]:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = parse_json(line, f"line {n}")
                 records.append((n, rec if isinstance(rec, dict) else {"input": rec}, None))
-            except json.JSONDecodeError as exc:
-                records.append((n, None, f"line {n}: not valid JSON ({exc.msg})"))
+            except InputError as exc:
+                records.append((n, None, str(exc)))
     elif suffix == ".csv":
         records = [(n, rec, None) for n, rec in enumerate(csv.DictReader(io.StringIO(_read_text(path))), 2)]
     elif suffix == ".parquet":

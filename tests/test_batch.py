@@ -144,3 +144,14 @@ def test_in_buckets_caps_sorts_and_restores_order():
     assert in_buckets(items, fn, cap=4) == [len(x) for x in items]
     assert calls == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]     # similar lengths share a batch, none over the cap
     assert in_buckets([], fn, cap=4) == [] and in_buckets([{"a": 1}], lambda c: ["r"], cap=4) == ["r"]
+
+
+def test_hostile_jsonl_lines_are_error_rows(tmp_path):
+    """A line nested 10 000 deep or with a 5 000-digit number is that row's typed error (the shared JSON
+    limits of edgesight.limits), never a RecursionError/ValueError that stops the job."""
+    src = tmp_path / "h.jsonl"
+    src.write_text("[" * 10_000 + "]" * 10_000 + "\n" + '{"prompt": ' + "9" * 5000 + "}\n"
+                   + '{"prompt": "Find the cars"}\n', encoding="utf-8")
+    rows = read_rows(src, "text")
+    assert len(rows) == 3 and "deep" in rows[0]["error"] and "digits" in rows[1]["error"]
+    assert rows[2].get("error") is None
