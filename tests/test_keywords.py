@@ -181,6 +181,12 @@ def test_extractor_vocabulary_maps_onto_allowed_labels(tagger_bundle):
     kw = KeywordExtractor.from_pretrained(tagger_bundle, threads=1, vocabulary=["Vehicle", "Animal"])
     for names in kw(["cats and dogs", "the cars", "hello"]):
         assert set(names) <= {"Vehicle", "Animal"}
+    # a per-call vocabulary is built (and its labels embedded) once, then reused; a bad one stays typed
+    assert kw.label_map(["Dog", "Car"]) is kw.label_map(("Dog", "Car")) is not kw.label_map(["Dog"])
+    o365 = kw.label_map("objects365")
+    assert isinstance(kw("the cars", vocabulary="objects365"), list) and kw.label_map("objects365") is o365
+    with pytest.raises(InputError):
+        kw("the cars", vocabulary=[{"not": "a label"}])
 
 
 def test_cli_and_eval(tagger_bundle, capsys, tmp_path):

@@ -146,6 +146,7 @@ class KeywordExtractor(Task):
         super().__init__(bundle, backend, threads, device)
         # a bundle that ships a sentence embedder lets vocabularies match by meaning ("automobile" -> "Car")
         self._embed = _SentenceEmbedder(self) if bundle.has("embedder") else None
+        self._label_maps: dict = {}
         self.vocabulary = self.label_map(vocabulary)
         if bundle.kind == "token-classifier":
             self._model = _Tagger(self)
@@ -155,7 +156,21 @@ class KeywordExtractor(Task):
             raise BundleError(f"{bundle.path}: keywords bundles are 'token-classifier' or 'causal-lm', not {bundle.kind!r}")
 
     def label_map(self, vocabulary) -> LabelMap | None:
-        return LabelMap(vocabulary, embed=self._embed) if vocabulary is not None else None
+        """One LabelMap per distinct vocabulary: its label embeddings are computed once, not on every call
+        (a per-call vocabulary="objects365" over HTTP embedded 365 names per request)."""
+        if vocabulary is None:
+            return None
+        try:
+            key = vocabulary if isinstance(vocabulary, str) else tuple(vocabulary)
+            cached = self._label_maps.get(key)
+        except TypeError:                 # unhashable entries: LabelMap says what is wrong with them
+            return LabelMap(vocabulary, embed=self._embed)
+        if cached is None:
+            cached = LabelMap(vocabulary, embed=self._embed)
+            if len(self._label_maps) >= 16:
+                self._label_maps.pop(next(iter(self._label_maps)))
+            self._label_maps[key] = cached
+        return cached
 
     def _run_batch(self, inputs: list, vocabulary=None) -> list[list[str]]:
         prompts = _check_prompts(inputs)
