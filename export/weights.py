@@ -34,7 +34,7 @@ class MissingWeightsError(MissingExtraError):
 
 
 def _located(package: str) -> Path | None:
-    requirement, rel = PACKAGES[package]
+    rel = PACKAGES[package][1]
     spec = importlib.util.find_spec(package)  # does not execute the package's __init__
     if spec is None or not spec.submodule_search_locations:
         return None

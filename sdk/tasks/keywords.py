@@ -18,6 +18,7 @@ parsed defensively (never an exception from the parser).
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,6 +148,7 @@ class KeywordExtractor(Task):
         # a bundle that ships a sentence embedder lets vocabularies match by meaning ("automobile" -> "Car")
         self._embed = _SentenceEmbedder(self) if bundle.has("embedder") else None
         self._label_maps: dict = {}
+        self._label_maps_lock = threading.Lock()   # the server's worker threads share one extractor
         self.vocabulary = self.label_map(vocabulary)
         if bundle.kind == "token-classifier":
             self._model = _Tagger(self)
@@ -167,9 +169,10 @@ class KeywordExtractor(Task):
             return LabelMap(vocabulary, embed=self._embed)
         if cached is None:
             cached = LabelMap(vocabulary, embed=self._embed)
-            if len(self._label_maps) >= 16:
-                self._label_maps.pop(next(iter(self._label_maps)))
-            self._label_maps[key] = cached
+            with self._label_maps_lock:   # evict-then-insert must not interleave with another thread's
+                if len(self._label_maps) >= 16:
+                    self._label_maps.pop(next(iter(self._label_maps)))
+                self._label_maps[key] = cached
         return cached
 
     def _run_batch(self, inputs: list, vocabulary=None) -> list[list[str]]:
