@@ -241,6 +241,8 @@ def run_mixed(url: str, pid: int, *, clients: int, requests: int, hostile: float
     by_name: dict[str, list] = {n: [] for n in table}
     failures, statuses, lock = [], {}, threading.Lock()
     rss_samples, health = [rss_after_warmup], {"checks": 0, "failed": 0, "max_ms": 0.0}
+    trace = []   # (seconds, requests answered, RSS MB) every 30 s: a leak climbs with requests, a settling allocator flattens
+    start = time.monotonic()
     deadline, done = time.monotonic() + max_seconds, threading.Event()
 
     def client(k: int):
@@ -268,6 +270,10 @@ def run_mixed(url: str, pid: int, *, clients: int, requests: int, hostile: float
         with httpx.Client(timeout=30) as c:
             while not done.wait(1.0):
                 rss_samples.append(server.memory_info().rss)
+                if health["checks"] % 30 == 0:
+                    with lock:
+                        answered = sum(len(v) for v in by_name.values())
+                    trace.append([round(time.monotonic() - start), answered, round(rss_samples[-1] / 2**20, 1)])
                 t0 = time.perf_counter()
                 try:
                     ok = c.get(url + "/health").status_code == 200
@@ -293,7 +299,8 @@ def run_mixed(url: str, pid: int, *, clients: int, requests: int, hostile: float
             "health_during_run": health, "workers": server_health["workers"],
             "rss_mb": {"after_warmup": round(rss_after_warmup / 2**20, 1), "end": round(rss_end / 2**20, 1),
                        "max": round(max(rss_samples + [rss_end]) / 2**20, 1)},
-            "rss_growth_pct": round(100 * (rss_end - rss_after_warmup) / rss_after_warmup, 2)}
+            "rss_growth_pct": round(100 * (rss_end - rss_after_warmup) / rss_after_warmup, 2),
+            "rss_trace": {"columns": ["seconds", "answered", "rss_mb"], "rows": trace}}
 
 
 def main(argv=None) -> dict:

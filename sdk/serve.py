@@ -404,8 +404,24 @@ def add_cli_arguments(parser) -> None:
     add_runtime_arguments(parser, backend=False, device=env.device, threads=env.threads)
 
 
+def _return_large_buffers_to_os(threshold: int = 1 << 20) -> bool:
+    """glibc raises its mmap threshold to the size of each large block freed, so after a few 10 MB request bodies
+    such blocks come from the heap and stay resident (the soak's RSS rose ~120 MB under 8 concurrent 10 MB prompts
+    and never came back). A fixed threshold keeps every block >= 1 MB in its own mapping, unmapped on free.
+    No-op off glibc, or when the operator set MALLOC_MMAP_THRESHOLD_ themselves."""
+    if sys.platform != "linux" or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None).mallopt(-3, threshold) == 1   # -3: M_MMAP_THRESHOLD (malloc.h)
+    except (OSError, AttributeError):   # musl and other libcs have no mallopt
+        return False
+
+
 def main(args) -> None:
     uvicorn = require("uvicorn", "serve")
+    _return_large_buffers_to_os()
     models = dict(ServeConfig.from_env().models)
     for item in args.model:
         task, sep, path = item.partition("=")
