@@ -2,6 +2,8 @@
 (its photos' sha256 is pinned), and its shape is what the issue asked for."""
 from collections import Counter
 
+import numpy as np
+
 from edgesight.evaluation.products import FINEGRAINED, FROZEN, finegrained_split
 
 
@@ -23,3 +25,34 @@ def test_frozen_test_split_is_unchanged_and_shaped_as_specified():
 def test_dev_split_is_another_catalogue():
     test, dev = finegrained_split("test")[0], finegrained_split("dev")[0]
     assert {g.title for g in test} != {g.title for g in dev}
+
+
+def _fused(shape, colour, w=0.3):
+    return np.concatenate([np.sqrt(1 - w) * shape / np.linalg.norm(shape), np.sqrt(w) * colour / np.linalg.norm(colour)])
+
+
+def test_calibration_adds_a_colour_cut_that_flags_a_new_colourway_of_a_listed_shape():
+    """Items = 3 shapes x 3 colours. Left out, an item's nearest neighbour has its shape in another colour: the
+    fused score stays high (shape weighs 0.7) but colour agreement drops, so the calibrated rule needs both."""
+    from edgesight.catalog import CatalogIndex, Product
+    from edgesight.tasks.products import agreement, calibrate
+
+    rng = np.random.default_rng(0)
+    shapes, colours = rng.standard_normal((3, 16)), np.eye(6)[:4] + 0.05
+    items = [(s, c) for s in range(3) for c in range(3)]
+    noisy = lambda s, c, k: np.stack([_fused(shapes[s] + 0.15 * rng.standard_normal(16), colours[c] + 0.05 * rng.random(6))
+                                      for _ in range(k)]).astype(np.float32)
+    index = CatalogIndex(np.concatenate([noisy(s, c, 4) for s, c in items]), [Product(f"{s}/{c}", None, None) for s, c in items],
+                         {}, items=np.repeat(np.arange(len(items)), 4), features={"colour_weight": 0.3, "embedding": 16})
+    probes = np.concatenate([noisy(s, c, 6) for s, c in items])
+    cal = calibrate(index, probes, np.repeat(np.arange(len(items)), 6))
+    assert cal["colour_min"] is not None and cal["listed_pass_rate"] >= 0.9 and cal["lookalike_flag_rate"] >= 0.9
+
+    def flagged(q):
+        top, sims = index.search(q, 2, exact=True)
+        emb, col = agreement(index, q, top[:, 0]).T
+        return (sims[:, 0] < cal["threshold"]) | (emb < (cal["embedding_min"] or -1)) | (col < cal["colour_min"])
+    listed, new_colourway = noisy(1, 2, 20), noisy(1, 3, 20)
+    fused_gap = index.search(new_colourway, 1, exact=True)[1].mean() - cal["threshold"]
+    assert fused_gap > 0, "the fused score alone would pass the new colourway"
+    assert flagged(listed).mean() <= 0.1 and flagged(new_colourway).mean() >= 0.9

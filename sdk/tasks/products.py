@@ -226,11 +226,12 @@ class ProductRecognizer(Task):
         k = max(1, int(top_k or self.top_k))
         use_ocr = self.use_ocr if ocr is None else ocr
         images = [_open_photo(x, 1024 if use_ocr else self.encoder.preprocessing.size) for x in inputs]
-        idx, sims = catalog.search(describe(self.encoder, images, catalog.features), RERANK_POOL if use_ocr else max(k, 2))
-        return [self._result(catalog, row_idx, row_sims, self._read(img) if use_ocr else None, k)
-                for img, row_idx, row_sims in zip(images, idx, sims)]
+        queries = describe(self.encoder, images, catalog.features)
+        idx, sims = catalog.search(queries, RERANK_POOL if use_ocr else max(k, 2))
+        return [self._result(catalog, row_idx, row_sims, self._read(img) if use_ocr else None, k, query)
+                for img, row_idx, row_sims, query in zip(images, idx, sims, queries)]
 
-    def _result(self, catalog, idx, sims, reading: OcrReading | None, k: int) -> ProductResult:
+    def _result(self, catalog, idx, sims, reading: OcrReading | None, k: int, query=None) -> ProductResult:
         matches = []
         for i, s in zip(idx, sims):
             p = catalog.products[i]
@@ -246,6 +247,12 @@ class ProductRecognizer(Task):
         if reason is None and margin and len(visual) > 1 and visual[0] - visual[1] < margin:
             reason = (f"the two best products are {visual[0] - visual[1]:.3f} apart, less than the catalogue's margin "
                       f"{margin:.3f}: a new product between listed ones")
+        cuts = catalog.calibration if self.threshold_source == "catalogue" else {}
+        if reason is None and query is not None and (cuts.get("embedding_min") or cuts.get("colour_min")):
+            emb, colour = agreement(catalog, query[None], [catalog._row(best.title)])[0]
+            if emb < (cuts.get("embedding_min") or -1) or colour < (cuts.get("colour_min") or -1):
+                reason = (f"the best product agrees in shape {emb:.2f} (needs {cuts.get('embedding_min') or 0:.2f}) and colour "
+                          f"{colour:.2f} (needs {cuts.get('colour_min') or 0:.2f}): a new colourway or pattern of a listed item")
         # A look-alike of a listed product scores like one; a readable name that no candidate carries gives it away.
         if reason is None and reading and any(w.isalpha() and len(w) >= 4 for w in _words(" ".join(reading.text))) \
                 and not any(m.text_score for m in matches):
@@ -388,41 +395,61 @@ def describe(encoder: ImageEncoder, images: list, features: dict) -> np.ndarray:
     return np.hstack([np.sqrt(1 - w) * emb, np.sqrt(w) * colour]).astype(np.float32)
 
 
+def agreement(index: CatalogIndex, queries: np.ndarray, products) -> np.ndarray:
+    """(Q, 2): each query's best embedding cosine and best colour similarity (Bhattacharyya) over the rows of
+    the product given for it; (nan, nan) when the catalogue fuses no colour."""
+    w = float(index.features.get("colour_weight") or 0.0)
+    out = np.full((len(queries), 2), np.nan, np.float32)
+    if not w:
+        return out
+    e = int(index.features.get("embedding") or index.dim)
+    rows, items = index.embeddings, index.items
+    for i, (q, p) in enumerate(zip(queries, products)):
+        r = rows[items == p]
+        out[i] = float((r[:, :e] @ q[:e]).max()) / (1 - w), float((r[:, e:] @ q[e:]).max()) / w
+    return out
+
+
 def calibrate(index: CatalogIndex, probes: np.ndarray, items: np.ndarray) -> dict:
-    """The catalogue's own "unknown" rule: a photo is unknown when its best score is below `threshold` or
-    beats the runner-up product by less than `margin`. Each probe (an unseen photo of a listed item) gives a
-    listed case (its own item's score and lead) and a look-alike case (the same photo with its item left out:
-    the best *other* item's score and lead, what a new product one detail away from listed ones looks like).
-    The pair (threshold, margin) that best separates the two is kept, a listed item wrongly flagged costing
-    LISTED_COST look-alikes missed."""
+    """The catalogue's own "unknown" rule: a photo is unknown when its best product's score is below `threshold`,
+    beats the runner-up by less than `margin`, or (colour fused) agrees with it in embedding below `embedding_min`
+    or in colour below `colour_min` (a new colourway scores high on shape, a new pattern in a listed colour high on
+    colour: the fused score lets one make up for the other). Each probe (an unseen photo of a listed item) gives a
+    listed case (its own item) and a look-alike case (the same photo with its item left out: the best *other* item,
+    what a new product one detail away from listed ones looks like). The cuts that best separate the two are kept
+    (from a grid of quantiles of the listed probes' values), a listed item wrongly flagged costing LISTED_COST
+    look-alikes missed."""
     if len(index) < 3 or not len(probes):
         return {}
     top, sims = index.search(probes, 3, exact=True)
     rows = index.embeddings
     own_score = np.array([s[list(t).index(i)] if i in t else float((rows[index.items == i] @ p).max())
                           for t, s, i, p in zip(top, sims, items, probes)])
-    others = np.array([[s for t_, s in zip(t, sc) if t_ != i][:2] for t, sc, i in zip(top, sims, items)])
-    pos, pos_lead = own_score, own_score - others[:, 0]
-    neg, neg_lead = others[:, 0], others[:, 0] - others[:, 1]
-    cand = np.unique(np.concatenate([pos, neg]))
-    cuts = np.concatenate([[cand[0] - 1e-3], (cand[:-1] + cand[1:]) / 2, [cand[-1] + 1e-3]])
-    best, choice = -1.0, []
-    for m in MARGINS:
-        for t in cuts:
-            lead_ok, lead_low = (pos_lead >= m, neg_lead < m) if m else (True, False)   # margin 0: no lead rule
-            passed, flagged = ((pos >= t) & lead_ok).mean(), ((neg < t) | lead_low).mean()
-            value = LISTED_COST * passed + flagged
-            if value > best + 1e-12:
-                best, choice = value, [(m, t, passed, flagged)]
-            elif abs(value - best) <= 1e-12 and m == choice[0][0]:
-                choice.append((m, t, passed, flagged))
-    m, t, passed, flagged = choice[len(choice) // 2]     # the middle of the best cuts (at the smallest margin)
-    return {"threshold": round(float(t), 4), "margin": round(float(m), 4), "probes": int(len(probes)),
-            "items": int(len(np.unique(items))), "listed_pass_rate": round(float(passed), 4),
-            "lookalike_flag_rate": round(float(flagged), 4), "listed_median": round(float(np.median(pos)), 4),
-            "lookalike_median": round(float(np.median(neg)), 4),
-            "method": "probe photos of listed items: own item (score, lead over the runner-up) vs the same photo with its "
-                      "item left out; the threshold and margin that separate them best "
+    others = np.array([[(t_, s) for t_, s in zip(t, sc) if t_ != i][:2] for t, sc, i in zip(top, sims, items)])
+    other_item = others[:, 0, 0].astype(int)
+    # (score, lead, embedding, colour) of the listed and the look-alike cases
+    pos = np.column_stack([own_score, own_score - others[:, 0, 1], agreement(index, probes, items)])
+    neg = np.column_stack([others[:, 0, 1], others[:, 0, 1] - others[:, 1, 1], agreement(index, probes, other_item)])
+    has_colour = not np.isnan(pos[:, 2]).any()
+    quantiles = (0, .01, .02, .03, .05, .08, .1, .15, .2, .3)
+    lowest = float(min(pos[:, 0].min(), neg[:, 0].min())) - 1e-3
+    grids = [np.concatenate([[lowest], np.quantile(pos[:, 0], quantiles)]), np.array(MARGINS)]
+    grids += [np.concatenate([[-1.0], np.quantile(pos[:, j], quantiles)]) if has_colour else np.array([-1.0]) for j in (2, 3)]
+
+    def flags(x):   # (threshold, margin, embedding, colour cuts, cases): flagged by any cut
+        f = [x[None, :, j] < g[:, None] for j, g in enumerate(grids)]
+        f[1] &= grids[1][:, None] > 0                      # margin 0: no lead rule
+        return f[0][:, None, None, None] | f[1][None, :, None, None] | f[2][None, None, :, None] | f[3][None, None, None, :]
+    passed, flagged = 1 - flags(np.nan_to_num(pos, nan=1.0)).mean(-1), flags(np.nan_to_num(neg, nan=1.0)).mean(-1)
+    best = np.unravel_index(np.argmax(LISTED_COST * passed + flagged), passed.shape)   # ties: the lowest cuts
+    t, m, e, c = (float(g[i]) for g, i in zip(grids, best))
+    return {"threshold": round(t, 4), "margin": round(m, 4),
+            **({"embedding_min": round(e, 4) if e > -1 else None, "colour_min": round(c, 4) if c > -1 else None} if has_colour else {}),
+            "probes": int(len(probes)), "items": int(len(np.unique(items))), "listed_pass_rate": round(float(passed[best]), 4),
+            "lookalike_flag_rate": round(float(flagged[best]), 4), "listed_median": round(float(np.median(pos[:, 0])), 4),
+            "lookalike_median": round(float(np.median(neg[:, 0])), 4),
+            "method": "probe photos of listed items: own item (score, lead over the runner-up, embedding and colour agreement) "
+                      "vs the same photo with its item left out; the cuts that separate them best "
                       f"(a listed item flagged costs {LISTED_COST:g} look-alikes missed)"}
 
 

@@ -1,0 +1,136 @@
+"""What separates an unlisted look-alike from a distorted photo of a listed item? (issue 14 analysis)
+
+For each fine-grained split (edgesight.evaluation.products.finegrained_split) the catalogue is indexed as the SDK
+indexes it (16 views, colour fused, 2 calibration probes per item) and every query and probe is scored per product
+on the fused score, its embedding part and its colour part (each the best over the product's rows), plus the lead of
+the top-1 product over the runner-up. Rules "unknown if any feature is below its cut" are fitted on the probes (the
+catalogue alone, as `calibrate` does: a listed item flagged costs two look-alikes missed, or the best look-alike
+rate with probes' listed-flagged <= a cap) and scored on the split's queries; "oracle" rows fit on the queries
+themselves (a ceiling for the features, never a setting). Per-item thresholds (the item's nearest other item + d)
+are scored too.
+
+    heavy python -m benchmarks.products_unknown --out /tmp/unknown      # ~40 s of embedding, then numpy
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+W, E = 0.3, 1280   # the SDK's colour weight and embedding width (the fused row is [sqrt(1-W) emb, sqrt(W) colour])
+
+
+def dump(split: str, out: Path) -> Path:
+    from edgesight.catalog import read_catalog_csv
+    from edgesight.evaluation.products import finegrained_split
+    from edgesight.tasks.products import IndexBuilder, ProductRecognizer, _open_photo, describe
+    from edgesight.training.data.products import write_garment_catalog
+
+    path = out / f"{split}.npz"
+    if path.exists():
+        return path
+    task = ProductRecognizer.from_pretrained(None, threads=1)
+    listed, known, unknown, _ = finegrained_split(split)
+    products, _ = read_catalog_csv(write_garment_catalog(out / f"cat-{split}", listed))
+    b = IndexBuilder(task.encoder)
+    task.embed_files([p.image for p in products], embed=b.add_images)
+    index = b.finish(products, task.fingerprint)
+    titles = [p.title for p in products]
+
+    def q(pairs):
+        ims = [_open_photo(im, 224) for im, _ in pairs]
+        return np.concatenate([describe(task.encoder, ims[i:i + 32], index.features) for i in range(0, len(ims), 32)])
+    np.savez(path, rows=index.embeddings, items=index.items, probes=np.concatenate(b.probes),
+             probe_items=np.array(b.probe_items), known=q(known), known_items=np.array([titles.index(g.title) for _, g in known]),
+             unknown=q(unknown))
+    return path
+
+
+def per_product(Q, R, items, n):
+    fe, fc = Q[:, :E] @ R[:, :E].T / (1 - W), Q[:, E:] @ R[:, E:].T / W
+    f = (1 - W) * fe + W * fc
+    F, Fe, Fc = (np.stack([x[:, items == p].max(1) for p in range(n)], 1) for x in (f, fe, fc))
+    return F, Fe, Fc
+
+
+def top1(F, Fe, Fc, exclude=None):
+    """(fused, lead, embedding, colour) of each row's best product (with `exclude`d products left out)."""
+    F = F.copy()
+    if exclude is not None:
+        F[np.arange(len(F)), exclude] = -9
+    o = np.argsort(-F, 1)
+    a, t1, t2 = np.arange(len(F)), o[:, 0], o[:, 1]
+    return np.stack([F[a, t1], F[a, t1] - F[a, t2], Fe[a, t1], Fc[a, t1]], 1), t1
+
+
+def own(F, Fe, Fc, it):
+    a = np.arange(len(F))
+    F2 = F.copy()
+    F2[a, it] = -9
+    return np.stack([F[a, it], F[a, it] - F2.max(1), Fe[a, it], Fc[a, it]], 1)
+
+
+def flag(X, th):
+    return (X < np.asarray(th)).any(1)
+
+
+def fit(P, N, use, cap=None, cost=2.0):
+    grids = [np.unique(np.concatenate([[-9.], np.quantile(P[:, j], [0, .01, .02, .03, .05, .08, .1, .15, .2, .3])]))
+             if use[j] else [-9.] for j in range(4)]
+    best = (-np.inf, None)
+    for th in np.array(np.meshgrid(*grids)).reshape(4, -1).T:
+        fp, tp = flag(P, th).mean(), flag(N, th).mean()
+        val = (tp if fp <= cap else -fp) if cap is not None else cost * (1 - fp) + tp
+        if val > best[0] + 1e-12:
+            best = (val, th)
+    return best[1]
+
+
+RULES = {"fused": (1, 0, 0, 0), "fused+margin (the SDK's)": (1, 1, 0, 0), "embedding AND colour": (0, 0, 1, 1),
+         "all four": (1, 1, 1, 1)}
+
+
+def analyse(path: Path) -> dict:
+    d = np.load(path)
+    R, items = d["rows"], d["items"]
+    n = int(items.max()) + 1
+    probes = per_product(d["probes"], R, items, n)
+    P, (N, _) = own(*probes, d["probe_items"]), top1(*probes, exclude=d["probe_items"])
+    (K, kt), (U, ut) = top1(*per_product(d["known"], R, items, n)), top1(*per_product(d["unknown"], R, items, n))
+    out = {"top1": round(float((kt == d["known_items"]).mean()), 4),
+           "median (fused, lead, embedding, colour)": {"probes listed": np.median(P, 0).round(3).tolist(),
+                                                       "probes left out": np.median(N, 0).round(3).tolist(),
+                                                       "queries listed": np.median(K, 0).round(3).tolist(),
+                                                       "queries unlisted": np.median(U, 0).round(3).tolist()},
+           "rules": []}
+    for name, use in RULES.items():
+        for fitted_on, cap in (("probes", None), ("probes", 0.05), ("ORACLE queries", 0.05)):
+            th = fit(P, N, use, cap) if fitted_on == "probes" else fit(K, U, use, cap)
+            out["rules"].append({"rule": name, "fitted_on": fitted_on, "probe_listed_cap": cap, "cuts": np.round(th, 3).tolist(),
+                                 "listed_flagged": round(float(flag(K, th).mean()), 4),
+                                 "unlisted_flagged": round(float(flag(U, th).mean()), 4)})
+    v0 = R[np.searchsorted(items, np.arange(n))]   # each item's catalogue photo vs the nearest other item
+    S = v0 @ R.T
+    nn = np.array([S[p, items != p].max() for p in range(n)])
+    out["per-item (flag if fused < nearest other item + d)"] = [
+        {"d": dd, "listed_flagged": round(float(np.mean(K[:, 0] - nn[kt] < dd)), 4),
+         "unlisted_flagged": round(float(np.mean(U[:, 0] - nn[ut] < dd)), 4)} for dd in (-0.05, 0.0, 0.02, 0.04)]
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="/tmp/products-unknown")
+    ap.add_argument("--splits", default="dev,test")
+    a = ap.parse_args(argv)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {s: analyse(dump(s, out)) for s in a.splits.split(",")}
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
