@@ -21,6 +21,9 @@ ENDS_IN_S = {"bus", "gas", "lens", "grass", "glass", "cross", "dress", "class", 
 # Names of one object that are plural in form ("a pair of ..."), kept as they are.
 PLURAL_ONLY = {"glasses", "scissors", "binoculars", "pliers", "tongs", "jeans", "shorts", "pants", "trousers",
                "headphones", "earphones", "goggles", "sunglasses", "noodles", "chips", "eyeglasses", "spectacles"}
+# Nouns ending in -oe: their plural only adds s ("shoes" -> "shoe", unlike "heroes" -> "hero").
+OE_NOUNS = ("shoe", "toe", "canoe", "hoe", "oboe", "floe", "sloe", "doe", "foe", "woe", "roe", "tiptoe",
+            "mistletoe")
 ACRONYMS = {"tv": "TV", "suv": "SUV", "cd": "CD", "dvd": "DVD", "atv": "ATV", "pc": "PC", "ufo": "UFO"}
 
 
@@ -35,6 +38,8 @@ def singular(word: str) -> str:
         return w
     if w.endswith("ies") and len(w) > 4:
         return w[:-3] + "y"
+    if w.endswith("oes") and (w[:-1] in OE_NOUNS or w.endswith("shoes")):  # "shoes", "horseshoes", "canoes"
+        return w[:-1]
     if w.endswith(("ches", "shes", "xes", "zes", "sses", "oes")):
         return w[:-2]
     return w[:-1]

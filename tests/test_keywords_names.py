@@ -32,6 +32,15 @@ def test_correct_nouns_near_a_name_stay_themselves(word):
     assert spans_to_names(word, [(0, len(word))]) == [canonical(word)]
 
 
+@pytest.mark.parametrize("plural_form, want", [("shoes", "Shoe"), ("canoes", "Canoe"), ("horseshoes", "Horseshoe"),
+                                               ("toes", "Toe"), ("potatoes", "Potato"), ("heroes", "Hero"),
+                                               ("volcanoes", "Volcano"), ("boxes", "Storage box")])
+def test_plurals_in_oes_keep_their_e_only_for_oe_nouns(plural_form, want):
+    """'shoes' was answered 'Sho' (the -oes rule of 'potatoes' applied to -oe nouns)."""
+    assert answer_name(plural_form) == want
+    assert singular(plural_form) + "s" == plural_form or singular(plural_form) + "es" == plural_form
+
+
 @pytest.mark.parametrize("typo, want", [("bycicle", "Bicycle"), ("umbrela", "Umbrella"), ("motorcyle", "Motorcycle"),
                                         ("elephnats", "Elephant"), ("bicylces", "Bicycle"), ("keybaord", "Keyboard"),
                                         ("trafic light", "Traffic Light")])
