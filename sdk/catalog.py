@@ -248,6 +248,8 @@ class CatalogIndex:
         self._row_ids = np.arange(len(items), dtype=np.int64)   # stable ids of the rows in the approximate index
         self._ann, self._views = None, None
         self.nprobe, self.threads = 16, None
+        self.rerank = 1     # approximate search: candidate rows re-scored exactly = rerank x the rows k products need (2 k views;
+                            # more did not change recall@1 at 100k or 1M rows, docs/products.md)
         self._rows = {p.title: i for i, p in enumerate(self.products)}
         if len(self._rows) != len(self.products):
             dupes = sorted({p.title for p in self.products if sum(q.title == p.title for q in self.products) > 1})
@@ -310,7 +312,7 @@ class CatalogIndex:
         else:
             ann = self.ann()
             ann.nprobe = self.nprobe
-            _, ids = ann.search(queries, min(self._flat.ntotal, rows_k * 4))
+            _, ids = ann.search(queries, min(self._flat.ntotal, rows_k * max(1, int(self.rerank))))
             rows = np.searchsorted(self._row_ids, np.where(ids < 0, self._row_ids[-1], ids))
             sims = np.einsum("qd,qkd->qk", queries, self.embeddings[rows])   # exact scores of the candidates
             order = np.argsort(-sims, axis=1)[:, :rows_k]

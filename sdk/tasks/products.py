@@ -441,7 +441,11 @@ def calibrate(index: CatalogIndex, probes: np.ndarray, items: np.ndarray) -> dic
         f[1] &= grids[1][:, None] > 0                      # margin 0: no lead rule
         return f[0][:, None, None, None] | f[1][None, :, None, None] | f[2][None, None, :, None] | f[3][None, None, None, :]
     passed, flagged = 1 - flags(np.nan_to_num(pos, nan=1.0)).mean(-1), flags(np.nan_to_num(neg, nan=1.0)).mean(-1)
-    best = np.unravel_index(np.argmax(LISTED_COST * passed + flagged), passed.shape)   # ties: the lowest cuts
+    value = LISTED_COST * passed + flagged
+    # the agreement cuts may add flagged look-alikes, never flagged listed probes beyond the threshold + margin rule's
+    base = np.unravel_index(np.argmax(value[:, :, 0, 0]), value.shape[:2]) + (0, 0)
+    value = np.where(passed >= passed[base] - 1e-9, value, -np.inf)
+    best = np.unravel_index(np.argmax(value), passed.shape)   # ties: the lowest cuts
     t, m, e, c = (float(g[i]) for g, i in zip(grids, best))
     return {"threshold": round(t, 4), "margin": round(m, 4),
             **({"embedding_min": round(e, 4) if e > -1 else None, "colour_min": round(c, 4) if c > -1 else None} if has_colour else {}),
