@@ -90,3 +90,16 @@ def test_frozen_set_is_intact():
         assert set(r) == {"family", "input", "output"} and isinstance(r["output"], list)
         families[r["family"]] = families.get(r["family"], 0) + 1
     assert len(rows) == 294 and len(families) == 12 and min(families.values()) >= 20
+
+
+@pytest.mark.parametrize("text, tagged, want", [
+    ("segment the runners' shoes", ["runners", "shoes"], ["Shoe"]),
+    ("the rider's red helmets and the cats", ["rider's", "helmets", "cats"], ["Helmet", "Cat"]),
+    ("the cyclist’s bicycle", ["cyclist", "bicycle"], ["Bicycle"]),
+    ("cats and dogs", ["cats", "dogs"], ["Cat", "Dog"]),
+    ("segment the dog's", ["dog"], ["Dog"]),                      # nothing owned after it: kept
+    ("the farmer's big old brown tractor", ["farmer", "tractor"], ["Farmer", "Tractor"]),  # too far apart
+])
+def test_a_possessor_tagged_before_what_it_owns_is_dropped(text, tagged, want):
+    spans = [(text.index(w), text.index(w) + len(w)) for w in tagged]
+    assert spans_to_names(text, spans) == want

@@ -69,6 +69,19 @@ def parse_seed_000(text) -> list[str]:
 PARSERS = {"edgesight": parse_generated, "seed-000": parse_seed_000}
 
 
+# what lies between a possessor and the next tagged span: "'s ", "' ", "'s two red "
+POSSESSOR_GAP = re.compile(r"['\u2019]s?\s+(?:[^\W\d_]+\s+){0,2}", re.I)
+
+
+def _owns(text: str, span, nxt) -> bool:
+    """Whether `span` is a possessive ("runners'", "rider's") right before the next tagged span."""
+    if nxt is None:
+        return False
+    word = re.search(r"['\u2019]s?$", text[span[0]:span[1]], re.I)   # the tagger may include the apostrophe
+    gap = text[span[0] + word.start() if word else span[1]:nxt[0]]
+    return POSSESSOR_GAP.fullmatch(gap) is not None
+
+
 def spans_to_names(text: str, spans) -> list[str]:
     """Character spans the tagger marked -> answer names (edgesight.lexicon.answer_name); a word is
     spell-corrected only when it is not English and close to exactly one name word (lexicon.spell_fix)."""
@@ -80,6 +93,8 @@ def spans_to_names(text: str, spans) -> list[str]:
             merged[-1][1] = end
         else:
             merged.append([start, end])
+    # a possessor tagged next to what it owns names no object: "the runners' shoes" -> Shoe
+    merged = [span for span, nxt in zip(merged, merged[1:] + [None]) if not _owns(text, span, nxt)]
     for start, end in merged:
         phrase = re.sub(r"[^\W\d_]+", lambda m: spell_fix(m.group()), text[start:end])
         names += [answer_name(p) for p in _split_names(phrase)]
