@@ -1,0 +1,147 @@
+"""VLM export (issue 15): a SmolVLM / Idefics3 HF directory -> a bundle of kind "vlm":
+the language model as GGUF (f16 | q8_0 | q4_k_m) + the vision tower and connector as an mmproj GGUF
+(f16 | q8_0), both written by llama.cpp's vendored converter (`conversion/smolvlm.py`), run by
+llama-cpp-python's MTMDChatHandler (sdk/tasks/vlm.py).
+
+The two GGUFs belong together: both are stamped (GGUF `general.name`) with a pair id, the sha256 of
+the merged weights they were converted from, and the manifest records it; the runtime refuses a bundle
+whose mmproj carries another pair id or whose projector width is not the text model's width.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from edgesight.errors import ExportError
+
+from .gguf import _run, quantize, staging_file
+
+VLM_ARCHITECTURES = ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration")
+TEXT_TYPES = ("f16", "q8_0", "q4_k_m")
+MMPROJ_TYPES = ("f16", "q8_0")
+PAIR_PREFIX = "edgesight-vlm-"
+
+# Idefics3's chat layout ("User:<image>...<end_of_utterance>\nAssistant:"), written so that list-valued
+# message content (text parts + image parts, as MTMDChatHandler passes it) renders; an image part becomes
+# the media marker the handler substitutes. BOS is added by the tokenizer, not the template.
+VLM_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role']|capitalize }}:"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for p in m['content'] %}"
+    "{% if p['type'] == 'text' %}{{ p['text'] }}{% else %}<image>{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
+
+
+def write_preprocessor_config(model_dir, image_size: int) -> Path:
+    """Idefics3ImageProcessor settings the converter reads (no image splitting: one global image of
+    `image_size` px, mean/std 0.5 as SmolVLM)."""
+    path = Path(model_dir) / "preprocessor_config.json"
+    path.write_text(json.dumps({
+        "image_processor_type": "Idefics3ImageProcessor", "do_resize": True, "size": {"longest_edge": image_size},
+        "max_image_size": {"longest_edge": image_size}, "do_image_splitting": False, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5], "do_pad": True, "resample": 1}, indent=1))
+    return path
+
+
+def check_vlm_dir(model_dir) -> dict:
+    model_dir = Path(model_dir)
+    cfg_path = model_dir / "config.json"
+    if not cfg_path.is_file():
+        raise ExportError(f"{model_dir}: no config.json; pass a SmolVLM/Idefics3 HF directory")
+    cfg = json.loads(cfg_path.read_text())
+    arch = (cfg.get("architectures") or ["?"])[0]
+    if arch not in VLM_ARCHITECTURES:
+        raise ExportError(f"{model_dir}: {arch} is not a VLM edgesight exports (it exports {', '.join(VLM_ARCHITECTURES)})")
+    if not list(model_dir.glob("*.safetensors")):
+        raise ExportError(f"{model_dir}: no safetensors weights (pickle weights are never read)")
+    return cfg
+
+
+def pair_id(model_dir) -> str:
+    """sha256 over the model's safetensors files (sorted by name): what ties the mmproj to its text model."""
+    from edgesight.bundle import sha256_file
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        h.update(f.name.encode())
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()[:32]
+
+
+def _converter_view(model_dir: Path, view: Path) -> Path:
+    """A view of `model_dir` the converter accepts: text_config names its architecture (Idefics3 saves
+    none; the converter picks the text model by it), no non-sentencepiece tokenizer.model."""
+    from .gguf import is_sentencepiece
+
+    for f in model_dir.iterdir():
+        if f.name in ("config.json",) or (f.name == "tokenizer.model" and not is_sentencepiece(f)):
+            continue
+        (view / f.name).symlink_to(f.resolve())
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg.setdefault("text_config", {}).setdefault("architectures", ["LlamaForCausalLM"])
+    (view / "config.json").write_text(json.dumps(cfg))
+    if not (view / "preprocessor_config.json").exists():
+        write_preprocessor_config(view, int(cfg.get("vision_config", {}).get("image_size", 512)))
+    return view
+
+
+def convert_vlm(model_dir, out_dir, text_types=("f16",), mmproj_types=("f16",), threads: int = 1) -> dict:
+    """-> {"pair": id, "text": {type: path}, "mmproj": {type: path}} (GGUF files in out_dir)."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    check_vlm_dir(model_dir)
+    for t in text_types:
+        if t not in TEXT_TYPES:
+            raise ExportError(f"VLM text GGUF type {t!r} is not one of {', '.join(TEXT_TYPES)}")
+    for t in mmproj_types:
+        if t not in MMPROJ_TYPES:
+            raise ExportError(f"VLM mmproj GGUF type {t!r} is not one of {', '.join(MMPROJ_TYPES)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pid = pair_id(model_dir)
+    name = PAIR_PREFIX + pid
+    res = {"pair": pid, "text": {}, "mmproj": {}}
+    with tempfile.TemporaryDirectory(prefix="edgesight-vlm-src-") as tmp:
+        view = _converter_view(model_dir, Path(tmp))
+        for t in [x for x in text_types if x != "q4_k_m"] + (["f16"] if "q4_k_m" in text_types and "f16" not in text_types else []):
+            dst = out_dir / f"text.{t}.gguf"
+            with staging_file(dst) as st:
+                _run("convert_hf_to_gguf.py", [view, "--outfile", st, "--outtype", t, "--model-name", name],
+                     f"VLM text GGUF {t} conversion of {model_dir}")
+            res["text"][t] = dst
+        if "q4_k_m" in text_types:
+            res["text"]["q4_k_m"] = quantize(res["text"]["f16"], out_dir / "text.q4_k_m.gguf", "q4_k_m", threads)
+            if "f16" not in text_types:
+                res["text"].pop("f16").unlink()
+        for t in mmproj_types:
+            dst = out_dir / f"mmproj.{t}.gguf"
+            with staging_file(dst) as st:
+                _run("convert_hf_to_gguf.py", [view, "--mmproj", "--outfile", st, "--outtype", t, "--model-name", name],
+                     f"VLM mmproj GGUF {t} conversion of {model_dir}")
+            res["mmproj"][t] = dst
+    return res
+
+
+def export_vlm_bundle(model_dir, out, *, text_type: str = "q8_0", mmproj_type: str = "f16", task: str = "products",
+                      max_new_tokens: int = 48, threads: int = 1, work_dir=None, converted: dict | None = None):
+    """One bundle: text GGUF (`text_type`) + mmproj (`mmproj_type`), kind "vlm". `converted`: a
+    convert_vlm() result to copy from instead of converting again (several bundles from one conversion)."""
+    from edgesight.bundle import BundleWriter
+
+    model_dir = Path(model_dir)
+    cfg = check_vlm_dir(model_dir)
+    with tempfile.TemporaryDirectory(prefix="edgesight-vlm-", dir=work_dir) as tmp:
+        conv = converted or convert_vlm(model_dir, tmp, (text_type,), (mmproj_type,), threads)
+        move = converted is None
+        with BundleWriter(out, task=task, format="gguf", precision=text_type, kind="vlm") as w:
+            w.add_file(conv["text"][text_type], "model.gguf", role="model", move=move)
+            w.add_file(conv["mmproj"][mmproj_type], "mmproj.gguf", role="mmproj", move=move)
+            w.manifest["vlm"] = {"pair": conv["pair"], "architecture": cfg["architectures"][0],
+                                 "text_type": text_type, "mmproj_type": mmproj_type,
+                                 "image_size": int(cfg.get("vision_config", {}).get("image_size", 512))}
+            w.manifest["generation"] = {"max_new_tokens": max_new_tokens}
+            w.manifest["provenance"] = {"source": str(model_dir)}
+    from edgesight.bundle import Bundle
+
+    return Bundle.load(out)

@@ -1,0 +1,193 @@
+"""Generative vision-language path (issue 15): a bundle of kind "vlm" (export/vlm.py: text GGUF + mmproj
+GGUF) run by llama-cpp-python's MTMDChatHandler over libmtmd.
+
+    vlm = VLMModel.from_pretrained(bundle)
+    vlm.generate(image, "What is this product?")               # greedy
+    vlm.generate(image, prompt, temperature=0.7, seed=3)         # seeded sampling (reproducible)
+    vlm.generate(image, prompt, grammar=PRODUCT_GRAMMAR)         # constrained
+
+Beam search is not available on llama.cpp's Python binding: greedy and sampling only.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..bundle import Bundle
+from ..errors import BackendError, BundleError, InputError
+from ..images import load_image
+
+PAIR_PREFIX = "edgesight-vlm-"
+
+
+class VLMPairError(BundleError):
+    """The bundle's mmproj (vision tower + connector) does not belong to its text model."""
+
+
+def _gguf_meta(path: Path, keys: tuple[str, ...]) -> dict:
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    out = {}
+    for k in keys:
+        f = fields.get(k)
+        if f is None:
+            continue
+        try:
+            out[k] = f.contents()
+        except Exception:  # an unreadable value counts as absent
+            pass
+    return out
+
+
+def check_pair(bundle: Bundle) -> None:
+    """The mmproj and the text GGUF carry the same pair id as the manifest, and the projector's output
+    width is the text model's width; otherwise VLMPairError."""
+    want = (bundle.get("vlm") or {}).get("pair")
+    if not isinstance(want, str) or not want:
+        raise VLMPairError(f"{bundle.path}: manifest lacks vlm.pair (the id tying mmproj to text model); re-export")
+    text = _gguf_meta(bundle.file("model"), ("general.name", "general.architecture"))
+    arch = text.get("general.architecture", "")
+    text.update(_gguf_meta(bundle.file("model"), (f"{arch}.embedding_length",)))
+    proj = _gguf_meta(bundle.file("mmproj"), ("general.name", "clip.vision.projection_dim", "general.type"))
+    if proj.get("general.type") != "mmproj":
+        raise VLMPairError(f"{bundle.file('mmproj')}: not an mmproj GGUF (general.type={proj.get('general.type')!r})")
+    got_text, got_proj = text.get("general.name", ""), proj.get("general.name", "")
+    if got_text != PAIR_PREFIX + want or got_proj != PAIR_PREFIX + want:
+        raise VLMPairError(f"{bundle.path}: the mmproj does not belong to this text model (pair id: manifest {want}, "
+                           f"text {got_text or '-'}, mmproj {got_proj or '-'}); export text model and mmproj together "
+                           "with `edgesight export`")
+    width = text.get(f"{arch}.embedding_length")
+    if width is not None and proj.get("clip.vision.projection_dim") not in (None, width):
+        raise VLMPairError(f"{bundle.path}: mmproj projects to {proj['clip.vision.projection_dim']} but the text model "
+                           f"is {width} wide")
+
+
+@dataclass
+class Generation:
+    text: str
+    tokens: int
+    finish_reason: str = ""
+    timings: dict = field(default_factory=dict)
+
+
+class VLMModel:
+    """A loaded VLM bundle. One llama.cpp context, guarded by a lock (calls are serialised)."""
+
+    def __init__(self, bundle: Bundle, *, threads: int | None = None, n_ctx: int = 2048):
+        if bundle.kind != "vlm":
+            raise BundleError(f"{bundle.path}: bundle kind {bundle.kind!r} is not 'vlm'")
+        check_pair(bundle)
+        from .._optional import require
+
+        require("llama_cpp", "gguf")
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import MTMDChatHandler
+
+        self.bundle = bundle
+        import os
+
+        n = threads or int(os.environ.get("EDGESIGHT_THREADS", "0") or 0) or max(1, min(2, os.cpu_count() or 1))
+        try:
+            self.handler = MTMDChatHandler(clip_model_path=str(bundle.file("mmproj")), verbose=False, use_gpu=False)
+            self.llm = Llama(model_path=str(bundle.file("model")), chat_handler=self.handler, n_ctx=n_ctx,
+                             n_threads=n, n_threads_batch=n, verbose=False, seed=0)
+        except (ValueError, RuntimeError) as exc:
+            raise BackendError(f"{bundle.path}: llama.cpp could not load the VLM ({exc})") from exc
+        self.image_size = int((bundle.get("vlm") or {}).get("image_size", 512))
+        self.max_new_tokens = int((bundle.get("generation") or {}).get("max_new_tokens", 48))
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, path, **kw) -> "VLMModel":
+        return cls(Bundle.load(path), **kw)
+
+    def image_url(self, image) -> str:
+        """Any image edgesight accepts (path, bytes, PIL, array) -> a PNG data URL; bad input -> ImageError."""
+        img = load_image(image)
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, "PNG")
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+    def generate(self, image, prompt: str, *, max_new_tokens: int | None = None, temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, grammar: str | None = None) -> Generation:
+        if not isinstance(prompt, str):
+            raise InputError(f"prompt must be a string, not {type(prompt).__name__}")
+        url = self.image_url(image)
+        kw = {}
+        if grammar:
+            from llama_cpp import LlamaGrammar
+
+            kw["grammar"] = LlamaGrammar.from_string(grammar, verbose=False)
+        greedy = temperature <= 0
+        msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                              {"type": "text", "text": prompt}]}]
+        with self._lock:
+            self.llm.reset()
+            try:
+                out = self.llm.create_chat_completion(
+                    messages=msgs, max_tokens=max_new_tokens or self.max_new_tokens,
+                    temperature=0.0 if greedy else temperature, top_k=1 if greedy else top_k, top_p=1.0 if greedy else top_p,
+                    min_p=0.0, repeat_penalty=1.0, seed=seed if seed is not None else 0, **kw)
+            except ValueError as exc:
+                raise BackendError(f"llama.cpp VLM generation failed: {exc}") from exc
+        choice = out["choices"][0]
+        return Generation(text=choice["message"]["content"] or "", tokens=int(out["usage"]["completion_tokens"]),
+                          finish_reason=choice.get("finish_reason") or "")
+
+
+# --- products: the seed's answer format -------------------------------------------------------------------
+
+SEED_PROMPT = "What is this product?"
+ANSWER_FORMAT = "Product: {title}, Category: {category3_code}, Full Price: {full_price}"
+_ANSWER_RE = re.compile(r"Product: (?P<title>.*?), Category: (?P<category>[^,]*?), Full Price: (?P<price>[0-9]+(?:\.[0-9]+)?)\s*$",
+                        re.S)
+# llama.cpp GBNF: the generated answer always has the seed's shape (title without ", Category:", a category
+# code without commas, a decimal price), so it always parses.
+PRODUCT_GRAMMAR = r'''
+root ::= "Product: " title ", Category: " code ", Full Price: " price
+title ::= [^,\n] [^,\n]{0,80}
+code ::= [A-Za-z0-9_ /&-]{1,40}
+price ::= [0-9]{1,6} ("." [0-9]{1,2})?
+'''
+
+
+def parse_answer(text: str) -> dict | None:
+    m = _ANSWER_RE.search(text.strip())
+    if not m:
+        return None
+    return {"title": m.group("title").strip(), "category": m.group("category").strip(), "price": float(m.group("price"))}
+
+
+def format_answer(title, category3_code, full_price) -> str:
+    return ANSWER_FORMAT.format(title=title, category3_code=category3_code, full_price=full_price)
+
+
+class VLMProductRecognizer:
+    """ProductRecognizer's VLM path: the seed's answer string, generated under PRODUCT_GRAMMAR, parsed into
+    title / category / price, the raw text kept. A free-form prompt (e.g. "what is the price in 6.5?") is
+    answered without the grammar (raw text; parsed fields when it happens to follow the format)."""
+
+    def __init__(self, model: VLMModel):
+        self.model = model
+
+    @classmethod
+    def from_pretrained(cls, path, **kw):
+        return cls(VLMModel.from_pretrained(path, **kw))
+
+    def __call__(self, image, prompt: str | None = None, *, temperature: float = 0.0, seed: int | None = None,
+                 max_new_tokens: int | None = None) -> dict:
+        constrained = prompt is None
+        gen = self.model.generate(image, prompt or SEED_PROMPT, grammar=PRODUCT_GRAMMAR if constrained else None,
+                                  temperature=temperature, seed=seed, max_new_tokens=max_new_tokens or 64)
+        parsed = parse_answer(gen.text)
+        res = {"path": "vlm", "raw": gen.text, "prompt": prompt or SEED_PROMPT}
+        if parsed is None:
+            res.update(product="unknown", title=None, category=None, price=None)
+        else:
+            res.update(product=parsed["title"], title=parsed["title"], category=parsed["category"], price=parsed["price"])
+        return res
