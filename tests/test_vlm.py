@@ -139,3 +139,34 @@ def test_seeded_sampling_reproducible_and_grammar_always_parses(bundles):
         assert r["title"] and r["category"] and isinstance(r["price"], float), r
     free = rec(_image(3), "what is the price in 6.5?", max_new_tokens=8)
     assert free["prompt"] == "what is the price in 6.5?" and isinstance(free["raw"], str)
+
+
+def test_product_recognizer_dispatches_vlm_bundle(bundles):
+    from edgesight.tasks.products import ProductRecognizer
+    from edgesight.tasks.vlm import VLMProductRecognizer
+
+    pr = ProductRecognizer.from_pretrained(bundles["q8_0"], threads=1)
+    assert isinstance(pr, VLMProductRecognizer)
+    r = pr(_image(4))
+    assert r["path"] == "vlm" and r["raw"].startswith("Product: ") and isinstance(r["price"], float)
+
+
+def test_cascade_retrieval_first_then_vlm(bundles, tmp_path):
+    """Listed product -> the catalogue answers; held-out product (catalogue says unknown) -> the VLM answers."""
+    from catalog_kit import make_catalog, photo_queries
+    from edgesight.tasks.products import ProductRecognizer
+    from edgesight.tasks.vlm import ProductCascade
+
+    csv, listed, held = make_catalog(tmp_path, n=12, holdout=3)
+    retrieval = ProductRecognizer.from_pretrained(None, catalog=csv, threads=1)
+    cascade = ProductCascade(retrieval, ProductRecognizer.from_pretrained(bundles["q8_0"], threads=1))
+    paths = {}
+    for name, prods in (("listed", listed[:3]), ("held", held)):
+        for img, _ in photo_queries(prods)[:3]:
+            r = cascade(img)
+            paths.setdefault(name, []).append(r["path"])
+            if r["path"] == "vlm":
+                assert r["raw"].startswith("Product: ") and r["retrieval"]["unknown"]
+            else:
+                assert r["title"] and r["raw"] is None
+    assert "retrieval" in paths["listed"] and "vlm" in paths["held"], paths

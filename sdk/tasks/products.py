@@ -89,6 +89,18 @@ class ProductResult:
 class ProductRecognizer(Task):
     name = "products"
 
+    @classmethod
+    def from_pretrained(cls, path=None, *args, **kwargs):
+        """A bundle of kind "vlm" (issue 15) answers generatively: edgesight.tasks.vlm.VLMProductRecognizer."""
+        if path is not None and (Path(path) / "edgesight.json").is_file():
+            from ..bundle import Bundle
+
+            if Bundle.load(path, verify=False).kind == "vlm":
+                from .vlm import VLMProductRecognizer
+
+                return VLMProductRecognizer.from_pretrained(path, threads=kwargs.get("threads"))
+        return super().from_pretrained(path, *args, **kwargs)
+
     def __init__(self, bundle, backend=None, threads=None, device: str | None = "cpu", catalog=None, ocr: bool = False,
                  threshold: float | None = None, top_k: int = 5, progress: bool | None = None,
                  views: int | None = None, colour_weight: float | None = None):

@@ -191,3 +191,20 @@ class VLMProductRecognizer:
         else:
             res.update(product=parsed["title"], title=parsed["title"], category=parsed["category"], price=parsed["price"])
         return res
+
+
+class ProductCascade:
+    """Retrieval first (the catalogue: fast, exact prices); when it says `unknown`, the VLM answers.
+    The result says which path answered: {"path": "retrieval" | "vlm", ...}."""
+
+    def __init__(self, retrieval, vlm: VLMProductRecognizer):
+        self.retrieval, self.vlm = retrieval, vlm
+
+    def __call__(self, image, prompt: str | None = None, **kw) -> dict:
+        r = self.retrieval(image)
+        if not r.unknown:
+            return {"path": "retrieval", "product": r.title, "title": r.title, "category": r.category,
+                    "price": r.price, "raw": None, "retrieval": r.to_dict()}
+        out = self.vlm(image, prompt, **kw)
+        out["retrieval"] = r.to_dict()
+        return out
