@@ -170,3 +170,20 @@ def test_cascade_retrieval_first_then_vlm(bundles, tmp_path):
             else:
                 assert r["title"] and r["raw"] is None
     assert "retrieval" in paths["listed"] and "vlm" in paths["held"], paths
+
+
+def test_captioner_takes_a_vlm_bundle_greedy_caption_and_reproducible_samples(bundles):
+    from edgesight import Captioner
+    from edgesight.errors import ImageError, InputError
+    from edgesight.tasks.captioning import CaptionResult, caption_words
+
+    cap = Captioner.from_pretrained(bundles["q8_0"], threads=1, num_samples=2, seed=5)
+    img = _image(3)
+    a, b = cap(img), cap(img)
+    assert isinstance(a, CaptionResult) and len(a.samples) == 2
+    assert a.caption and a.caption == b.caption            # greedy: the same every time
+    assert a.samples == b.samples                           # seeded sampling reproduces
+    assert cap(img, seed=6).samples != a.samples or a.samples[0] == a.samples[1]   # the seed is used
+    assert {w for w, _ in a.tags} <= set(caption_words([a.caption, *a.samples]))   # tags come from the captions
+    with pytest.raises((ImageError, InputError)):
+        cap(b"not an image")

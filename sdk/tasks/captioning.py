@@ -37,6 +37,7 @@ from ..images import Preprocessing, decode_base64, load_image
 from ..inflect import singular
 from ..tokenizer import TextTokenizer
 from .base import Task
+from .vlm import is_vlm_bundle
 
 DEFAULT_SAMPLES = 5  # the seed's total_captions_number
 
@@ -286,6 +287,16 @@ class Captioner(Task):
     """Image -> CaptionResult. `num_samples` nucleus captions (default 5) with a fixed `seed`."""
 
     name = "caption"
+
+    @classmethod
+    def from_pretrained(cls, path=None, *args, **kwargs):
+        """A bundle of kind "vlm" (issue 15) captions by prompt: edgesight.tasks.vlm.VLMCaptioner (greedy + sampling)."""
+        if is_vlm_bundle(path):
+            from .vlm import VLMCaptioner
+
+            keep = {k: kwargs[k] for k in ("num_samples", "seed") if k in kwargs}
+            return VLMCaptioner.from_pretrained(path, threads=kwargs.get("threads"), **keep)
+        return super().from_pretrained(path, *args, **kwargs)
 
     def __init__(self, bundle, backend=None, threads=None, device: str | None = "cpu", num_samples: int = DEFAULT_SAMPLES,
                  seed: int | None = 0):

@@ -92,13 +92,10 @@ class ProductRecognizer(Task):
     @classmethod
     def from_pretrained(cls, path=None, *args, **kwargs):
         """A bundle of kind "vlm" (issue 15) answers generatively: edgesight.tasks.vlm.VLMProductRecognizer."""
-        if path is not None and (Path(path) / "edgesight.json").is_file():
-            from ..bundle import Bundle
+        from .vlm import VLMProductRecognizer, is_vlm_bundle
 
-            if Bundle.load(path, verify=False).kind == "vlm":
-                from .vlm import VLMProductRecognizer
-
-                return VLMProductRecognizer.from_pretrained(path, threads=kwargs.get("threads"))
+        if is_vlm_bundle(path):
+            return VLMProductRecognizer.from_pretrained(path, threads=kwargs.get("threads"))
         return super().from_pretrained(path, *args, **kwargs)
 
     def __init__(self, bundle, backend=None, threads=None, device: str | None = "cpu", catalog=None, ocr: bool = False,

@@ -28,6 +28,11 @@ class VLMPairError(BundleError):
     """The bundle's mmproj (vision tower + connector) does not belong to its text model."""
 
 
+def is_vlm_bundle(path) -> bool:
+    """Whether `path` is a bundle directory of kind "vlm" (ProductRecognizer and Captioner hand those to this module)."""
+    return path is not None and (Path(path) / "edgesight.json").is_file() and Bundle.load(path, verify=False).kind == "vlm"
+
+
 def _gguf_meta(path: Path, keys: tuple[str, ...]) -> dict:
     from gguf import GGUFReader
 
@@ -191,6 +196,39 @@ class VLMProductRecognizer:
         else:
             res.update(product=parsed["title"], title=parsed["title"], category=parsed["category"], price=parsed["price"])
         return res
+
+
+class VLMCaptioner:
+    """Captioner's VLM path: the caption is the greedy answer to a caption prompt (llama.cpp's binding has no
+    beam search, so `caption` is greedy, not beam), `samples` are nucleus samples with seeds seed, seed+1, ...
+    (reproducible), tags are scored by word frequency over all of them (there is no CLIP in a VLM bundle)."""
+
+    PROMPT = "Describe this image in one sentence."
+
+    def __init__(self, model: VLMModel, num_samples: int = 5, seed: int | None = 0, top_p: float = 0.9,
+                 temperature: float = 1.0, max_new_tokens: int = 30):
+        self.model, self.num_samples, self.seed = model, num_samples, seed
+        self.top_p, self.temperature, self.max_new_tokens = top_p, temperature, max_new_tokens
+
+    @classmethod
+    def from_pretrained(cls, path, threads=None, **kw):
+        return cls(VLMModel.from_pretrained(path, threads=threads), **kw)
+
+    def __call__(self, image, prompt: str | None = None, num_samples: int | None = None, seed: int | None = None,
+                 tags: bool = True):
+        from .captioning import CaptionResult, caption_words, frequency_scores
+
+        n = self.num_samples if num_samples is None else int(num_samples)
+        if n < 0:
+            raise InputError(f"num_samples must be >= 0, got {n}")
+        seed = self.seed if seed is None else seed
+        image = load_image(image)          # checked once, before any generation
+        prompt = prompt or self.PROMPT
+        caption = self.model.generate(image, prompt, max_new_tokens=self.max_new_tokens).text.strip()
+        samples = [self.model.generate(image, prompt, max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                       top_p=self.top_p, seed=(seed or 0) + i).text.strip() for i in range(n)]
+        scored = frequency_scores(caption_words([caption, *samples]), [caption, *samples]) if tags else []
+        return CaptionResult(caption, samples, scored)
 
 
 class ProductCascade:
