@@ -15,13 +15,13 @@ import tempfile
 from pathlib import Path
 
 from edgesight.errors import ExportError
+from edgesight.tasks.vlm import PAIR_PREFIX
 
 from .gguf import _run, quantize, staging_file
 
 VLM_ARCHITECTURES = ("Idefics3ForConditionalGeneration", "SmolVLMForConditionalGeneration")
 TEXT_TYPES = ("f16", "q8_0", "q4_k_m")
 MMPROJ_TYPES = ("f16", "q8_0")
-PAIR_PREFIX = "edgesight-vlm-"
 
 # Idefics3's chat layout ("User:<image>...<end_of_utterance>\nAssistant:"), written so that list-valued
 # message content (text parts + image parts, as MTMDChatHandler passes it) renders; an image part becomes

@@ -37,7 +37,7 @@ from ..images import Preprocessing, decode_base64, load_image
 from ..inflect import singular
 from ..tokenizer import TextTokenizer
 from .base import Task
-from .vlm import is_vlm_bundle
+from .vlm import VLMCaptioner, is_vlm_bundle
 
 DEFAULT_SAMPLES = 5  # the seed's total_captions_number
 
@@ -292,8 +292,6 @@ class Captioner(Task):
     def from_pretrained(cls, path=None, *args, **kwargs):
         """A bundle of kind "vlm" (issue 15) captions by prompt: edgesight.tasks.vlm.VLMCaptioner (greedy + sampling)."""
         if is_vlm_bundle(path):
-            from .vlm import VLMCaptioner
-
             keep = {k: kwargs[k] for k in ("num_samples", "seed") if k in kwargs}
             return VLMCaptioner.from_pretrained(path, threads=kwargs.get("threads"), **keep)
         return super().from_pretrained(path, *args, **kwargs)

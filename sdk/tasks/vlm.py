@@ -14,12 +14,13 @@ import base64
 import io
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..bundle import Bundle
 from ..errors import BackendError, BundleError, InputError
 from ..images import load_image
+from ..runtime import default_threads
 
 PAIR_PREFIX = "edgesight-vlm-"
 
@@ -77,7 +78,6 @@ class Generation:
     text: str
     tokens: int
     finish_reason: str = ""
-    timings: dict = field(default_factory=dict)
 
 
 class VLMModel:
@@ -94,16 +94,13 @@ class VLMModel:
         from llama_cpp.llama_chat_format import MTMDChatHandler
 
         self.bundle = bundle
-        import os
-
-        n = threads or int(os.environ.get("EDGESIGHT_THREADS", "0") or 0) or max(1, min(2, os.cpu_count() or 1))
+        n = default_threads(threads)
         try:
             self.handler = MTMDChatHandler(clip_model_path=str(bundle.file("mmproj")), verbose=False, use_gpu=False)
             self.llm = Llama(model_path=str(bundle.file("model")), chat_handler=self.handler, n_ctx=n_ctx,
                              n_threads=n, n_threads_batch=n, verbose=False, seed=0)
         except (ValueError, RuntimeError) as exc:
             raise BackendError(f"{bundle.path}: llama.cpp could not load the VLM ({exc})") from exc
-        self.image_size = int((bundle.get("vlm") or {}).get("image_size", 512))
         self.max_new_tokens = int((bundle.get("generation") or {}).get("max_new_tokens", 48))
         self._lock = threading.Lock()
 
@@ -148,7 +145,6 @@ class VLMModel:
 # --- products: the seed's answer format -------------------------------------------------------------------
 
 SEED_PROMPT = "What is this product?"
-ANSWER_FORMAT = "Product: {title}, Category: {category3_code}, Full Price: {full_price}"
 _ANSWER_RE = re.compile(r"Product: (?P<title>.*?), Category: (?P<category>[^,]*?), Full Price: (?P<price>[0-9]+(?:\.[0-9]+)?)\s*$",
                         re.S)
 # llama.cpp GBNF: the generated answer always has the seed's shape (title without ", Category:", a category
@@ -166,10 +162,6 @@ def parse_answer(text: str) -> dict | None:
     if not m:
         return None
     return {"title": m.group("title").strip(), "category": m.group("category").strip(), "price": float(m.group("price"))}
-
-
-def format_answer(title, category3_code, full_price) -> str:
-    return ANSWER_FORMAT.format(title=title, category3_code=category3_code, full_price=full_price)
 
 
 class VLMProductRecognizer:
