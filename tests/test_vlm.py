@@ -126,6 +126,7 @@ def test_bad_images_are_typed_errors(bundles):
 
 
 def test_seeded_sampling_reproducible_and_grammar_always_parses(bundles):
+    from edgesight.tasks.products import ProductResult
     from edgesight.tasks.vlm import VLMModel, VLMProductRecognizer
 
     m = VLMModel.from_pretrained(bundles["q8_0"], threads=1)
@@ -135,10 +136,11 @@ def test_seeded_sampling_reproducible_and_grammar_always_parses(bundles):
     rec = VLMProductRecognizer(m)
     for seed in range(3):   # random weights: only the grammar makes this parse
         r = rec(_image(seed), temperature=1.0, seed=seed, max_new_tokens=60)
-        assert r["path"] == "vlm" and r["raw"].startswith("Product: ")
-        assert r["title"] and r["category"] and isinstance(r["price"], float), r
+        assert isinstance(r, ProductResult) and r.path == "vlm" and r.raw.lstrip().startswith("Product: ")
+        assert r.title and r.category and isinstance(r.price, float) and not r.unknown, r
+        assert json.loads(json.dumps(r.to_dict()))["raw"] == r.raw
     free = rec(_image(3), "what is the price in 6.5?", max_new_tokens=8)
-    assert free["prompt"] == "what is the price in 6.5?" and isinstance(free["raw"], str)
+    assert free.prompt == "what is the price in 6.5?" and isinstance(free.raw, str)
 
 
 def test_product_recognizer_dispatches_vlm_bundle(bundles):
@@ -148,13 +150,13 @@ def test_product_recognizer_dispatches_vlm_bundle(bundles):
     pr = ProductRecognizer.from_pretrained(bundles["q8_0"], threads=1)
     assert isinstance(pr, VLMProductRecognizer)
     r = pr(_image(4))
-    assert r["path"] == "vlm" and r["raw"].startswith("Product: ") and isinstance(r["price"], float)
+    assert r.path == "vlm" and r.raw.lstrip().startswith("Product: ") and isinstance(r.price, float)
 
 
 def test_cascade_retrieval_first_then_vlm(bundles, tmp_path):
     """Listed product -> the catalogue answers; held-out product (catalogue says unknown) -> the VLM answers."""
     from catalog_kit import make_catalog, photo_queries
-    from edgesight.tasks.products import ProductRecognizer
+    from edgesight.tasks.products import ProductRecognizer, ProductResult
     from edgesight.tasks.vlm import ProductCascade
 
     csv, listed, held = make_catalog(tmp_path, n=12, holdout=3)
@@ -164,11 +166,12 @@ def test_cascade_retrieval_first_then_vlm(bundles, tmp_path):
     for name, prods in (("listed", listed[:3]), ("held", held)):
         for img, _ in photo_queries(prods)[:3]:
             r = cascade(img)
-            paths.setdefault(name, []).append(r["path"])
-            if r["path"] == "vlm":
-                assert r["raw"].startswith("Product: ") and r["retrieval"]["unknown"]
+            assert isinstance(r, ProductResult)
+            paths.setdefault(name, []).append(r.path)
+            if r.path == "vlm":
+                assert r.raw.lstrip().startswith("Product: ") and r.retrieval.unknown
             else:
-                assert r["title"] and r["raw"] is None
+                assert r.title and r.raw is None and r.retrieval.title == r.title
     assert "retrieval" in paths["listed"] and "vlm" in paths["held"], paths
 
 

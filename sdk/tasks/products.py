@@ -34,7 +34,6 @@ from ..limits import check_number
 from ..progress import bar
 from ..record import Record
 from .base import Task, adapter_json
-from .vlm import VLMProductRecognizer, is_vlm_bundle
 
 DEFAULT_THRESHOLD = 0.55   # similarity below which a photo is `unknown` when the catalogue has no calibrated threshold
                            # (too few items) and the manifest sets no `unknown_threshold`
@@ -93,6 +92,8 @@ class ProductRecognizer(Task):
     @classmethod
     def from_pretrained(cls, path=None, *args, **kwargs):
         """A bundle of kind "vlm" (issue 15) answers generatively: edgesight.tasks.vlm.VLMProductRecognizer."""
+        from .vlm import VLMProductRecognizer, is_vlm_bundle   # here: tasks.vlm imports ProductResult from this module
+
         if is_vlm_bundle(path):
             return VLMProductRecognizer.from_pretrained(path, threads=kwargs.get("threads"))
         return super().from_pretrained(path, *args, **kwargs)

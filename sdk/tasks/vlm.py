@@ -14,13 +14,14 @@ import base64
 import io
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from ..bundle import Bundle
 from ..errors import BackendError, BundleError, InputError
 from ..images import load_image
 from ..runtime import default_threads
+from .products import ProductResult
 
 PAIR_PREFIX = "edgesight-vlm-"
 
@@ -144,17 +145,41 @@ class VLMModel:
 
 # --- products: the seed's answer format -------------------------------------------------------------------
 
-SEED_PROMPT = "What is this product?"
+# Seeds 002/004's question and answer (`edgesight train products --family vlm` trains on exactly these).
+SEED_PROMPT = "What is shown in this image?"
+ANSWER_FORMAT = "Product: {title}, Category: {category}, Full Price: {price}"
 _ANSWER_RE = re.compile(r"Product: (?P<title>.*?), Category: (?P<category>[^,]*?), Full Price: (?P<price>[0-9]+(?:\.[0-9]+)?)\s*$",
                         re.S)
-# llama.cpp GBNF: the generated answer always has the seed's shape (title without ", Category:", a category
-# code without commas, a decimal price), so it always parses.
-PRODUCT_GRAMMAR = r'''
-root ::= "Product: " title ", Category: " code ", Full Price: " price
-title ::= [^,\n] [^,\n]{0,80}
+# llama.cpp GBNF: the generated answer always has the seed's shape (a title on one line, a category code
+# without commas, a decimal price), so it always parses; an optional leading space (chat templates that
+# write "Assistant: " before the answer).
+PRODUCT_GRAMMAR = r"""
+root ::= " "? "Product: " title ", Category: " code ", Full Price: " price
+title ::= [^\n] [^\n]{0,119}
 code ::= [A-Za-z0-9_ /&-]{1,40}
 price ::= [0-9]{1,6} ("." [0-9]{1,2})?
-'''
+"""
+TITLE_MAX, CODE_RE, PRICE_MAX = 120, re.compile(r"[A-Za-z0-9_ /&-]{1,40}"), 999_999.99
+
+
+def format_price(price: float) -> str:
+    """12.0 -> "12", 12.5 -> "12.5", 129.99 -> "129.99" (what the grammar's price can write)."""
+    return f"{round(float(price), 2):.2f}".rstrip("0").rstrip(".")
+
+
+def answer_problem(title: str, category: str, price: float) -> str | None:
+    """Why (title, category, price) cannot be the generated answer under PRODUCT_GRAMMAR, or None."""
+    if not title or "\n" in title or len(title) > TITLE_MAX:
+        return f"title must be one line of 1-{TITLE_MAX} characters"
+    if not CODE_RE.fullmatch(category or ""):
+        return "category3_code must be 1-40 characters of letters, digits, space and _ / & -"
+    if price is None or not 0 <= price <= PRICE_MAX:
+        return f"full_price must be a number from 0 to {PRICE_MAX}"
+    return None
+
+
+def format_answer(title: str, category: str, price: float) -> str:
+    return ANSWER_FORMAT.format(title=title, category=category, price=format_price(price))
 
 
 def parse_answer(text: str) -> dict | None:
@@ -162,6 +187,21 @@ def parse_answer(text: str) -> dict | None:
     if not m:
         return None
     return {"title": m.group("title").strip(), "category": m.group("category").strip(), "price": float(m.group("price"))}
+
+
+@dataclass
+class VLMProductResult(ProductResult):
+    """A ProductResult answered by the VLM (path "vlm"), or by the catalogue in a ProductCascade (path
+    "retrieval"). A generated answer has no similarity (score 0.0) and no matches; `raw` is the generated
+    text (None when the catalogue answered), `retrieval` the catalogue's result when it was asked first."""
+    path: str = "vlm"
+    raw: str | None = None
+    prompt: str | None = None
+    retrieval: ProductResult | None = None
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "path": self.path, "raw": self.raw, "prompt": self.prompt,
+                "retrieval": self.retrieval.to_dict() if self.retrieval is not None else None}
 
 
 class VLMProductRecognizer:
@@ -177,17 +217,16 @@ class VLMProductRecognizer:
         return cls(VLMModel.from_pretrained(path, **kw))
 
     def __call__(self, image, prompt: str | None = None, *, temperature: float = 0.0, seed: int | None = None,
-                 max_new_tokens: int | None = None) -> dict:
+                 max_new_tokens: int | None = None) -> VLMProductResult:
         constrained = prompt is None
         gen = self.model.generate(image, prompt or SEED_PROMPT, grammar=PRODUCT_GRAMMAR if constrained else None,
                                   temperature=temperature, seed=seed, max_new_tokens=max_new_tokens or 64)
         parsed = parse_answer(gen.text)
-        res = {"path": "vlm", "raw": gen.text, "prompt": prompt or SEED_PROMPT}
         if parsed is None:
-            res.update(product="unknown", title=None, category=None, price=None)
-        else:
-            res.update(product=parsed["title"], title=parsed["title"], category=parsed["category"], price=parsed["price"])
-        return res
+            return VLMProductResult(None, None, None, 0.0, True, [], raw=gen.text, prompt=prompt or SEED_PROMPT,
+                                    unknown_reason="the answer does not follow 'Product: ..., Category: ..., Full Price: ...'")
+        return VLMProductResult(parsed["title"], parsed["category"], parsed["price"], 0.0, False, [], raw=gen.text,
+                                prompt=prompt or SEED_PROMPT)
 
 
 class VLMCaptioner:
@@ -225,16 +264,16 @@ class VLMCaptioner:
 
 class ProductCascade:
     """Retrieval first (the catalogue: fast, exact prices); when it says `unknown`, the VLM answers.
-    The result says which path answered: {"path": "retrieval" | "vlm", ...}."""
+    Both answers are a VLMProductResult whose `path` says which answered ("retrieval" | "vlm")."""
 
     def __init__(self, retrieval, vlm: VLMProductRecognizer):
         self.retrieval, self.vlm = retrieval, vlm
 
-    def __call__(self, image, prompt: str | None = None, **kw) -> dict:
+    def __call__(self, image, prompt: str | None = None, **kw) -> VLMProductResult:
         r = self.retrieval(image)
         if not r.unknown:
-            return {"path": "retrieval", "product": r.title, "title": r.title, "category": r.category,
-                    "price": r.price, "raw": None, "retrieval": r.to_dict()}
+            return VLMProductResult(**{f.name: getattr(r, f.name) for f in fields(ProductResult)}, path="retrieval",
+                                    retrieval=r)
         out = self.vlm(image, prompt, **kw)
-        out["retrieval"] = r.to_dict()
+        out.retrieval = r
         return out
