@@ -65,9 +65,9 @@ FORMATS = {
     "onnx-int8":   dict(bundle="onnx", precision="int8", exact=False, logits=False, kinds=ALL_KINDS),
     "onnx-int4":   dict(bundle="onnx", precision="int4", exact=False, logits=False, kinds=("causal-lm",)),
     "gguf-f32":    dict(bundle="gguf", precision="f32", exact=True, tie_tol=0.01, logits=True, kinds=("causal-lm",)),
-    "gguf-f16":    dict(bundle="gguf", precision="f16", exact=True, tie_tol=0.1, logits=True, kinds=("causal-lm",)),
-    "gguf-q8_0":   dict(bundle="gguf", precision="q8_0", exact=False, logits=False, kinds=("causal-lm",)),
-    "gguf-q4_k_m": dict(bundle="gguf", precision="q4_k_m", exact=False, logits=False, kinds=("causal-lm",)),
+    "gguf-f16":    dict(bundle="gguf", precision="f16", exact=True, tie_tol=0.1, logits=True, kinds=("causal-lm", "vlm")),
+    "gguf-q8_0":   dict(bundle="gguf", precision="q8_0", exact=False, logits=False, kinds=("causal-lm", "vlm")),
+    "gguf-q4_k_m": dict(bundle="gguf", precision="q4_k_m", exact=False, logits=False, kinds=("causal-lm", "vlm")),
     "gguf-lora":   dict(bundle="gguf", precision="f16+lora", exact=False, logits=True, kinds=("causal-lm",)),
 }
 DEFAULT_FORMATS = ("onnx", "onnx-int8", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "gguf-lora")
@@ -147,7 +147,7 @@ def export(base=None, adapter=None, *, task: str, out, formats=None, probes: lis
 
         spec = prompts.apply(spec, task, prompt, base, kind, TASKS[task].hook("SAMPLE_INPUTS") or [])
         prompt = None
-    if base is None:
+    if base is None and kind != "vlm":   # a VLM adapter names its base in its recipe
         base = default_base(kind)
     if formats is None:
         formats = [f for f in DEFAULT_FORMATS if kind in FORMATS[f]["kinds"] and (adapter or f != "gguf-lora")]
@@ -164,6 +164,8 @@ def export(base=None, adapter=None, *, task: str, out, formats=None, probes: lis
                                     threads, progress, embedder=base if spec.get("embedder") == "base" else None)
         elif kind == "image-encoder":
             report = _export_encoder(base, adapter, task, out, formats, spec, threads, progress)
+        elif kind == "vlm":
+            report = _export_vlm(base, adapter, task, out, formats, spec, threads, progress)
         else:
             report = _export_lm(base, adapter, task, out, formats, kind,
                                 probes=list(probes or spec.get("probes") or default_probes(task)),
@@ -242,6 +244,10 @@ def detect_kind(base, adapter) -> str | None:
         task_type = json.loads(cfg.read_text(encoding="utf-8")).get("task_type")
     if task_type == "TOKEN_CLS":
         return "token-classifier"
+    from .vlm import is_vlm_adapter, is_vlm_dir
+
+    if is_vlm_adapter(adapter) or is_vlm_dir(base):
+        return "vlm"
     if is_image_encoder(base):
         return "image-encoder"
     if base is not None:
@@ -385,6 +391,64 @@ def _export_encoder(base, adapter, task: str, out: Path, formats, spec: dict, th
         report.formats.append(_bundle_result(fmt, lambda: export_image_encoder(
             module, out / fmt, preprocessing=prep, precision=FORMATS[fmt]["precision"], calibration=calibration,
             task=task, name=name, provenance=provenance, threads=threads, progress=progress).path))
+    return report
+
+
+def _export_vlm(base, adapter, task: str, out: Path, formats, spec: dict, threads, progress) -> ExportReport:
+    """SmolVLM / Idefics3 (issue 15): the adapter of `edgesight train products --family vlm` merged into its
+    base (or a merged / base HF directory as is), converted once (text GGUF per format + mmproj), each
+    text GGUF checked against the merged torch model (greedy tokens on a text-only probe; f16 must match),
+    one bundle of kind "vlm" per format."""
+    from edgesight.bundle import sha256_file
+    from edgesight.progress import bar
+    from edgesight.tasks.vlm import SEED_PROMPT
+
+    from .vlm import check_vlm_dir, convert_vlm, export_vlm_bundle, gguf_greedy, merge_adapter, text_fidelity, \
+        text_probe, torch_greedy
+
+    mmproj = spec.get("mmproj_type", "f16")
+    n = int(spec.get("probe_tokens", 12))
+    work = Path(tempfile.mkdtemp(prefix=".export-work-", dir=out))
+    steps = bar(total=2 + len(formats), desc="export vlm", progress=progress, unit="step")
+    try:
+        start = time.perf_counter()
+        if adapter is not None:
+            steps.set_postfix_str("merge")
+            merged = merge_adapter(adapter, work / "merged", base)
+        else:
+            if base is None:
+                raise ExportError("a VLM export needs --base (a SmolVLM / Idefics3 HF directory, e.g. OUT/merged of "
+                                  "`edgesight train products --family vlm`) or --adapter")
+            check_vlm_dir(base)
+            merged = Path(base)
+        merge_seconds = round(time.perf_counter() - start, 2)
+        steps.update()
+        steps.set_postfix_str("reference")
+        probe = text_probe(merged, SEED_PROMPT)
+        ref = torch_greedy(merged, probe, n)
+        report = ExportReport(str(out), task, "vlm", str(base), str(adapter) if adapter else None, merge_seconds,
+                              {"probe_ids": probe, "new_tokens": n, "outputs": [ref]})
+        steps.update()
+        types = [FORMATS[f]["precision"] for f in formats]
+        conv = convert_vlm(merged, work / "gguf", types, (mmproj,), threads)
+        provenance = {"base": str(base), "adapter": str(adapter) if adapter else None,
+                      "adapter_sha256": sha256_file(Path(adapter) / "adapter_model.safetensors") if adapter else None}
+        for fmt, qtype in zip(formats, types):
+            steps.set_postfix_str(fmt)
+
+            def make(fmt=fmt, qtype=qtype):
+                fid = text_fidelity(ref, gguf_greedy(conv["text"][qtype], probe, n, threads))
+                if FORMATS[fmt]["exact"] and not fid["exact_match"]:
+                    raise ExportError(f"{fmt}: greedy tokens differ from the merged torch model on the text probe "
+                                      f"(agreed prefix {fid['mean_agreed_prefix']}/{n})")
+                return export_vlm_bundle(merged, out / fmt, text_type=qtype, mmproj_type=mmproj, task=task,
+                                         converted=conv, threads=threads, provenance=provenance, fidelity=fid).path
+
+            report.formats.append(_bundle_result(fmt, make))
+            steps.update()
+    finally:
+        steps.close()
+        shutil.rmtree(work, ignore_errors=True)
     return report
 
 

@@ -124,9 +124,11 @@ def convert_vlm(model_dir, out_dir, text_types=("f16",), mmproj_types=("f16",), 
 
 
 def export_vlm_bundle(model_dir, out, *, text_type: str = "q8_0", mmproj_type: str = "f16", task: str = "products",
-                      max_new_tokens: int = 48, threads: int = 1, work_dir=None, converted: dict | None = None):
+                      max_new_tokens: int = 48, threads: int = 1, work_dir=None, converted: dict | None = None,
+                      provenance: dict | None = None, fidelity: dict | None = None):
     """One bundle: text GGUF (`text_type`) + mmproj (`mmproj_type`), kind "vlm". `converted`: a
-    convert_vlm() result to copy from instead of converting again (several bundles from one conversion)."""
+    convert_vlm() result to copy from instead of converting again (several bundles from one conversion);
+    `provenance` / `fidelity` go into the manifest (default provenance: the source directory)."""
     from edgesight.bundle import BundleWriter
 
     model_dir = Path(model_dir)
@@ -141,7 +143,112 @@ def export_vlm_bundle(model_dir, out, *, text_type: str = "q8_0", mmproj_type: s
                                  "text_type": text_type, "mmproj_type": mmproj_type,
                                  "image_size": int(cfg.get("vision_config", {}).get("image_size", 512))}
             w.manifest["generation"] = {"max_new_tokens": max_new_tokens}
-            w.manifest["provenance"] = {"source": str(model_dir)}
+            w.manifest["provenance"] = provenance or {"source": str(model_dir)}
+            if fidelity is not None:
+                w.manifest["fidelity"] = fidelity
     from edgesight.bundle import Bundle
 
     return Bundle.load(out)
+
+
+# ----------------------------------------------------------------------------- a trained adapter
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+
+
+def is_vlm_dir(path) -> bool:
+    """Whether `path` is an HF directory of an architecture this module exports."""
+    cfg = Path(path) / "config.json" if path is not None else None
+    if cfg is None or not cfg.is_file():
+        return False
+    return (json.loads(cfg.read_text(encoding="utf-8")).get("architectures") or [""])[0] in VLM_ARCHITECTURES
+
+
+def is_vlm_adapter(adapter) -> bool:
+    """Whether `adapter` is the adapter of `edgesight train products --family vlm` (its recipe says so)."""
+    recipe = Path(adapter) / "recipe.json" if adapter is not None else None
+    return recipe is not None and recipe.is_file() and json.loads(recipe.read_text(encoding="utf-8")).get("family") == "vlm"
+
+
+def merge_into(peft_model, base, dest) -> Path:
+    """A peft model's adapter merged into its base weights, saved (safetensors) at `dest` with the base's
+    tokenizer, processor and chat-template files: an HF directory convert_vlm() takes."""
+    from edgesight.bundle import staging_dir
+
+    base = Path(base)
+    merged = peft_model.merge_and_unload()
+    with staging_dir(dest) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        for f in base.iterdir():
+            if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name not in (
+                    "config.json", "model.safetensors.index.json", "generation_config.json"):
+                shutil.copy(f, tmp / f.name)
+    return Path(dest)
+
+
+def merge_adapter(adapter_dir, dest, base=None) -> Path:
+    """The adapter of `edgesight train products --family vlm` merged into its base (`base`, default the
+    one its recipe.json names) -> an HF directory at `dest`."""
+    import torch
+    from peft import PeftModel
+    from transformers import Idefics3ForConditionalGeneration
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_model.safetensors").is_file():
+        raise ExportError(f"{adapter_dir}: no adapter_model.safetensors; pass OUT/adapter of a finished "
+                          "`edgesight train products --family vlm` run")
+    recipe = json.loads((adapter_dir / "recipe.json").read_text(encoding="utf-8")) \
+        if (adapter_dir / "recipe.json").is_file() else {}
+    base = base if base is not None else recipe.get("base")
+    if not is_vlm_dir(base):
+        raise ExportError(f"{adapter_dir}: the base {base} is not a SmolVLM / Idefics3 HF directory; pass --base")
+    check_vlm_dir(base)
+    model = Idefics3ForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+    return merge_into(PeftModel.from_pretrained(model, adapter_dir), base, dest)
+
+
+# ----------------------------------------------------------------------------- validation (text path)
+
+def text_probe(model_dir, prompt: str) -> list[int]:
+    """BOS + a text-only user turn rendered by the model's chat template, as token ids."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    text = tok.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": prompt}]}], tokenize=False,
+                                   add_generation_prompt=True)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    return ([tok.bos_token_id] if tok.bos_token_id is not None and ids[:1] != [tok.bos_token_id] else []) + ids
+
+
+def torch_greedy(model_dir, ids: list[int], n: int) -> list[int]:
+    """The merged model's greedy continuation of `ids` (text only), in transformers fp32."""
+    import torch
+    from transformers import Idefics3ForConditionalGeneration
+
+    model = Idefics3ForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
+                             pad_token_id=model.config.text_config.pad_token_id or 0)
+    return out[0, len(ids):].tolist()
+
+
+def gguf_greedy(gguf_path, ids: list[int], n: int, threads: int = 1) -> list[int]:
+    """llama.cpp's greedy continuation of `ids` with the text GGUF alone."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf_path), n_ctx=max(256, len(ids) + n + 8), n_threads=threads, verbose=False)
+    out = []
+    for tid in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0):
+        out.append(tid)
+        if len(out) == n:
+            break
+    return out
+
+
+def text_fidelity(ref: list[int], got: list[int]) -> dict:
+    """Greedy tokens of a text GGUF against the merged torch model on the text-only probe. The image path
+    (mmproj through libmtmd) is not compared here: see docs/vlm.md (it is not token-identical yet)."""
+    agree = next((i for i, (a, b) in enumerate(zip(ref, got)) if a != b), min(len(ref), len(got)))
+    return {"probe": "text only; image path not compared", "probe_tokens": len(ref), "exact_match": got == ref,
+            "mean_agreed_prefix": agree, "token_agreement": round(sum(a == b for a, b in zip(ref, got)) / max(len(ref), 1), 4)}

@@ -13,6 +13,7 @@ Of the shared LoRA options, --steps --batch-size --lr --rank --alpha --dropout -
 --threads --out apply; the text-only ones (--max-length, --grad-accum, --eval-every, ...) are ignored.
 
     edgesight train products --catalog catalog.csv --out runs/lora --steps 60
+    edgesight train products --family vlm --catalog catalog.csv --base SMOLVLM_DIR --out runs/vlm   # training/vlm.py
     edgesight eval products --model ~/.cache/edgesight/bundles/products --model runs/lora/bundle
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from edgesight.errors import TrainingError
 from edgesight.progress import bar
 
 DEFAULTS = dict(steps=60, batch_size=12, lr=1e-3, rank=8, alpha=16, dropout=0.0)
+VLM_DEFAULTS = dict(steps=200, batch_size=4, lr=2e-4, rank=16, alpha=32, dropout=0.05, max_length=2048)
 
 
 @dataclass
@@ -59,6 +61,15 @@ def add_train_arguments(p) -> None:
     p.add_argument("--last-blocks", type=int, default=4, help="LoRA on the last N MBConv blocks (+ head conv)")
     p.add_argument("--temperature", type=float, default=0.05, help="InfoNCE temperature")
     p.add_argument("--precision", choices=["fp32", "int8"], default="int8", help="precision of the exported bundle")
+    fam = p.add_argument_group("generative path (--family vlm, issue 15: training/vlm.py)")
+    fam.add_argument("--family", choices=["retrieval", "vlm"], default="retrieval",
+                     help="retrieval (default): LoRA on the image encoder; vlm: LoRA on a SmolVLM / Idefics3 model "
+                          "that answers 'Product: ..., Category: ..., Full Price: ...' (defaults then: "
+                          + ", ".join(f"{k} {v}" for k, v in VLM_DEFAULTS.items()) + ")")
+    fam.add_argument("--base", default=None, help="--family vlm: the SmolVLM / Idefics3 HF directory to fine-tune")
+    fam.add_argument("--train-connector", action="store_true", help="--family vlm: LoRA on the vision-to-text projection too")
+    # the family picks the defaults of the shared options (train_main fills what was not given)
+    p.set_defaults(**{k: None for k in VLM_DEFAULTS})
 
 
 def train_main(args) -> dict:
@@ -66,6 +77,21 @@ def train_main(args) -> dict:
 
     from .data.products import catalog_products, write_catalog
 
+    family_defaults = VLM_DEFAULTS if args.family == "vlm" else {**DEFAULTS, "max_length": 128}
+    for k, v in family_defaults.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    if args.family == "vlm":
+        from .cli import config_from_args
+        from .vlm import train_vlm
+
+        if args.catalog is None:
+            raise TrainingError("--family vlm trains on a catalogue: pass --catalog catalog.csv "
+                                "(title, category3_code, full_price, local_image_path)")
+        return train_vlm(args.catalog, args.base, args.out, config_from_args(args), connector=args.train_connector,
+                         progress=False if args.no_progress else None)
+    if args.base is not None or args.train_connector:
+        raise TrainingError("--base and --train-connector are options of --family vlm")
     with tempfile.TemporaryDirectory() as tmp:
         csv_path = args.catalog or write_catalog(tmp, catalog_products(args.synthetic, seed=args.seed))
         report = train(csv_path, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, rank=args.rank,

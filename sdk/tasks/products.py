@@ -560,7 +560,10 @@ def from_json(payload) -> bytes:
 
 def export_spec(adapter_dir, kind: str | None) -> dict:
     """an image encoder (pixel_values -> embedding, logits) with its preprocessing in the manifest, the
-    adapter of `edgesight train products` merged in; int8 calibrated on sample photos"""
+    adapter of `edgesight train products` merged in; int8 calibrated on sample photos; or, for a SmolVLM /
+    Idefics3 base or an adapter of `train products --family vlm`, a vlm bundle (text GGUF + mmproj f16)"""
+    if kind == "vlm":                    # issue 15: edgesight.export.vlm
+        return {"kind": "vlm", "mmproj_type": "f16"}
     spec = {"kind": "image-encoder",     # products bundles are image encoders, whatever the base
             "preprocessing": None,       # None: the base encoder's own (EfficientNet-Lite0: 224 px squash)
             "calibration": None}         # None: the export stage's sample photos
