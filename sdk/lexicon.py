@@ -120,7 +120,8 @@ DISPLAY = {"Other Shoes": "Shoe", "Trash bin Can": "Trash can", "Other Fish": "F
 # synonyms of one part of a slashed name ("television" is the TV of "Monitor/TV")
 SLASH_SYNONYMS = {"television": "TV", "telly": "TV", "screen": "Monitor", "cupboard": "Cabinet", "painting": "Picture",
                   "picture frame": "Frame", "chalkboard": "Blackboard", "washer": "Washing Machine",
-                  "dryer": "Drying Machine", "wifi router": "Router", "makeup brush": "Cosmetics Brush"}
+                  "dryer": "Drying Machine", "wifi router": "Router", "makeup brush": "Cosmetics Brush",
+                  "cutting board": "Cutting Board"}   # "Cutting/chopping Board" is two boards
 
 
 @lru_cache(maxsize=1)

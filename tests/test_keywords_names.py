@@ -10,6 +10,7 @@ import pytest
 from edgesight.inflect import plural, singular
 from edgesight.lexicon import answer_name, canonical, english_words, from_french, name_words, spell_fix
 from edgesight.tasks.keywords import spans_to_names, user_text
+from edgesight.training.data import keywords as kwdata
 
 FROZEN = Path(__file__).parent / "data" / "keywords_frozen.jsonl"
 PREAMBLE = ("\nInstruction: You are an assistant specialized in object segmentation. Your task is to list all the "
@@ -103,3 +104,45 @@ def test_frozen_set_is_intact():
 def test_a_possessor_tagged_before_what_it_owns_is_dropped(text, tagged, want):
     spans = [(text.index(w), text.index(w) + len(w)) for w in tagged]
     assert spans_to_names(text, spans) == want
+
+
+@pytest.mark.parametrize("text, tagged, want", [
+    ("I want to use it for a birthday card", ["card"], ["Birthday card"]),   # a compound is another object
+    ("the shoe box and the dog", ["box", "dog"], ["Shoe box", "Dog"]),
+    ("segment the red cards", ["cards"], ["Poker Card"]),                   # adjectives keep the object
+    ("the big wooden box", ["box"], ["Storage box"]),
+    ("the playing cards", ["cards"], ["Poker Card"]),                       # a known compound: its name
+    ("the children's cards", ["cards"], ["Poker Card"]),                    # a possessor is no modifier
+    ("Find the dogs, card", ["dogs", "card"], ["Dog", "Poker Card"]),       # punctuation between: a list
+    ("the birthday card", ["birthday card"], ["Birthday card"]),            # tagged whole: the same answer
+])
+def test_a_compound_whose_head_is_a_synonym_is_answered_as_written(text, tagged, want):
+    spans = [(text.index(w), text.index(w) + len(w)) for w in tagged]
+    assert spans_to_names(text, spans) == want
+
+
+def test_cutting_board_is_not_cut():
+    assert answer_name("cutting boards") == "Cutting Board" and answer_name("chopping board") == "Chopping Board"
+
+
+def test_data_has_scene_purpose_location_and_question_kinds():
+    """kw-data-5: a scene sentence before the request, purpose and location phrases after the objects
+    (their nouns untagged), objects one per sentence, 'Where are ...' questions, chat with nothing to segment."""
+    data = kwdata.build(2000, 10, seed=0)["train"]
+    fams = {r["family"] for r in data}
+    assert {"scene", "with", "nothing"} <= fams
+    import random
+    rng, labels = random.Random(0), ["Cat", "Dog", "Car", "Chair", "Bench", "Bicycle", "Cup", "Poker Card"]
+    for t in kwdata.TEMPLATES["scene"]:
+        if "{Y}. " in t:
+            for _ in range(5):   # nothing tagged in the scene sentence, something after it
+                ex = kwdata.make_example(t, labels, rng)
+                assert ex["output"] and min(s for s, _ in ex["spans"]) > ex["input"].index(". "), ex
+    for extra in kwdata.PURPOSES + kwdata.LOCATIONS:   # the purpose or place noun is never tagged
+        ex = kwdata.make_example("Segment {K}" + extra + ".", labels, rng)
+        head = extra.split("{")[0]
+        assert ex["output"] and max(e for _, e in ex["spans"]) <= ex["input"].index(head), ex
+    assert sum(any(x.split("{")[0] in r["input"] for x in kwdata.PURPOSES[:4] + kwdata.LOCATIONS[1:4])
+               for r in data) > 20
+    assert any(r["input"].count(". ") >= 1 and r["template"] in ("{K}", "{K}.") for r in data)
+    assert [r for r in data if r["family"] == "nothing"] and all(r["output"] == [] for r in data if r["family"] == "nothing")

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..defaults import DATA_DIR
 from ..errors import BundleError, InputError
-from ..lexicon import LabelMap, answer_name, canonical, dedupe, from_french, lexicon, spell_fix
+from ..lexicon import LabelMap, answer_name, canonical, dedupe, english_words, from_french, lexicon, spell_fix
 from ..record import Record
 from ..tokenizer import TextTokenizer
 from .base import Call, Task, adapter_json, prompt_halves
@@ -95,10 +95,41 @@ def spans_to_names(text: str, spans) -> list[str]:
             merged.append([start, end])
     # a possessor tagged next to what it owns names no object: "the runners' shoes" -> Shoe
     merged = [span for span, nxt in zip(merged, merged[1:] + [None]) if not _owns(text, span, nxt)]
-    for start, end in merged:
+    for k, (start, end) in enumerate(merged):
         phrase = re.sub(r"[^\W\d_]+", lambda m: spell_fix(m.group()), text[start:end])
-        names += [answer_name(p) for p in _split_names(phrase)]
+        compound = _compound(text, start, phrase, merged[k - 1][1] if k else 0)
+        names += [compound] if compound else [answer_name(p) for p in _split_names(phrase)]
     return dedupe(n for n in names if any(c.isalpha() for c in n))   # "12345" names no object
+
+
+# words before a noun that keep it the same object ("a big red box" is still a Storage box)
+MODIFIERS = frozenset("""a an the this that these those my your his her our their its one two three four five six
+seven eight nine ten some any all each every other same whole only single double few many several more most no
+red blue green yellow white black brown grey gray pink purple orange silver gold golden beige dark light bright
+big small large little tiny huge giant long short tall wide narrow thin thick round square flat heavy
+old new young dirty clean broken empty full wet dry open closed shiny dusty rusty nice pretty ugly cute
+favourite favorite main left right front back top bottom upper lower middle inner outer far near bigger smaller
+larger older newer wooden golden woollen woolen frozen rotten hidden fallen stolen wood metal plastic paper glass steel iron leather stone rubber cardboard""".split())
+ADJECTIVE_END = re.compile(r"[a-z]+(ful|ous|ive|less|able|ible|ish|ed|est|ic|ary)$")
+
+
+def _compound(text: str, start: int, phrase: str, previous_end: int) -> str | None:
+    """A one-word span whose answer is a longer Objects365 name ("card" -> Poker Card, "box" -> Storage
+    box), right after an untagged noun: the compound names another object ("birthday card", "shoe box")
+    and is answered as written; adjectives, determiners and known compounds ("playing card") are not."""
+    word = phrase.strip()
+    if not word.isalpha() or len(answer_name(word).split()) <= 1:
+        return None
+    before = re.search(r"(?<![\w'\u2019-])([A-Za-z]{3,}) $", text[previous_end:start])
+    if before is None:
+        return None
+    modifier = before.group(1)
+    low = modifier.lower()
+    if low in MODIFIERS or ADJECTIVE_END.fullmatch(low) or low not in english_words():
+        return None
+    if canonical(f"{low} {word}").lower() in lexicon():
+        return answer_name(f"{modifier} {word}")
+    return canonical(f"{modifier} {word}")
 
 
 def _split_names(phrase: str) -> list[str]:

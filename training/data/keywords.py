@@ -21,7 +21,7 @@ from pathlib import Path
 from ...inflect import ACRONYMS, ENDS_IN_S, PLURAL_ONLY, SAME, plural
 from ...lexicon import FORMS, answer_name, canonical, dedupe, objects365
 
-DATA_VERSION = "kw-data-4"
+DATA_VERSION = "kw-data-5"
 SYSTEM = "List the objects to segment."
 LABELS = ["O", "B-OBJ", "I-OBJ"]
 
@@ -143,7 +143,46 @@ TEMPLATES = {
         "Box {K}.", "Give me the outline of {K}.", "Make a mask of {K}.", "Label {K} with boxes.",
         "I want a segmentation of {K}.", "Generate a mask for each of {K}.",
     ],
+    # kw-data-5 (issue 13, stop 23): a sentence describing the scene ({Y}: things in it, untagged, sometimes
+    # the wanted objects too) before the actual request
+    "scene": [
+        "There are {Y}. Segment just {K}.", "The picture shows {Y}. I only care about {K}.",
+        "In the background there are {Y}. Please segment only {K}.", "I see {Y} here. What I want are {K}.",
+        "It's a busy scene with {Y}, but for now segment only {K}.", "The table has {Y} on it. What I need is {K}.",
+        "This photo has {Y} in it. Just {K}, please.", "We have {Y} in this frame. Mask {K} and nothing else.",
+        "There's {Y} in the shot. Could you outline {K}?", "The room is full of stuff: {Y}. I'm after {K}.",
+        "Lots going on here, {Y}. Segment {K} only.", "You can see {Y}. The ones I need are {K}.",
+        "{Y} are everywhere in this image. Find {K}.", "The scene: {Y}. Target: {K}.",
+        "There are {Y}. What I want segmented are {K}.", "The street has {Y}. Only {K} matter to me.",
+    ],
+    # the objects named with what they hold or carry: both are asked for (the old hand-written set's form)
+    "with": [
+        "I'd like a mask of {K} with {K2}.", "Segment {K} playing with {K2}.", "Find {K} holding {K2}.",
+        "Outline {K} carrying {K2}.", "Segment {K} together with {K2}.", "Mark {K} and {K2} they are holding.",
+        "Segment {K} with {K2} on them.",
+    ],
+    # things that are not a request at all, naming scene words or everyday nouns in chat
+    "nothing": [
+        "What a lovely {S}.", "Such a beautiful {S}!", "I love the {S} in this picture.", "The {S} looks amazing.",
+        "Nice {S}, isn't it?", "Wow, look at that {S}.", "My {N} broke yesterday, what a day.",
+        "I bought a new {N} last week.", "The {S} was gorgeous this evening.", "Is the {S} too dark here?",
+        "I'm just saying hi, no image today.", "Can you tell me what a {N} is?",
+    ],
 }
+# kw-data-5: after the objects, a purpose ({N}: a noun that is not an object to segment, untagged)
+PURPOSES = [" for a birthday card", " for a poster", " for my sister's birthday card", " for a greeting card",
+            " so my team can train a parking app with them", " to train a {N} detector", " for a sticker",
+            " so I can put them into a slideshow", " because I'm making a {N} catalogue", " for a book cover",
+            " for our website", " for a collage about {NP}", " so I can make a funny sticker", " for a calendar",
+            " for the {N} section of my report", " to print on a t-shirt", " for a presentation about {NP}",
+            " so I can build a {N} app", " for a school project about {NP}", " for a gift box design",
+            ". I want to use it for a card for my mum", ", it's for a flyer for the {N} shop",
+            ". They're for a photo book", " for a dataset of {N} pictures", " for my app's {N} screen"]
+# kw-data-5: objects named as the place of the wanted ones ({N}) are not answered (docs/keywords.md)
+LOCATIONS = [" on the {N}", " next to the {N}", " under the {N}", " beside the {N}", " in front of the {N}",
+             " behind the {N}", " near the {N}", " on top of the {N}", " inside the {N}", " by the {N}"]
+SCENE_WORDS = ["sunset", "sunrise", "view", "sky", "weather", "light", "landscape", "atmosphere", "mood", "scenery",
+               "composition", "evening", "colour", "sea", "horizon", "skyline", "garden", "weekend", "holiday"]
 ADJECTIVES = ["red", "blue", "white", "black", "green", "yellow", "small", "large", "big", "old", "wooden",
               "metal", "plastic", "tiny", "shiny", "dirty", "new", "brown", "grey", "pink"]
 UNCOUNTABLE = {"rice", "pasta", "luggage", "bread", "toilet paper", "tape", "corn", "lettuce", "garlic", "broccoli",
@@ -276,12 +315,33 @@ def chatty(example: dict, rng: random.Random) -> dict:
             "spans": [[s + len(before), e + len(before)] for s, e in example["spans"]]}
 
 
+def _untagged(labels, rng, exclude=()) -> str:
+    """One noun form of a random label that is not an object to segment here ({N})."""
+    while True:
+        label = rng.choice(labels)
+        if label not in exclude:
+            return rng.choice(surface_forms(label))
+
+
 def make_example(template: str, labels: list[str], rng: random.Random, misspell: float = 0.0) -> dict:
-    """Fill one template with objects drawn from `labels`; returns input, output, spans."""
+    """Fill one template with objects drawn from `labels`; returns input, output, spans.
+    {K}/{K2}: kept objects; {X}/{X2}: excluded; {XR}: the excluded named again; {Y}: a list of things in
+    the scene (untagged, sometimes the kept objects again); {N}: one untagged noun; {S}: a scene word."""
     if "{K" in template and rng.random() < 0.25:
         stem = template.rstrip(".!?")
         template = stem + rng.choice(CONTEXTS) + template[len(stem):]
-    slots = re.findall(r"\{(K2?|X2?)\}", template)
+    if "{K" in template and rng.random() < 0.15:   # kw-data-5: a location or a purpose after the objects
+        stem = template.rstrip(".!?")
+        i = template.rfind("{K")
+        extra = rng.choice(LOCATIONS if rng.random() < 0.5 else PURPOSES)
+        if template.find("}", i) + 1 >= len(stem) or rng.random() < 0.5:   # at the end of the request
+            template = stem + extra + template[len(stem):]
+        else:                                                              # or right after the last objects
+            j = template.find("}", i) + 1
+            template = template[:j] + extra + template[j:]
+    if template.strip() in ("{K}", "{K}.") and rng.random() < 0.3:
+        template = "{KS}"   # "Guitar. Drum. Microphone."
+    slots = re.findall(r"\{(K2?|X2?)\}", template) + (["K"] if "{KS}" in template else [])
     for slot, words in (("{C}", CATEGORY_WORDS), ("{P}", POSSESSORS)):   # untagged words (kw-data-4)
         if slot in template:
             template = template.replace(slot, rng.choice(words))
@@ -291,7 +351,11 @@ def make_example(template: str, labels: list[str], rng: random.Random, misspell:
     chosen = rng.sample(labels, sum(need.values()))
     text, spans, output = "", [], []
     said: dict[str, list[str]] = {}
-    for piece in re.split(r"(\{K2?\}|\{X[2R]?\})", template):
+    picked = list(chosen)
+    groups = {}
+    for slot in slots:
+        groups[slot], chosen = chosen[: need[slot]], chosen[need[slot]:]
+    for piece in re.split(r"(\{K[2S]?\}|\{X[2R]?\}|\{(?:Y|NP?|S)\})", template):
         slot = piece[1:-1] if piece.startswith("{") else None
         if slot is None:
             text += piece
@@ -299,11 +363,33 @@ def make_example(template: str, labels: list[str], rng: random.Random, misspell:
         if slot == "XR":   # the excluded objects named again ("segment A and B, except the B")
             text += _render_list(said["X"], rng, 0.0, False)[0]
             continue
-        group, chosen = chosen[: need[slot]], chosen[need[slot]:]
-        forms = [rng.choice(surface_forms(label)) for label in group]
+        if slot in ("N", "NP"):
+            noun = _untagged(labels, rng, picked)
+            text += pluralize(noun) if slot == "NP" else noun
+            continue
+        if slot == "S":
+            text += rng.choice(SCENE_WORDS)
+            continue
+        if slot == "Y":   # the scene: other things, and in 30% of prompts the wanted objects among them
+            others = [_untagged(labels, rng, picked) for _ in range(rng.choice([1, 2, 2, 3]))]
+            if rng.random() < 0.3 and "K" in groups:
+                others.insert(rng.randrange(len(others) + 1), rng.choice(surface_forms(rng.choice(groups["K"]))))
+            text += _render_list(list(dict.fromkeys(others)), rng, 0.0, False)[0]
+            continue
+        forms = [rng.choice(surface_forms(label)) for label in groups["K" if slot == "KS" else slot]]
         said[slot] = forms
         bare = re.search(r"(\b(each|every|the|a|all|any|of)|'s|s')\s$", text.lower()) is not None
-        rendered, rspans = _render_list(forms, rng, misspell, bare)
+        if slot == "KS":   # one object per sentence
+            rspans, rendered = [], ""
+            for f in forms:
+                t, s, e = _render_object(f, rng, misspell, True)
+                t = t[:1].upper() + t[1:]
+                rendered += (" " if rendered else "")
+                rspans.append((len(rendered) + s, len(rendered) + e))
+                rendered += t + "."
+            slot = "K"
+        else:
+            rendered, rspans = _render_list(forms, rng, misspell, bare)
         if slot.startswith("K"):
             spans += [(len(text) + s, len(text) + e) for s, e in rspans]
             output += [answer_name(f) for f in forms]   # the SDK's answer form (Objects365 name for synonyms)
