@@ -33,16 +33,57 @@ VLM_CHAT_TEMPLATE = (
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
 
 
-def write_preprocessor_config(model_dir, image_size: int) -> Path:
-    """Idefics3ImageProcessor settings the converter reads (no image splitting: one global image of
-    `image_size` px, mean/std 0.5 as SmolVLM)."""
+def write_preprocessor_config(model_dir, image_size: int, tiles: int = 2) -> Path:
+    """Idefics3ImageProcessor settings as SmolVLM's: mean/std 0.5, the image resized to a longest edge of
+    `tiles` x `image_size` and split into `image_size` tiles + one overview (SmolVLM uses 4 tiles). llama.cpp's
+    mtmd always lays an image out that way, whatever `do_image_splitting` says, so these settings make
+    transformers (training, reference) see the runtime's layout; with a longest edge of one tile transformers
+    would see one global image and mtmd a 1x1 grid + overview."""
     path = Path(model_dir) / "preprocessor_config.json"
     path.write_text(json.dumps({
-        "image_processor_type": "Idefics3ImageProcessor", "do_resize": True, "size": {"longest_edge": image_size},
-        "max_image_size": {"longest_edge": image_size}, "do_image_splitting": False, "do_rescale": True,
+        "image_processor_type": "Idefics3ImageProcessor", "do_resize": True, "size": {"longest_edge": tiles * image_size},
+        "max_image_size": {"longest_edge": image_size}, "do_image_splitting": True, "do_rescale": True,
         "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5, 0.5, 0.5],
         "image_std": [0.5, 0.5, 0.5], "do_pad": True, "resample": 1}, indent=1))
     return path
+
+
+def exact_vision_positions(model):
+    """Give an Idefics3/SmolVLM model's vision tower the patch position ids it was pretrained with.
+
+    transformers >= 4.55 computes them in float32 as bucketize(i / n * (1 - 1e-6)), which puts patch i >= 1
+    into bucket i - 1 (positions 0, 0, 1, ..., n - 2 per axis; transformers#41190, open). The original code
+    and llama.cpp's mtmd use bucket i. Training and the reference comparison use the original, so that the
+    adapter learns on the image features the runtime computes. Returns `model` (patched in place)."""
+    import types
+
+    import torch
+
+    emb = model.model.vision_model.embeddings
+    side = emb.num_patches_per_side
+
+    def forward(self, pixel_values, patch_attention_mask):
+        x = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+        pos = torch.zeros(patch_attention_mask.shape[0], patch_attention_mask[0].numel(), dtype=torch.long,
+                          device=x.device)
+        for b, mask in enumerate(patch_attention_mask):
+            nh, nw = int(mask[:, 0].sum()), int(mask[0].sum())
+            ids = (torch.arange(nh, device=x.device)[:, None] * side // nh) * side \
+                + torch.arange(nw, device=x.device)[None] * side // nw
+            pos[b][mask.view(-1)] = ids.flatten()
+        return x + self.position_embedding(pos)
+
+    emb.forward = types.MethodType(forward, emb)
+    return model
+
+
+def load_vlm(model_dir, dtype=None):
+    """The Idefics3 / SmolVLM model of an HF directory (fp32 unless `dtype`), with exact_vision_positions."""
+    import torch
+    import transformers
+
+    cls = getattr(transformers, check_vlm_dir(model_dir)["architectures"][0])
+    return exact_vision_positions(cls.from_pretrained(model_dir, dtype=dtype or torch.float32))
 
 
 def check_vlm_dir(model_dir) -> dict:
@@ -189,9 +230,7 @@ def merge_into(peft_model, base, dest) -> Path:
 def merge_adapter(adapter_dir, dest, base=None) -> Path:
     """The adapter of `edgesight train products --family vlm` merged into its base (`base`, default the
     one its recipe.json names) -> an HF directory at `dest`."""
-    import torch
     from peft import PeftModel
-    from transformers import Idefics3ForConditionalGeneration
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_model.safetensors").is_file():
@@ -203,8 +242,7 @@ def merge_adapter(adapter_dir, dest, base=None) -> Path:
     if not is_vlm_dir(base):
         raise ExportError(f"{adapter_dir}: the base {base} is not a SmolVLM / Idefics3 HF directory; pass --base")
     check_vlm_dir(base)
-    model = Idefics3ForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
-    return merge_into(PeftModel.from_pretrained(model, adapter_dir), base, dest)
+    return merge_into(PeftModel.from_pretrained(load_vlm(base), adapter_dir), base, dest)
 
 
 # ----------------------------------------------------------------------------- validation (text path)
@@ -223,9 +261,8 @@ def text_probe(model_dir, prompt: str) -> list[int]:
 def torch_greedy(model_dir, ids: list[int], n: int) -> list[int]:
     """The merged model's greedy continuation of `ids` (text only), in transformers fp32."""
     import torch
-    from transformers import Idefics3ForConditionalGeneration
 
-    model = Idefics3ForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = load_vlm(model_dir).eval()
     with torch.no_grad():
         out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                              max_new_tokens=n, min_new_tokens=n, do_sample=False, eos_token_id=None,
