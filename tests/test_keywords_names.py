@@ -125,9 +125,9 @@ def test_cutting_board_is_not_cut():
     assert answer_name("cutting boards") == "Cutting Board" and answer_name("chopping board") == "Chopping Board"
 
 
-def test_data_has_scene_purpose_location_and_question_kinds():
+def test_data_has_scene_purpose_location_and_nothing_kinds():
     """kw-data-5: a scene sentence before the request, purpose and location phrases after the objects
-    (their nouns untagged), objects one per sentence, 'Where are ...' questions, chat with nothing to segment."""
+    (their nouns untagged), objects one per sentence, chat with nothing to segment."""
     data = kwdata.build(2000, 10, seed=0)["train"]
     fams = {r["family"] for r in data}
     assert {"scene", "with", "nothing"} <= fams
