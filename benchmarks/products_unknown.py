@@ -1,9 +1,9 @@
 """What separates an unlisted look-alike from a distorted photo of a listed item? (issue 14 analysis)
 
 For each fine-grained split (edgesight.evaluation.products.finegrained_split) the catalogue is indexed as the SDK
-indexes it (16 views, colour fused, 2 calibration probes per item) and every query and probe is scored per product
-on the fused score, its embedding part and its colour part (each the best over the product's rows), plus the lead of
-the top-1 product over the runner-up. Rules "unknown if any feature is below its cut" are fitted on the probes (the
+indexes it (16 views, colour and texture fused, 2 calibration probes per item) and every query and probe is scored per
+product on the fused score, its embedding, colour and texture parts (each the best over the product's rows), plus the
+lead of the top-1 product over the runner-up. Rules "unknown if any feature is below its cut" are fitted on the probes (the
 catalogue alone, as `calibrate` does: a listed item flagged costs two look-alikes missed, or the best look-alike
 rate with probes' listed-flagged <= a cap) and scored on the split's queries; "oracle" rows fit on the queries
 themselves (a ceiling for the features, never a setting). Per-item thresholds (the item's nearest other item + d)
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-W, E = 0.3, 1280   # the SDK's colour weight and embedding width (the fused row is [sqrt(1-W) emb, sqrt(W) colour])
+FEATURES = ("fused", "lead", "embedding", "colour", "texture")
 
 
 def dump(split: str, out: Path) -> Path:
     from edgesight.catalog import read_catalog_csv
     from edgesight.evaluation.products import finegrained_split
-    from edgesight.tasks.products import IndexBuilder, ProductRecognizer, _open_photo, describe
+    from edgesight.tasks.products import IndexBuilder, ProductRecognizer, _open_photo, _parts, describe
     from edgesight.training.data.products import write_garment_catalog
 
     path = out / f"{split}.npz"
@@ -34,7 +34,7 @@ def dump(split: str, out: Path) -> Path:
     task = ProductRecognizer.from_pretrained(None, threads=1)
     listed, known, unknown, _ = finegrained_split(split)
     products, _ = read_catalog_csv(write_garment_catalog(out / f"cat-{split}", listed))
-    b = IndexBuilder(task.encoder)
+    b = IndexBuilder(task.encoder, texture=True)   # the texture part is opt-in in the SDK; the analysis scores it
     task.embed_files([p.image for p in products], embed=b.add_images)
     index = b.finish(products, task.fingerprint)
     titles = [p.title for p in products]
@@ -42,34 +42,36 @@ def dump(split: str, out: Path) -> Path:
     def q(pairs):
         ims = [_open_photo(im, 224) for im, _ in pairs]
         return np.concatenate([describe(task.encoder, ims[i:i + 32], index.features) for i in range(0, len(ims), 32)])
-    np.savez(path, rows=index.embeddings, items=index.items, probes=np.concatenate(b.probes),
+    parts = np.array([(a, b, w) for _, a, b, w in _parts(index.features, index.dim)])
+    np.savez(path, parts=parts, rows=index.embeddings, items=index.items, probes=np.concatenate(b.probes),
              probe_items=np.array(b.probe_items), known=q(known), known_items=np.array([titles.index(g.title) for _, g in known]),
              unknown=q(unknown))
     return path
 
 
-def per_product(Q, R, items, n):
-    fe, fc = Q[:, :E] @ R[:, :E].T / (1 - W), Q[:, E:] @ R[:, E:].T / W
-    f = (1 - W) * fe + W * fc
-    F, Fe, Fc = (np.stack([x[:, items == p].max(1) for p in range(n)], 1) for x in (f, fe, fc))
-    return F, Fe, Fc
+def per_product(Q, R, items, n, parts):
+    """Per product: the fused score and each part's similarity (embedding, colour, texture), best over its rows."""
+    sims = [Q[:, int(a):int(b)] @ R[:, int(a):int(b)].T / w for a, b, w in parts]
+    sims += [np.full_like(sims[0], np.nan)] * (3 - len(sims))
+    f = Q @ R.T
+    return [np.stack([x[:, items == p].max(1) for p in range(n)], 1) for x in [f] + sims]
 
 
-def top1(F, Fe, Fc, exclude=None):
-    """(fused, lead, embedding, colour) of each row's best product (with `exclude`d products left out)."""
+def top1(F, *parts, exclude=None):
+    """(fused, lead, embedding, colour, texture) of each row's best product (with `exclude`d products left out)."""
     F = F.copy()
     if exclude is not None:
         F[np.arange(len(F)), exclude] = -9
     o = np.argsort(-F, 1)
     a, t1, t2 = np.arange(len(F)), o[:, 0], o[:, 1]
-    return np.stack([F[a, t1], F[a, t1] - F[a, t2], Fe[a, t1], Fc[a, t1]], 1), t1
+    return np.stack([F[a, t1], F[a, t1] - F[a, t2]] + [x[a, t1] for x in parts], 1), t1
 
 
-def own(F, Fe, Fc, it):
+def own(F, *parts, it):
     a = np.arange(len(F))
     F2 = F.copy()
     F2[a, it] = -9
-    return np.stack([F[a, it], F[a, it] - F2.max(1), Fe[a, it], Fc[a, it]], 1)
+    return np.stack([F[a, it], F[a, it] - F2.max(1)] + [x[a, it] for x in parts], 1)
 
 
 def flag(X, th):
@@ -78,9 +80,9 @@ def flag(X, th):
 
 def fit(P, N, use, cap=None, cost=2.0):
     grids = [np.unique(np.concatenate([[-9.], np.quantile(P[:, j], [0, .01, .02, .03, .05, .08, .1, .15, .2, .3])]))
-             if use[j] else [-9.] for j in range(4)]
+             if use[j] and not np.isnan(P[:, j]).any() else [-9.] for j in range(len(FEATURES))]
     best = (-np.inf, None)
-    for th in np.array(np.meshgrid(*grids)).reshape(4, -1).T:
+    for th in np.array(np.meshgrid(*grids)).reshape(len(FEATURES), -1).T:
         fp, tp = flag(P, th).mean(), flag(N, th).mean()
         val = (tp if fp <= cap else -fp) if cap is not None else cost * (1 - fp) + tp
         if val > best[0] + 1e-12:
@@ -88,19 +90,19 @@ def fit(P, N, use, cap=None, cost=2.0):
     return best[1]
 
 
-RULES = {"fused": (1, 0, 0, 0), "fused+margin (the SDK's)": (1, 1, 0, 0), "embedding AND colour": (0, 0, 1, 1),
-         "all four": (1, 1, 1, 1)}
+RULES = {"fused": (1, 0, 0, 0, 0), "fused+margin": (1, 1, 0, 0, 0), "embedding AND colour": (0, 0, 1, 1, 0),
+         "fused+margin+embedding+colour": (1, 1, 1, 1, 0), "all five (+ texture, opt-in)": (1, 1, 1, 1, 1)}
 
 
 def analyse(path: Path) -> dict:
     d = np.load(path)
-    R, items = d["rows"], d["items"]
+    R, items, parts = d["rows"], d["items"], d["parts"]
     n = int(items.max()) + 1
-    probes = per_product(d["probes"], R, items, n)
-    P, (N, _) = own(*probes, d["probe_items"]), top1(*probes, exclude=d["probe_items"])
-    (K, kt), (U, ut) = top1(*per_product(d["known"], R, items, n)), top1(*per_product(d["unknown"], R, items, n))
+    probes = per_product(d["probes"], R, items, n, parts)
+    P, (N, _) = own(*probes, it=d["probe_items"]), top1(*probes, exclude=d["probe_items"])
+    (K, kt), (U, ut) = top1(*per_product(d["known"], R, items, n, parts)), top1(*per_product(d["unknown"], R, items, n, parts))
     out = {"top1": round(float((kt == d["known_items"]).mean()), 4),
-           "median (fused, lead, embedding, colour)": {"probes listed": np.median(P, 0).round(3).tolist(),
+           "median (fused, lead, embedding, colour, texture)": {"probes listed": np.median(P, 0).round(3).tolist(),
                                                        "probes left out": np.median(N, 0).round(3).tolist(),
                                                        "queries listed": np.median(K, 0).round(3).tolist(),
                                                        "queries unlisted": np.median(U, 0).round(3).tolist()},

@@ -234,7 +234,7 @@ def run_eval(bundle=None, *, threads: int | None = None, backend: str | None = N
              benchmarks: str = "finegrained,packaged,real", splits: str = "test,dev",
              products: int = 40, views: int = 3, holdout: int = 8, ocr: str = "both", seed: int = 0,
              threshold: float | None = None, scaling: bool = False, adapt: int | None = None,
-             index_views: int | None = None, colour_weight: float | None = None) -> dict:
+             index_views: int | None = None, colour_weight: float | None = None, texture: bool | None = None) -> dict:
     """One report per benchmark ("finegrained", "packaged", "real"; comma-separated), one row per bundle (None:
     the default; a list compares several). `packaged`: a rendered catalogue of `products` items (+ `holdout`
     look-alikes left out of it) queried with `views` augmented photos each, per OCR setting ("off", "on", "both").
@@ -252,13 +252,14 @@ def run_eval(bundle=None, *, threads: int | None = None, backend: str | None = N
         raise InputError(f"ocr must be one of {', '.join(OCR_SETTINGS)}, got {ocr!r}")
     bundles = list(bundle) if isinstance(bundle, (list, tuple)) else [bundle]
     kw = dict(backend=backend, threads=threads, device=device, threshold=threshold, views=index_views,
-              colour_weight=colour_weight)
+              colour_weight=colour_weight, texture=texture)
 
     def row(model, task):
         return {"model": str(model or "default"), "encoder": task.bundle.get("name"), "precision": task.bundle.precision,
                 "threshold": round(task.threshold, 4), "threshold_source": task.threshold_source,
                 "calibration": task.catalog.calibration, "views": task.catalog.views,
-                "colour_weight": task.catalog.features.get("colour_weight", 0.0)}
+                "colour_weight": task.catalog.features.get("colour_weight", 0.0),
+                "texture_weight": task.catalog.features.get("texture_weight", 0.0)}
 
     report = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -347,6 +348,8 @@ def add_eval_arguments(p) -> None:
     p.add_argument("--threshold", type=float, default=None, help="override the catalogue's calibrated 'unknown' threshold")
     p.add_argument("--index-views", type=int, default=None, help="indexed views per catalogue photo (ablation; default: the SDK's)")
     p.add_argument("--colour-weight", type=float, default=None, help="colour weight in the score (ablation; 0 = embedding only)")
+    p.add_argument("--texture", choices=["on", "off"], default=None,
+                   help="texture (pattern) descriptor for the 'unknown' check (ablation; default: the SDK's, off)")
     p.add_argument("--adapt", type=int, default=None, metavar="STEPS",
                    help="fine-grained: also LoRA-adapt the encoder to each catalogue's photos for STEPS steps and score it")
     p.add_argument("--scaling", action="store_true",
@@ -357,4 +360,5 @@ def from_args(args) -> dict:
     return run_eval(args.model, threads=args.threads, backend=args.backend, device=args.device, benchmarks=args.benchmarks,
                     splits=args.splits, products=args.products, views=args.views, holdout=args.holdout, ocr=args.ocr,
                     seed=args.seed, threshold=args.threshold, scaling=args.scaling, adapt=args.adapt,
-                    index_views=args.index_views, colour_weight=args.colour_weight)
+                    index_views=args.index_views, colour_weight=args.colour_weight,
+                    texture=None if args.texture is None else args.texture == "on")

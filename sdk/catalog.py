@@ -246,7 +246,7 @@ class CatalogIndex:
         if len(embeddings):
             self._flat.add(embeddings)
         self._row_ids = np.arange(len(items), dtype=np.int64)   # stable ids of the rows in the approximate index
-        self._ann, self._views = None, None
+        self._ann, self._views, self._by_item = None, None, None
         self.nprobe, self.threads = 16, None
         self.rerank = 1     # approximate search: candidate rows re-scored exactly = rerank x the rows k products need (2 k views;
                             # more did not change recall@1 at 100k or 1M rows, docs/products.md)
@@ -278,6 +278,15 @@ class CatalogIndex:
         if self._views is None:
             self._views = int(np.bincount(self.items).max()) if len(self.items) else 1
         return self._views
+
+    def item_rows(self, item: int) -> np.ndarray:
+        """Positions of one product's rows: a product -> rows map built once per change of `items` (a mask over every
+        row per lookup cost ~1 ms at 1M rows)."""
+        if self._by_item is None or self._by_item[0] is not self.items or len(self._by_item[2]) != len(self.products) + 1:
+            order = np.argsort(self.items, kind="stable")
+            self._by_item = (self.items, order, np.searchsorted(self.items[order], np.arange(len(self.products) + 1)))
+        _, order, bounds = self._by_item
+        return order[bounds[item]:bounds[item + 1]]
 
     def __contains__(self, title: str) -> bool:
         return title in self._rows

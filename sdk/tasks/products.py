@@ -100,13 +100,14 @@ class ProductRecognizer(Task):
 
     def __init__(self, bundle, backend=None, threads=None, device: str | None = "cpu", catalog=None, ocr: bool = False,
                  threshold: float | None = None, top_k: int = 5, progress: bool | None = None,
-                 views: int | None = None, colour_weight: float | None = None):
+                 views: int | None = None, colour_weight: float | None = None, texture: bool | None = None):
         super().__init__(bundle, backend, threads, device)
         self.encoder = ImageEncoder.from_task(self)
         self._threshold = None if threshold is None else check_number(threshold, "threshold", -1.0, 1.0)
         self.matching = {"views": int(check_number(MATCHING["views"] if views is None else views, "views", 1, 256)),
                          "colour_weight": check_number(MATCHING["colour_weight"] if colour_weight is None else colour_weight,
-                                                       "colour_weight", 0.0, 0.95)}
+                                                       "colour_weight", 0.0, 0.95),
+                         "texture": MATCHING["texture"] if texture is None else bool(texture)}
         self.top_k, self.use_ocr, self.progress = int(top_k), bool(ocr), progress
         self._ocr_engine, self._ocr_lock = None, threading.Lock()
         self.report: IngestReport | None = None
@@ -212,8 +213,7 @@ class ProductRecognizer(Task):
             raise CatalogError(f"bad price for {title!r}: {exc}") from None
         path = str(image) if isinstance(image, (str, Path)) else None
         catalog = self._require_catalog(allow_empty=True)
-        rows = IndexBuilder(self.encoder, catalog.features.get("views", 1), catalog.features.get("colour_weight", 0.0)).rows_of(
-            [load_image(image)])
+        rows = IndexBuilder.like(self.encoder, catalog.features).rows_of([load_image(image)])
         catalog.add(Product(title, category, price, path, extra), rows, replace=replace)
 
     def set_price(self, title: str, price) -> None:
@@ -257,11 +257,12 @@ class ProductRecognizer(Task):
             reason = (f"the two best products are {visual[0] - visual[1]:.3f} apart, less than the catalogue's margin "
                       f"{margin:.3f}: a new product between listed ones")
         cuts = catalog.calibration if self.threshold_source == "catalogue" else {}
-        if reason is None and query is not None and (cuts.get("embedding_min") or cuts.get("colour_min")):
-            emb, colour = agreement(catalog, query[None], [catalog._row(best.title)])[0]
-            if emb < (cuts.get("embedding_min") or -1) or colour < (cuts.get("colour_min") or -1):
-                reason = (f"the best product agrees in shape {emb:.2f} (needs {cuts.get('embedding_min') or 0:.2f}) and colour "
-                          f"{colour:.2f} (needs {cuts.get('colour_min') or 0:.2f}): a new colourway or pattern of a listed item")
+        if reason is None and query is not None and any(cuts.get(f"{n}_min") for n in AGREEMENT):
+            agree = agreement(catalog, query[None], [catalog._row(best.title)])[0]
+            low = [(n, a, cuts[f"{n}_min"]) for n, a in zip(AGREEMENT, agree) if cuts.get(f"{n}_min") and a < cuts[f"{n}_min"]]
+            if low:
+                reason = ("the best product agrees too little in " + ", ".join(f"{WHAT[n]} {a:.2f} (needs {c:.2f})" for n, a, c in low)
+                          + ": a new colourway or pattern of a listed item, or a new item")
         # A look-alike of a listed product scores like one; a readable name that no candidate carries gives it away.
         if reason is None and reading and any(w.isalpha() and len(w) >= 4 for w in _words(" ".join(reading.text))) \
                 and not any(m.text_score for m in matches):
@@ -294,22 +295,45 @@ class ProductRecognizer(Task):
 # catalogue photo is indexed as several views (flips, tilts, crops of the item, light, blur) and every row
 # and query is the embedding fused with a colour histogram in CIELAB: concatenating sqrt(1-w)*embedding and
 # sqrt(w)*colour makes one inner product score (1-w)*cosine + w*colour similarity, so faiss searches it as is.
-MATCHING = {"views": 16, "colour_weight": 0.3}   # tuned on the fine-grained dev split (docs/products.md)
+MATCHING = {"views": 16, "colour_weight": 0.3, "texture": False}   # tuned on the fine-grained dev split (docs/products.md);
+                                                                   # texture: opt-in, it did not earn its cost (same page)
 COLOUR_BINS = (4, 8, 8)        # L x a* x b* bins; a*, b* over -64..64
+TEXTURE = {"side": 128, "scales": 3, "orientations": 6, "floor": 2.0}   # texture_descriptor's settings
+TEXTURE_WEIGHT = 0.02          # the texture part rides in each row (stored, saved and searched with it) at a weight too
+                               # small to move the ranking; it is read back for the "unknown" check (agreement())
 PROBES = 2                     # calibration photos per catalogue item
 CALIBRATION_ITEMS = 512        # items whose probes set the threshold (a sample of a big catalogue)
 LISTED_COST = 2.0              # calibration: flagging a listed item costs as much as missing two new products
 MARGINS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06)   # leads over the runner-up product the calibration considers
 
 
+_LINEAR = np.array([(v / 255 / 12.92) if v / 255 <= 0.04045 else ((v / 255 + 0.055) / 1.055) ** 2.4 for v in range(256)],
+                   np.float32)   # sRGB byte -> linear light
+
+
 def _lab(rgb: np.ndarray):
-    """sRGB uint8-range (..., 3) -> CIELAB L, a*, b* (D65)."""
-    c = rgb / 255.0
-    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    """sRGB uint8-range (..., 3) -> CIELAB L, a*, b* (D65); a uint8 array goes through a lookup table."""
+    if rgb.dtype == np.uint8:
+        c = _LINEAR[rgb]
+    else:
+        c = rgb / 255.0
+        c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
     xyz = c @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
     f = xyz / np.array([0.9505, 1.0, 1.089])
     f = np.where(f > 0.008856, np.cbrt(f), 7.787 * f + 16 / 116)
     return 116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])
+
+
+def _item_weight(arr: np.ndarray):
+    """L*, a*, b* of an RGB array and a per-pixel weight: a light, grey photo border (a studio background) and
+    what looks like it count less."""
+    L, a, b = _lab(arr)
+    weight = np.ones_like(L)
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]).astype(np.float32)
+    bl, ba, bb = (float(v[0]) for v in _lab(np.median(border, 0)[None]))
+    if bl > 80 and abs(ba) < 6 and abs(bb) < 8:
+        weight = np.clip((np.sqrt((L - bl) ** 2 * 0.25 + (a - ba) ** 2 + (b - bb) ** 2) - 4) / 8, 0, 1)
+    return L, a, b, weight
 
 
 def colour_descriptor(image, bins=COLOUR_BINS, side: int = 48) -> np.ndarray:
@@ -317,19 +341,53 @@ def colour_descriptor(image, bins=COLOUR_BINS, side: int = 48) -> np.ndarray:
     two is their Bhattacharyya coefficient. A light, grey photo border (a studio background) counts less."""
     from PIL import Image
 
-    arr = np.asarray(image.resize((side, side), Image.BILINEAR), dtype=np.float32)
-    L, a, b = _lab(arr)
-    weight = np.ones_like(L)
-    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
-    bl, ba, bb = (float(v[0]) for v in _lab(np.median(border, 0)[None]))
-    if bl > 80 and abs(ba) < 6 and abs(bb) < 8:
-        weight = np.clip((np.sqrt((L - bl) ** 2 * 0.25 + (a - ba) ** 2 + (b - bb) ** 2) - 4) / 8, 0, 1)
+    L, a, b, weight = _item_weight(np.asarray(image.convert("RGB").resize((side, side), Image.BILINEAR)))
     nl, na, nb = bins
     li = np.clip((L / 100 * nl).astype(int), 0, nl - 1)
     ai = np.clip(((a + 64) / 128 * na).astype(int), 0, na - 1)
     bi = np.clip(((b + 64) / 128 * nb).astype(int), 0, nb - 1)
     h = np.sqrt(np.bincount(((li * na + ai) * nb + bi).ravel(), weights=weight.ravel(), minlength=nl * na * nb) / max(weight.sum(), 1e-6))
     return (h / max(np.linalg.norm(h), 1e-6)).astype(np.float32)
+
+
+def texture_descriptor(image, side: int = TEXTURE["side"], scales: int = TEXTURE["scales"],
+                       orientations: int = TEXTURE["orientations"], floor: float = TEXTURE["floor"]) -> np.ndarray:
+    """What pattern the item wears, blind to its colour: a unit vector of the mean L* gradient energy per orientation (0-180 deg, `orientations` bins, linearly shared between neighbours) at `scales` octaves
+    of a `side` px thumbnail (128, 64, 32 px), plus a constant `floor` bin. Only item pixels count (the photo's light
+    studio background and the item's outline are left out: the weight of colour_descriptor, eroded by a pixel), so a
+    solid colour is ~all floor, a stripe puts its energy in one orientation, a check in two, dots in all, and the
+    scale bins tell a fine pinstripe or gingham from a wide stripe or check. A HOG-style statistic in numpy (a few ms)."""
+    from PIL import Image
+
+    x, _, _, w = _item_weight(np.asarray(image.convert("RGB").resize((side, side), Image.BILINEAR)))
+    out = []
+    for _ in range(scales):
+        gx, gy = np.zeros_like(x), np.zeros_like(x)
+        gx[:, 1:-1], gy[1:-1] = (x[:, 2:] - x[:, :-2]) / 2, (x[2:] - x[:-2]) / 2
+        inner = np.zeros_like(w)                      # the weight eroded by one pixel (no outline, no image edge)
+        inner[1:-1, 1:-1] = np.minimum.reduce([w[1 + dy:w.shape[0] - 1 + dy, 1 + dx:w.shape[1] - 1 + dx]
+                                               for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+        energy = np.hypot(gx, gy) * inner
+        pos = np.mod(np.arctan2(gy, gx), np.pi) / np.pi * orientations
+        lo = np.floor(pos).astype(int) % orientations
+        frac = pos - np.floor(pos)
+        h = np.bincount(lo.ravel(), (energy * (1 - frac)).ravel(), orientations) + \
+            np.bincount(((lo + 1) % orientations).ravel(), (energy * frac).ravel(), orientations)
+        out.append(h / max(float(inner.sum()), 1e-6))
+        x, w = _half(x), _half(w)
+    v = np.concatenate(out + [[floor]])
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _half(x: np.ndarray) -> np.ndarray:
+    """2 x 2 mean pooling (an octave down)."""
+    h, w = x.shape[0] // 2 * 2, x.shape[1] // 2 * 2
+    x = x[:h, :w]
+    return 0.25 * (x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2])
+
+
+def texture_dims(settings: dict) -> int:
+    return int(settings["scales"]) * int(settings["orientations"]) + 1
 
 
 def _item_box(image) -> tuple[int, int, int, int]:
@@ -394,28 +452,50 @@ def jpeg_roundtrip(image, quality: int):
     return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
 
 
+def _parts(features: dict, dim: int) -> list[tuple[str, int, int, float]]:
+    """(name, start, end, weight) of each part of a row: embedding, colour (if fused), texture (if fused)."""
+    wc, wt = float(features.get("colour_weight") or 0.0), float(features.get("texture_weight") or 0.0)
+    e = int(features.get("embedding") or dim)
+    parts = [("embedding", 0, e, 1.0 - wc - wt)]
+    if wc:
+        parts.append(("colour", e, e + int(np.prod(features.get("colour_bins", COLOUR_BINS))), wc))
+    if wt:
+        parts.append(("texture", parts[-1][2], parts[-1][2] + texture_dims(features["texture"]), wt))
+    return parts
+
+
 def describe(encoder: ImageEncoder, images: list, features: dict) -> np.ndarray:
-    """Rows / queries as a catalogue's `features` say: the unit embedding, fused with the colour descriptor."""
+    """Rows / queries as a catalogue's `features` say: the unit embedding, fused with the colour descriptor and the
+    texture descriptor (each part scaled by the square root of its weight: the inner product of two rows is the
+    weighted sum of the parts' similarities)."""
     emb = encoder.embed(images)
-    w = float(features.get("colour_weight") or 0.0)
-    if not w:
+    wc, wt = float(features.get("colour_weight") or 0.0), float(features.get("texture_weight") or 0.0)
+    if not wc and not wt:
         return emb
-    colour = np.stack([colour_descriptor(im, tuple(features.get("colour_bins", COLOUR_BINS))) for im in images])
-    return np.hstack([np.sqrt(1 - w) * emb, np.sqrt(w) * colour]).astype(np.float32)
+    parts = [np.sqrt(1 - wc - wt) * emb]
+    if wc:
+        parts.append(np.sqrt(wc) * np.stack([colour_descriptor(im, tuple(features.get("colour_bins", COLOUR_BINS))) for im in images]))
+    if wt:
+        parts.append(np.sqrt(wt) * np.stack([texture_descriptor(im, **features["texture"]) for im in images]))
+    return np.hstack(parts).astype(np.float32)
+
+
+AGREEMENT = ("embedding", "colour", "texture")   # the parts agreement() compares, in its columns' order
+WHAT = {"embedding": "shape", "colour": "colour", "texture": "pattern"}
 
 
 def agreement(index: CatalogIndex, queries: np.ndarray, products) -> np.ndarray:
-    """(Q, 2): each query's best embedding cosine and best colour similarity (Bhattacharyya) over the rows of
-    the product given for it; (nan, nan) when the catalogue fuses no colour."""
-    w = float(index.features.get("colour_weight") or 0.0)
-    out = np.full((len(queries), 2), np.nan, np.float32)
-    if not w:
+    """(Q, 3): each query's best embedding cosine, best colour similarity (Bhattacharyya) and best texture similarity
+    over the rows of the product given for it; nan for a part the catalogue does not fuse (all nan with no colour)."""
+    out = np.full((len(queries), len(AGREEMENT)), np.nan, np.float32)
+    parts = _parts(index.features, index.dim)
+    if len(parts) == 1:
         return out
-    e = int(index.features.get("embedding") or index.dim)
-    rows, items = index.embeddings, index.items
+    rows = index.embeddings
     for i, (q, p) in enumerate(zip(queries, products)):
-        r = rows[items == p]
-        out[i] = float((r[:, :e] @ q[:e]).max()) / (1 - w), float((r[:, e:] @ q[e:]).max()) / w
+        r = rows[index.item_rows(int(p))]
+        for name, a, b, w in parts:
+            out[i, AGREEMENT.index(name)] = float((r[:, a:b] @ q[a:b]).max()) / w
     return out
 
 
@@ -432,36 +512,42 @@ def calibrate(index: CatalogIndex, probes: np.ndarray, items: np.ndarray) -> dic
         return {}
     top, sims = index.search(probes, 3, exact=True)
     rows = index.embeddings
-    own_score = np.array([s[list(t).index(i)] if i in t else float((rows[index.items == i] @ p).max())
+    own_score = np.array([s[list(t).index(i)] if i in t else float((rows[index.item_rows(int(i))] @ p).max())
                           for t, s, i, p in zip(top, sims, items, probes)])
     others = np.array([[(t_, s) for t_, s in zip(t, sc) if t_ != i][:2] for t, sc, i in zip(top, sims, items)])
     other_item = others[:, 0, 0].astype(int)
-    # (score, lead, embedding, colour) of the listed and the look-alike cases
+    # (score, lead, embedding, colour, texture agreement) of the listed and the look-alike cases
     pos = np.column_stack([own_score, own_score - others[:, 0, 1], agreement(index, probes, items)])
     neg = np.column_stack([others[:, 0, 1], others[:, 0, 1] - others[:, 1, 1], agreement(index, probes, other_item)])
-    has_colour = not np.isnan(pos[:, 2]).any()
+    used = [not np.isnan(pos[:, 2 + j]).any() for j in range(len(AGREEMENT))]
+    if not any(used[1:]):                               # embedding alone: the fused score already is the embedding
+        used = [False] * len(AGREEMENT)
     quantiles = (0, .01, .02, .03, .05, .08, .1, .15, .2, .3)
     lowest = float(min(pos[:, 0].min(), neg[:, 0].min())) - 1e-3
     grids = [np.concatenate([[lowest], np.quantile(pos[:, 0], quantiles)]), np.array(MARGINS)]
-    grids += [np.concatenate([[-1.0], np.quantile(pos[:, j], quantiles)]) if has_colour else np.array([-1.0]) for j in (2, 3)]
+    grids += [np.concatenate([[-1.0], np.quantile(pos[:, 2 + j], quantiles)]) if u else np.array([-1.0]) for j, u in enumerate(used)]
 
-    def flags(x):   # (threshold, margin, embedding, colour cuts, cases): flagged by any cut
+    def flags(x):   # (threshold, margin, embedding, colour, texture cuts, cases): flagged by any cut
         f = [x[None, :, j] < g[:, None] for j, g in enumerate(grids)]
         f[1] &= grids[1][:, None] > 0                      # margin 0: no lead rule
-        return f[0][:, None, None, None] | f[1][None, :, None, None] | f[2][None, None, :, None] | f[3][None, None, None, :]
+        out = np.zeros([len(g) for g in grids] + [len(x)], bool)
+        for j, fj in enumerate(f):
+            out |= fj.reshape([len(grids[k]) if k == j else 1 for k in range(len(grids))] + [len(x)])
+        return out
     passed, flagged = 1 - flags(np.nan_to_num(pos, nan=1.0)).mean(-1), flags(np.nan_to_num(neg, nan=1.0)).mean(-1)
     value = LISTED_COST * passed + flagged
     # the agreement cuts may add flagged look-alikes, never flagged listed probes beyond the threshold + margin rule's
-    base = np.unravel_index(np.argmax(value[:, :, 0, 0]), value.shape[:2]) + (0, 0)
+    base = np.unravel_index(np.argmax(value[(slice(None),) * 2 + (0,) * len(AGREEMENT)]), value.shape[:2]) + (0,) * len(AGREEMENT)
     value = np.where(passed >= passed[base] - 1e-9, value, -np.inf)
     best = np.unravel_index(np.argmax(value), passed.shape)   # ties: the lowest cuts
-    t, m, e, c = (float(g[i]) for g, i in zip(grids, best))
+    t, m, *cuts = (float(g[i]) for g, i in zip(grids, best))
     return {"threshold": round(t, 4), "margin": round(m, 4),
-            **({"embedding_min": round(e, 4) if e > -1 else None, "colour_min": round(c, 4) if c > -1 else None} if has_colour else {}),
+            **{f"{name}_min": round(c, 4) if c > -1 else None for name, c, u in zip(AGREEMENT, cuts, used) if u},
             "probes": int(len(probes)), "items": int(len(np.unique(items))), "listed_pass_rate": round(float(passed[best]), 4),
             "lookalike_flag_rate": round(float(flagged[best]), 4), "listed_median": round(float(np.median(pos[:, 0])), 4),
             "lookalike_median": round(float(np.median(neg[:, 0])), 4),
-            "method": "probe photos of listed items: own item (score, lead over the runner-up, embedding and colour agreement) "
+            "method": "probe photos of listed items: own item (score, lead over the runner-up, embedding, colour and texture "
+                      "agreement) "
                       "vs the same photo with its item left out; the cuts that separate them best "
                       f"(a listed item flagged costs {LISTED_COST:g} look-alikes missed)"}
 
@@ -469,12 +555,21 @@ def calibrate(index: CatalogIndex, probes: np.ndarray, items: np.ndarray) -> dic
 class IndexBuilder:
     """Catalogue photos -> the rows of a CatalogIndex (views x fused descriptors) + calibration probes."""
 
-    def __init__(self, encoder: ImageEncoder, views: int = MATCHING["views"], colour_weight: float = MATCHING["colour_weight"]):
+    def __init__(self, encoder: ImageEncoder, views: int = MATCHING["views"], colour_weight: float = MATCHING["colour_weight"],
+                 texture: bool = MATCHING["texture"]):
         self.encoder, self.views = encoder, max(1, int(views))
         self.features = {"embedding": encoder.dim, "views": self.views, "colour_weight": float(colour_weight),
-                         **({"colour_bins": list(COLOUR_BINS)} if colour_weight else {})}
+                         **({"colour_bins": list(COLOUR_BINS)} if colour_weight else {}),
+                         **({"texture_weight": TEXTURE_WEIGHT, "texture": dict(TEXTURE)} if texture else {})}
         self.rows, self.probes, self.probe_items, self.count = [], [], [], 0
         self._rng = random.Random(0)
+
+    @classmethod
+    def like(cls, encoder: ImageEncoder, features: dict) -> "IndexBuilder":
+        """A builder making rows the way an existing index's `features` say (a product added to it)."""
+        builder = cls(encoder, features.get("views", 1), features.get("colour_weight", 0.0), False)
+        builder.features = {**builder.features, **features}
+        return builder
 
     def rows_of(self, images: list) -> np.ndarray:
         """(len(images) * views, dim) rows, each image's views together."""
@@ -502,7 +597,7 @@ class IndexBuilder:
 
     @property
     def dim(self) -> int:
-        return self.encoder.dim + (int(np.prod(COLOUR_BINS)) if self.features["colour_weight"] else 0)
+        return _parts(self.features, self.encoder.dim)[-1][2]
 
 
 def _open_photo(image, min_side: int):
@@ -582,6 +677,8 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--views", type=int, default=None, help=f"indexed views per catalogue photo (default {MATCHING['views']})")
     p.add_argument("--colour-weight", type=float, default=None,
                    help=f"weight of colour similarity in the score, 0 = embedding only (default {MATCHING['colour_weight']})")
+    p.add_argument("--texture", choices=["on", "off"], default=None,
+                   help="index a texture (pattern) descriptor for the 'unknown' check (default off: see docs/products.md)")
     p.add_argument("--adapt", type=int, default=None, metavar="STEPS",
                    help="first LoRA-adapt the encoder to the catalogue CSV's photos for STEPS steps (needs edgesight[train] "
                         "and --save-index DIR: writes DIR/encoder and DIR/index)")
@@ -594,6 +691,8 @@ def run_cli(task: ProductRecognizer, args):
         task.matching["views"] = int(check_number(args.views, "--views", 1, 256))
     if args.colour_weight is not None:
         task.matching["colour_weight"] = check_number(args.colour_weight, "--colour-weight", 0.0, 0.95)
+    if getattr(args, "texture", None) is not None:
+        task.matching["texture"] = args.texture == "on"
     out = {}
     if args.adapt is not None:
         task, out["adapted"] = _adapted(task, args)
@@ -631,6 +730,7 @@ def _adapted(task: ProductRecognizer, args) -> tuple[ProductRecognizer, dict]:
     shutil.move(bundle, encoder_dir)
     tuned = ProductRecognizer.from_pretrained(str(encoder_dir), threads=task.threads, device=task.device, ocr=task.use_ocr,
                                               threshold=task._threshold, top_k=task.top_k, progress=task.progress,
-                                              views=task.matching["views"], colour_weight=task.matching["colour_weight"])
+                                              views=task.matching["views"], colour_weight=task.matching["colour_weight"],
+                                              texture=task.matching["texture"])
     return tuned, {"steps": args.adapt, "encoder": str(encoder_dir),
                    "use": f"edgesight products PHOTO --model {encoder_dir} --catalog {Path(args.save_index) / 'index'}"}
