@@ -248,14 +248,13 @@ def merge_adapter(adapter_dir, dest, base=None) -> Path:
 # ----------------------------------------------------------------------------- validation (text path)
 
 def text_probe(model_dir, prompt: str) -> list[int]:
-    """BOS + a text-only user turn rendered by the model's chat template, as token ids."""
+    """A text-only user turn rendered by the model's chat template, as token ids."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     text = tok.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": prompt}]}], tokenize=False,
                                    add_generation_prompt=True)
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    return ([tok.bos_token_id] if tok.bos_token_id is not None and ids[:1] != [tok.bos_token_id] else []) + ids
+    return tok(text, add_special_tokens=True)["input_ids"]   # BOS as llama.cpp: iff the tokenizer adds one
 
 
 def torch_greedy(model_dir, ids: list[int], n: int) -> list[int]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -23,14 +22,49 @@ def vlm_dir(tmp_path_factory):
         raise
 
 
-@pytest.fixture(scope="module")
-def bundles(vlm_dir, tmp_path_factory):
-    from edgesight.export.vlm import convert_vlm, export_vlm_bundle
+def run(*argv) -> int:
+    from edgesight import cli
 
-    root = tmp_path_factory.mktemp("vlmb")
-    conv = convert_vlm(vlm_dir, root / "gguf", ("f16", "q8_0", "q4_k_m"), ("f16", "q8_0"))
-    return {t: export_vlm_bundle(vlm_dir, root / t, text_type=t, mmproj_type="q8_0" if t == "q8_0" else "f16",
-                                 converted=conv).path for t in ("f16", "q8_0", "q4_k_m")}
+    return cli.main([str(a) for a in argv])
+
+
+TRAIN = ("--steps", 8, "--batch-size", 2, "--lr", 5e-3, "--threads", 1, "--save-every", 0, "--no-progress")
+
+
+@pytest.fixture(scope="module")
+def chain(vlm_dir, tmp_path_factory):
+    """The front door on the tiny model, shared by every test here (one training, one conversion):
+    a catalogue of 6 generated product photos -> `edgesight train products --family vlm` (stopped at step 3,
+    then the same command resumes) -> `edgesight export --task products --adapter` (f16, q8_0, q4_k_m)."""
+    pytest.importorskip("peft")
+    from types import SimpleNamespace
+
+    from edgesight.training.data.products import catalog_products, write_catalog
+
+    work = tmp_path_factory.mktemp("vlm-chain")
+    csv = write_catalog(work / "cat", catalog_products(6, seed=0), size=64)
+    argv = ("train", "products", "--family", "vlm", "--catalog", csv, "--base", vlm_dir, "--out", work / "run") + TRAIN
+    assert run(*argv, "--stop-after", 3) == 0
+    stopped = {"checkpoint": (work / "run" / "checkpoint" / "trainer_state.json").is_file(),
+               "adapter": (work / "run" / "adapter").exists(), "merged": (work / "run" / "merged").exists()}
+    assert run(*argv) == 0
+    assert run("export", "--task", "products", "--adapter", work / "run" / "adapter", "--formats",
+               "gguf-f16,gguf-q8_0,gguf-q4_k_m", "--out", work / "bundles", "--threads", 1, "--no-progress") == 0
+    return SimpleNamespace(work=work, csv=csv, argv=argv, stopped=stopped, run=work / "run", merged=work / "run" / "merged",
+                           bundles={t: work / "bundles" / f"gguf-{t}" for t in ("f16", "q8_0", "q4_k_m")})
+
+
+@pytest.fixture(scope="module")
+def bundles(chain):
+    return chain.bundles
+
+
+@pytest.fixture(scope="module")
+def base_bundle(vlm_dir, tmp_path_factory):
+    """The untrained base exported with a q8_0 mmproj (its pair id differs from the trained model's)."""
+    from edgesight.export.vlm import export_vlm_bundle
+
+    return export_vlm_bundle(vlm_dir, tmp_path_factory.mktemp("vlm-base") / "b", text_type="q8_0", mmproj_type="q8_0").path
 
 
 def _image(seed=0, size=64):
@@ -62,16 +96,16 @@ def hf_greedy(model_dir, image, prompt, n):
     return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def test_text_gguf_f16_greedy_matches_transformers_quantized_agreement(vlm_dir, bundles):
-    """The exported language model: greedy tokens of the f16 GGUF == transformers' Idefics3 on the same
-    prompt tokens (text only). With an image the outputs differ today (NOT MET in the issue-15 note: the
+def test_text_gguf_f16_greedy_matches_transformers_quantized_agreement(chain, bundles):
+    """The exported (trained, merged) language model: greedy tokens of the f16 GGUF == transformers' Idefics3
+    on the merged weights, same prompt tokens (text only); the export recorded the same check. With an image the outputs differ today (NOT MET in the issue-15 note: the
     mtmd image path is not token-identical to transformers on these tiny models)."""
     import torch
     from llama_cpp import Llama
     from transformers import AutoTokenizer, Idefics3ForConditionalGeneration
 
-    tok = AutoTokenizer.from_pretrained(vlm_dir)
-    model = Idefics3ForConditionalGeneration.from_pretrained(vlm_dir).eval()
+    tok = AutoTokenizer.from_pretrained(chain.merged)
+    model = Idefics3ForConditionalGeneration.from_pretrained(chain.merged).eval()
     ids = tok(tok.bos_token + "User:What is this product?<end_of_utterance>\nAssistant:", add_special_tokens=False).input_ids
     with torch.no_grad():
         ref = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=12, do_sample=False,
@@ -86,30 +120,29 @@ def test_text_gguf_f16_greedy_matches_transformers_quantized_agreement(vlm_dir, 
                 break
         got[t] = out
     assert got["f16"] == ref
+    assert json.loads((bundles["f16"] / "edgesight.json").read_text())["fidelity"]["exact_match"] is True
     print("agreement with transformers", {t: sum(a == b for a, b in zip(v, ref)) / len(ref) for t, v in got.items()})
 
 
-def test_image_answers_through_mtmd(bundles):
+def test_image_answers_through_mtmd(bundles, base_bundle):
     from edgesight.tasks.vlm import VLMModel
 
     outs = {t: VLMModel.from_pretrained(p, threads=1).generate(_image(1), "What is this product?", max_new_tokens=6)
-            for t, p in bundles.items()}
+            for t, p in {**bundles, "base q8_0 + mmproj q8_0": base_bundle}.items()}
     assert all(g.tokens > 0 and g.text for g in outs.values())
     m = VLMModel.from_pretrained(bundles["f16"], threads=1)
     assert m.generate(_image(1), "What?", max_new_tokens=6).text != m.generate(_image(5), "What?", max_new_tokens=6).text
 
 
-def test_mmproj_of_another_model_is_refused(vlm_dir, bundles, tmp_path):
-    from edgesight.export.vlm import export_vlm_bundle
+def test_mmproj_of_another_model_is_refused(bundles, base_bundle, tmp_path):
+    """The trained model's text GGUF with the base's mmproj (same shapes, other weights, hashes valid)."""
     from edgesight.bundle import BundleWriter, Bundle
     from edgesight.tasks.vlm import VLMModel, VLMPairError
 
-    other = tiny_vlm(tmp_path / "other", seed=1)   # same shapes, other weights
-    ob = export_vlm_bundle(other, tmp_path / "ob", text_type="f16")
     good = Bundle.load(bundles["f16"])
     with BundleWriter(tmp_path / "mixed", task="products", format="gguf", precision="f16", kind="vlm") as w:
         w.add_file(good.file("model"), "model.gguf", role="model")
-        w.add_file(ob.file("mmproj"), "mmproj.gguf", role="mmproj")   # hashes are right, the pair is not
+        w.add_file(Bundle.load(base_bundle).file("mmproj"), "mmproj.gguf", role="mmproj")
         w.manifest["vlm"] = dict(good.get("vlm"))
     with pytest.raises(VLMPairError, match="does not belong"):
         VLMModel.from_pretrained(tmp_path / "mixed")
@@ -190,3 +223,101 @@ def test_captioner_takes_a_vlm_bundle_greedy_caption_and_reproducible_samples(bu
     assert {w for w, _ in a.tags} <= set(caption_words([a.caption, *a.samples]))   # tags come from the captions
     with pytest.raises((ImageError, InputError)):
         cap(b"not an image")
+
+
+# --- training: `edgesight train products --family vlm` -> `edgesight export` -> ProductRecognizer ---------
+
+def test_front_door_train_export_answer(chain, capsys):
+    """The chain through edgesight.cli.main: the loss falls, the stopped run left a checkpoint and no adapter,
+    the rerun resumed, the export made bundles of kind vlm, and the bundle answers in the seed's format."""
+    from edgesight.tasks.products import ProductRecognizer, ProductResult
+    from edgesight.tasks.vlm import SEED_PROMPT, VLMProductRecognizer
+
+    assert chain.stopped == {"checkpoint": True, "adapter": False, "merged": False}
+    rep = json.loads((chain.run / "report.json").read_text())
+    losses = [loss for _, loss in rep["loss_curve"]]
+    assert [s for s, _ in rep["loss_curve"]] == list(range(1, 9)) and rep["resumed_from"] == 3
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:2]), losses
+    assert rep["validation"] == [] and rep["merged"] == str(chain.merged)   # 6 rows: no held-out tenth
+    recipe = json.loads((chain.run / "adapter" / "recipe.json").read_text())
+    assert recipe["family"] == "vlm" and recipe["prompt"] == SEED_PROMPT and "text_model" in recipe["lora_targets"]
+    head, answer = recipe["prompt_example"]
+    assert head.endswith("What is shown in this image?<end_of_utterance>\nAssistant:")
+    assert answer.startswith("Product: {title}, Category: {category}, Full Price: {price}<end_of_utterance>")
+    for t, b in chain.bundles.items():
+        m = json.loads((b / "edgesight.json").read_text())
+        assert m["kind"] == "vlm" and m["precision"] == t and m["provenance"]["adapter"]
+    pr = ProductRecognizer.from_pretrained(chain.bundles["q8_0"], threads=1)
+    assert isinstance(pr, VLMProductRecognizer)
+    photo = chain.csv.parent / "images" / "0000.png"
+    r = pr(photo)
+    assert isinstance(r, ProductResult) and r.path == "vlm" and not r.unknown
+    assert r.raw.lstrip().startswith("Product: ") and r.title and r.category and isinstance(r.price, float)
+    capsys.readouterr()
+    assert run("products", "--model", chain.bundles["q8_0"], "--threads", 1, "--json", photo) == 0
+    (cli_result,) = json.loads(capsys.readouterr().out)["results"]
+    assert cli_result["raw"] == r.raw and cli_result["path"] == "vlm" and cli_result["image"] == str(photo)
+    assert run("products", "--model", chain.bundles["q8_0"], "--threads", 1, "--json", "--prompt",
+               "what is the price in 6.5?", photo) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["prompt"] == "what is the price in 6.5?"
+    assert run("products", "--model", chain.bundles["q8_0"], "--catalog", chain.csv, photo) == 2
+    assert "catalogue options" in capsys.readouterr().err
+
+
+def test_resumed_run_equals_an_uninterrupted_one(chain, tmp_path):
+    from safetensors.numpy import load_file
+
+    argv = [a if a != chain.run else tmp_path / "run" for a in chain.argv]
+    assert run(*argv) == 0
+    once = json.loads((tmp_path / "run" / "report.json").read_text())
+    resumed = json.loads((chain.run / "report.json").read_text())
+    assert once["resumed_from"] == 0
+    np.testing.assert_allclose([x for _, x in once["loss_curve"]], [x for _, x in resumed["loss_curve"]], rtol=1e-4)
+    a = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(chain.run / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_loss_is_on_the_answer_only(chain, vlm_dir):
+    """Labels are -100 on the chat prompt and every image token (2x2 tiles + overview of 4 tokens each for a
+    64-px photo); the labelled tokens decode to the seed's answer string plus the template's end of turn."""
+    from edgesight.tasks.vlm import format_answer
+    from edgesight.training.vlm import encode_rows, load_processor, read_rows
+
+    rows = read_rows(chain.csv)
+    processor, tok = load_processor(vlm_dir)
+    enc = encode_rows(rows, processor, tok, 2048)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    for r, e in zip(rows, enc):
+        ids, labels = np.array(e["input_ids"]), np.array(e["labels"])
+        assert (ids == image_id).sum() == 5 * 4 and (labels[ids == image_id] == -100).all()
+        first = int(np.argmax(labels != -100))
+        assert (labels[first:] == ids[first:]).all() and (labels[:first] == -100).all()
+        assert tok.decode(ids[first:]) == format_answer(r.title, r.category, r.price) + "<end_of_utterance>\n"
+
+
+def test_bad_catalogue_rows_are_typed_errors_with_their_lines(chain, vlm_dir, tmp_path, capsys):
+    import csv as csvmod
+
+    from catalog_kit import broken_catalog
+    from edgesight.errors import CatalogError, TrainingError
+    from edgesight.training.vlm import VLMDataError, read_rows
+
+    path = broken_catalog(tmp_path, chain.csv)
+    with open(path, "a", newline="", encoding="utf-8") as f:   # a category the answer grammar cannot write
+        csvmod.writer(f).writerow(["ZZZ Comma code", "food, other", "1.00", str(chain.csv.parent / "images" / "0000.png"), ""])
+    with pytest.raises(VLMDataError) as err:
+        read_rows(path)
+    lines = {line: problem for line, _, problem in err.value.rows}
+    # rows 2-7 are the good catalogue; 8.. the broken ones (missing photo, bad price, [duplicate title: fine
+    # for training, several photos of one product], empty title, negative price, corrupt photo, comma code)
+    assert sorted(lines) == [8, 9, 11, 12, 13, 14], lines
+    assert "image not found" in lines[8] and "full_price" in lines[9] and "title" in lines[11]
+    assert "full_price" in lines[12] and "readable" in lines[13] and "category3_code" in lines[14]
+    assert isinstance(err.value, TrainingError) and "line 8" in str(err.value)
+    out = tmp_path / "never"
+    assert run("train", "products", "--family", "vlm", "--catalog", path, "--base", vlm_dir, "--out", out, "--steps", 1,
+               "--no-progress") == 2
+    assert "line 9" in capsys.readouterr().err and not out.exists()
+    with pytest.raises(CatalogError):
+        read_rows(tmp_path / "missing.csv")

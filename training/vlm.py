@@ -104,6 +104,9 @@ def read_rows(csv_path) -> list[Row]:
             if not found:
                 bad.append((line, title, f"image not found: {image_path if image else '(empty path)'}"))
                 continue
+            if not _readable(image_path):
+                bad.append((line, title, f"not a readable image: {image_path}; re-save it as JPEG or PNG"))
+                continue
             rows.append(Row(line, title, category, price, str(image_path)))
     except csv.Error as exc:
         raise CatalogError(f"{path}: line {reader.line_num}: unreadable CSV ({exc})") from None
@@ -112,6 +115,17 @@ def read_rows(csv_path) -> list[Row]:
     if not rows:
         raise CatalogError(f"{path}: no rows; add rows with a title, a category3_code, a full_price and a photo")
     return rows
+
+
+def _readable(path: Path) -> bool:
+    """Header check (a format PIL knows, with a size); the pixels are decoded when the row is encoded."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.width > 0 and im.height > 0
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return False
 
 
 def chat_texts(tok, prompt: str, answer: str) -> tuple[str, str]:
@@ -141,7 +155,7 @@ def load_processor(base: Path):
 
 
 def encode_rows(rows: list[Row], processor, tok, max_length: int) -> list[dict]:
-    """input_ids (BOS + prompt with the image tokens expanded + answer), labels (-100 except the answer), image."""
+    """input_ids (prompt with the image tokens expanded + answer), labels (-100 except the answer), image."""
     from edgesight.errors import ImageError
     from edgesight.images import load_image
     from edgesight.tasks.vlm import SEED_PROMPT, format_answer
@@ -154,9 +168,9 @@ def encode_rows(rows: list[Row], processor, tok, max_length: int) -> list[dict]:
             bad.append((r.line, r.title, f"unreadable photo ({exc})"))
             continue
         head, answer = chat_texts(tok, SEED_PROMPT, format_answer(r.title, r.category, r.price))
-        p_ids = processor(text=[head], images=[[image.convert("RGB")]], add_special_tokens=False)["input_ids"][0]
-        if tok.bos_token_id is not None and (not p_ids or p_ids[0] != tok.bos_token_id):
-            p_ids = [tok.bos_token_id] + list(p_ids)   # llama.cpp adds BOS to the rendered prompt
+        # special tokens as llama.cpp adds them to the rendered prompt: BOS iff the tokenizer's add_bos_token
+        # (the GGUF carries the same flag; SmolVLM's and the tiny models' say no)
+        p_ids = processor(text=[head], images=[[image.convert("RGB")]], add_special_tokens=True)["input_ids"][0]
         a_ids = tok(answer, add_special_tokens=False)["input_ids"]
         if len(p_ids) + len(a_ids) > max_length:
             bad.append((r.line, r.title, f"{len(p_ids) + len(a_ids)} tokens with the image; raise --max-length "
@@ -203,15 +217,13 @@ def train_vlm(catalog_csv, base, out, config=None, *, connector: bool = False, v
     import torch
     from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model
-    from transformers import Idefics3ForConditionalGeneration
 
-    from edgesight.export.vlm import check_vlm_dir, merge_into
+    from edgesight.export.vlm import check_vlm_dir, load_vlm, merge_into
     from edgesight.errors import ExportError
     from edgesight.tasks.vlm import ANSWER_FORMAT, SEED_PROMPT
 
-    from .trainer import TrainConfig, _versions, data_fingerprint, loss_items, run_loop
-
     from .products import VLM_DEFAULTS
+    from .trainer import TrainConfig, _versions, data_fingerprint, loss_items, run_loop
 
     config = config or TrainConfig(**VLM_DEFAULTS)
     base, out = Path(base) if base is not None else None, Path(out)
@@ -236,7 +248,7 @@ def train_vlm(catalog_csv, base, out, config=None, *, connector: bool = False, v
     n_val = int(len(examples) * val_fraction) if len(examples) >= 10 else 0
     val = [examples[i] for i in sorted(order[:n_val])][: config.val_limit]
     train = [examples[i] for i in sorted(order[n_val:])]
-    model = Idefics3ForConditionalGeneration.from_pretrained(base, dtype=torch.float32)
+    model = load_vlm(base)   # transformers with the vision positions mtmd computes (export.vlm.exact_vision_positions)
     pattern = lora_targets(model, connector, config.target_modules)
     model = get_peft_model(model, LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                                              target_modules=pattern))

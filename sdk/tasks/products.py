@@ -682,9 +682,18 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--adapt", type=int, default=None, metavar="STEPS",
                    help="first LoRA-adapt the encoder to the catalogue CSV's photos for STEPS steps (needs edgesight[train] "
                         "and --save-index DIR: writes DIR/encoder and DIR/index)")
+    p.add_argument("--prompt", default=None, help="vlm bundles only: ask this (e.g. 'what is the price in 6.5?') instead of "
+                                                 "the seed's question; the answer is then free text, not grammar-constrained")
 
 
 def run_cli(task: ProductRecognizer, args):
+    from .vlm import VLMProductRecognizer
+
+    if isinstance(task, VLMProductRecognizer):   # --model names a vlm bundle (issue 15)
+        return task.run_cli(args)
+    if args.prompt is not None:
+        raise InputError("--prompt is for vlm bundles (edgesight train products --family vlm); a retrieval bundle "
+                         "answers from the catalogue")
     if args.threshold is not None:
         task.threshold = check_number(args.threshold, "--threshold", -1.0, 1.0)
     if args.views is not None:          # how a --catalog CSV is indexed below

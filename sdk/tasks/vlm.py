@@ -35,19 +35,58 @@ def is_vlm_bundle(path) -> bool:
     return path is not None and (Path(path) / "edgesight.json").is_file() and Bundle.load(path, verify=False).kind == "vlm"
 
 
-def _gguf_meta(path: Path, keys: tuple[str, ...]) -> dict:
-    from gguf import GGUFReader
+# GGUF key/value types: (struct format, size) of the fixed-size ones; 8 = string, 9 = array
+_GGUF_FIXED = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4), 6: ("<f", 4),
+               7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8)}
 
-    fields = GGUFReader(str(path)).fields
-    out = {}
-    for k in keys:
-        f = fields.get(k)
-        if f is None:
-            continue
-        try:
-            out[k] = f.contents()
-        except Exception:  # an unreadable value counts as absent
-            pass
+
+def _gguf_meta(path: Path, keys: tuple[str, ...]) -> dict:
+    """The scalar / string values of `keys` from a GGUF header, read directly (gguf.GGUFReader parses every
+    field, the 49k-entry vocabulary too: ~4 s per read for a SmolLM2-sized vocabulary). A header that
+    cannot be read gives {} (check_pair then refuses the bundle)."""
+    import mmap
+    import struct
+
+    want, out = set(keys), {}
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            if m[:4] != b"GGUF":
+                return {}
+            n_kv = struct.unpack_from("<Q", m, 16)[0]
+            pos = 24
+
+            def string(pos):
+                n = struct.unpack_from("<Q", m, pos)[0]
+                return m[pos + 8:pos + 8 + n].decode("utf-8", "replace"), pos + 8 + n
+
+            def skip(vtype, pos):
+                if vtype in _GGUF_FIXED:
+                    return pos + _GGUF_FIXED[vtype][1]
+                if vtype == 8:
+                    return pos + 8 + struct.unpack_from("<Q", m, pos)[0]
+                if vtype == 9:
+                    itype, count = struct.unpack_from("<IQ", m, pos)
+                    pos += 12
+                    if itype in _GGUF_FIXED:
+                        return pos + count * _GGUF_FIXED[itype][1]
+                    for _ in range(count):
+                        pos = skip(itype, pos)
+                    return pos
+                raise ValueError(f"GGUF value type {vtype}")
+
+            for _ in range(n_kv):
+                key, pos = string(pos)
+                vtype = struct.unpack_from("<I", m, pos)[0]
+                pos += 4
+                if key in want and vtype in _GGUF_FIXED:
+                    out[key] = struct.unpack_from(_GGUF_FIXED[vtype][0], m, pos)[0]
+                elif key in want and vtype == 8:
+                    out[key] = string(pos)[0]
+                pos = skip(vtype, pos)
+                if len(out) == len(want):
+                    break
+    except (OSError, ValueError, struct.error):
+        return out
     return out
 
 
@@ -160,6 +199,7 @@ code ::= [A-Za-z0-9_ /&-]{1,40}
 price ::= [0-9]{1,6} ("." [0-9]{1,2})?
 """
 TITLE_MAX, CODE_RE, PRICE_MAX = 120, re.compile(r"[A-Za-z0-9_ /&-]{1,40}"), 999_999.99
+ANSWER_MAX_TOKENS = 192
 
 
 def format_price(price: float) -> str:
@@ -219,14 +259,29 @@ class VLMProductRecognizer:
     def __call__(self, image, prompt: str | None = None, *, temperature: float = 0.0, seed: int | None = None,
                  max_new_tokens: int | None = None) -> VLMProductResult:
         constrained = prompt is None
+        # under the grammar the answer is at most ~180 tokens (a 120-character title, a 40-character code, a
+        # price); a trained model ends it far earlier, but a cut answer would not parse
         gen = self.model.generate(image, prompt or SEED_PROMPT, grammar=PRODUCT_GRAMMAR if constrained else None,
-                                  temperature=temperature, seed=seed, max_new_tokens=max_new_tokens or 64)
+                                  temperature=temperature, seed=seed,
+                                  max_new_tokens=max_new_tokens or (ANSWER_MAX_TOKENS if constrained else 64))
         parsed = parse_answer(gen.text)
         if parsed is None:
             return VLMProductResult(None, None, None, 0.0, True, [], raw=gen.text, prompt=prompt or SEED_PROMPT,
                                     unknown_reason="the answer does not follow 'Product: ..., Category: ..., Full Price: ...'")
         return VLMProductResult(parsed["title"], parsed["category"], parsed["price"], 0.0, False, [], raw=gen.text,
                                 prompt=prompt or SEED_PROMPT)
+
+    RETRIEVAL_OPTIONS = ("catalog", "save_index", "ocr", "threshold", "views", "colour_weight", "adapt")
+
+    def run_cli(self, args) -> dict:
+        """`edgesight products --model VLM_BUNDLE photo.jpg [--prompt TEXT]`: one result per photo."""
+        given = [f"--{n.replace('_', '-')}" for n in self.RETRIEVAL_OPTIONS if getattr(args, n, None) not in (None, False)]
+        if given:
+            raise InputError(f"{', '.join(given)}: catalogue options; a vlm bundle answers from the photo alone "
+                             "(ProductCascade combines the two in Python)")
+        if not getattr(args, "images", None):
+            raise InputError("give photo paths: edgesight products --model VLM_BUNDLE photo.jpg")
+        return {"results": [dict(image=str(i), **self(i, getattr(args, "prompt", None)).to_dict()) for i in args.images]}
 
 
 class VLMCaptioner:
