@@ -691,7 +691,7 @@ def run_cli(task: ProductRecognizer, args):
 
     if isinstance(task, VLMProductRecognizer):   # --model names a vlm bundle (issue 15)
         return task.run_cli(args)
-    if args.prompt is not None:
+    if getattr(args, "prompt", None) is not None:   # the Python API builds args without it
         raise InputError("--prompt is for vlm bundles (edgesight train products --family vlm); a retrieval bundle "
                          "answers from the catalogue")
     if args.threshold is not None:
