@@ -83,3 +83,12 @@ def tiny_vlm_or_skip(out_dir, **kw) -> Path:
         if "MissingWeights" in type(exc).__name__:
             pytest.skip(str(exc))
         raise
+
+
+def random_photo(seed: int = 0, size=64):
+    """A noise RGB photo, `size` px square or (width, height)."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = (size, size) if isinstance(size, int) else size
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))

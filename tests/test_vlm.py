@@ -9,17 +9,12 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytest.importorskip("transformers")
 
-from kit_vlm import tiny_vlm  # noqa: E402
+from kit_vlm import random_photo as _image, tiny_vlm_or_skip  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def vlm_dir(tmp_path_factory):
-    try:
-        return tiny_vlm(tmp_path_factory.mktemp("vlm") / "hf")
-    except Exception as exc:   # no SmolLM2 GGUF installed
-        if "MissingWeights" in type(exc).__name__:
-            pytest.skip(str(exc))
-        raise
+    return tiny_vlm_or_skip(tmp_path_factory.mktemp("vlm") / "hf")
 
 
 def run(*argv) -> int:
@@ -65,12 +60,6 @@ def base_bundle(vlm_dir, tmp_path_factory):
     from edgesight.export.vlm import export_vlm_bundle
 
     return export_vlm_bundle(vlm_dir, tmp_path_factory.mktemp("vlm-base") / "b", text_type="q8_0", mmproj_type="q8_0").path
-
-
-def _image(seed=0, size=64):
-    from PIL import Image
-
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8))
 
 
 def test_text_gguf_f16_greedy_matches_transformers_quantized_agreement(chain, bundles):

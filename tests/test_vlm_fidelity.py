@@ -2,13 +2,12 @@
 Idefics3 model: same image, same prompt, greedy tokens identical for f16; what made them differ before."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 pytest.importorskip("llama_cpp")
 pytest.importorskip("transformers")
 
-from kit_vlm import tiny_vlm_or_skip  # noqa: E402
+from kit_vlm import random_photo as _image, tiny_vlm_or_skip  # noqa: E402
 
 PROMPTS = ("What is shown in this image?", "Describe the picture.")
 # a square photo, a wide one, a tall one: 2x2, 2x1 and 1x2 tiles after the longest edge is resized
@@ -30,21 +29,15 @@ def bundles(model_dir, tmp_path_factory):
             for t in ("f16", "q8_0")}
 
 
-def _image(seed, size):
-    from PIL import Image
-
-    w, h = size
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
-
-
 def reference(model, processor, tok, image, prompt, n=12):
-    """transformers' greedy answer: the chat template's prompt with the image, through the Idefics3
-    processor (no BOS: the template has none and the GGUF does not add one, as llama.cpp runs it)."""
+    """transformers' greedy answer to the prompt as training renders it (chat template, image tokens by the
+    Idefics3 processor, special tokens as the tokenizer adds them: no BOS here, as llama.cpp runs it)."""
     import torch
 
-    user = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    head = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-    enc = processor(text=[head], images=[[image]], add_special_tokens=False, return_tensors="pt")
+    from edgesight.training.vlm import chat_texts
+
+    head, _ = chat_texts(tok, prompt, "")
+    enc = processor(text=[head], images=[[image]], add_special_tokens=True, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**enc, max_new_tokens=n, do_sample=False, eos_token_id=tok.eos_token_id,
                              pad_token_id=tok.pad_token_id)

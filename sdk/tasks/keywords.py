@@ -109,7 +109,7 @@ red blue green yellow white black brown grey gray pink purple orange silver gold
 big small large little tiny huge giant long short tall wide narrow thin thick round square flat heavy
 old new young dirty clean broken empty full wet dry open closed shiny dusty rusty nice pretty ugly cute
 favourite favorite main left right front back top bottom upper lower middle inner outer far near bigger smaller
-larger older newer wooden golden woollen woolen frozen rotten hidden fallen stolen wood metal plastic paper glass steel iron leather stone rubber cardboard""".split())
+larger older newer wooden woollen woolen frozen rotten hidden fallen stolen wood metal plastic paper glass steel iron leather stone rubber cardboard""".split())
 ADJECTIVE_END = re.compile(r"[a-z]+(ful|ous|ive|less|able|ible|ish|ed|est|ic|ary)$")
 
 

@@ -469,15 +469,13 @@ def describe(encoder: ImageEncoder, images: list, features: dict) -> np.ndarray:
     texture descriptor (each part scaled by the square root of its weight: the inner product of two rows is the
     weighted sum of the parts' similarities)."""
     emb = encoder.embed(images)
-    wc, wt = float(features.get("colour_weight") or 0.0), float(features.get("texture_weight") or 0.0)
-    if not wc and not wt:
+    parts = _parts(features, encoder.dim)
+    if len(parts) == 1:
         return emb
-    parts = [np.sqrt(1 - wc - wt) * emb]
-    if wc:
-        parts.append(np.sqrt(wc) * np.stack([colour_descriptor(im, tuple(features.get("colour_bins", COLOUR_BINS))) for im in images]))
-    if wt:
-        parts.append(np.sqrt(wt) * np.stack([texture_descriptor(im, **features["texture"]) for im in images]))
-    return np.hstack(parts).astype(np.float32)
+    made = {"embedding": lambda: emb,
+            "colour": lambda: np.stack([colour_descriptor(im, tuple(features.get("colour_bins", COLOUR_BINS))) for im in images]),
+            "texture": lambda: np.stack([texture_descriptor(im, **features["texture"]) for im in images])}
+    return np.hstack([np.sqrt(w) * made[name]() for name, _, _, w in parts]).astype(np.float32)
 
 
 AGREEMENT = ("embedding", "colour", "texture")   # the parts agreement() compares, in its columns' order

@@ -86,7 +86,7 @@ def _gguf_meta(path: Path, keys: tuple[str, ...]) -> dict:
                 if len(out) == len(want):
                     break
     except (OSError, ValueError, struct.error):
-        return out
+        return {}
     return out
 
 
@@ -271,7 +271,7 @@ class VLMProductRecognizer:
         return VLMProductResult(parsed["title"], parsed["category"], parsed["price"], 0.0, False, [], raw=gen.text,
                                 prompt=prompt or SEED_PROMPT)
 
-    RETRIEVAL_OPTIONS = ("catalog", "save_index", "ocr", "threshold", "views", "colour_weight", "adapt")
+    RETRIEVAL_OPTIONS = ("catalog", "save_index", "ocr", "threshold", "views", "colour_weight", "texture", "adapt")
 
     def run_cli(self, args) -> dict:
         """`edgesight products --model VLM_BUNDLE photo.jpg [--prompt TEXT]`: one result per photo."""
