@@ -77,13 +77,29 @@ def exact_vision_positions(model):
     return model
 
 
-def load_vlm(model_dir, dtype=None):
-    """The Idefics3 / SmolVLM model of an HF directory (fp32 unless `dtype`), with exact_vision_positions."""
+def load_vlm(model_dir, dtype=None, **kw):
+    """The Idefics3 / SmolVLM model of an HF directory (fp32 unless `dtype`), with exact_vision_positions;
+    `kw` goes to from_pretrained (e.g. attn_implementation="eager" for the ONNX export)."""
     import torch
     import transformers
 
     cls = getattr(transformers, check_vlm_dir(model_dir)["architectures"][0])
-    return exact_vision_positions(cls.from_pretrained(model_dir, dtype=dtype or torch.float32))
+    return exact_vision_positions(cls.from_pretrained(model_dir, dtype=dtype or torch.float32, **kw))
+
+
+def load_processor(base):
+    """The Idefics3 processor of `base`: its image processor and tokenizer, image tokens per image from the config."""
+    from transformers import AutoTokenizer, Idefics3ImageProcessor, Idefics3Processor
+
+    base = Path(base)
+    cfg = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    vc = cfg.get("vision_config", {})
+    seq = (int(vc.get("image_size", 512)) // int(vc.get("patch_size", 16))) ** 2 // int(cfg.get("scale_factor", 2)) ** 2
+    tok = AutoTokenizer.from_pretrained(base)
+    if not getattr(tok, "chat_template", None):
+        raise ExportError(f"{base}: the tokenizer has no chat template; the runtime renders prompts with it")
+    return Idefics3Processor(image_processor=Idefics3ImageProcessor.from_pretrained(base), tokenizer=tok,
+                             image_seq_len=seq), tok
 
 
 def check_vlm_dir(model_dir) -> dict:

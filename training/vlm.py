@@ -141,17 +141,14 @@ def chat_texts(tok, prompt: str, answer: str) -> tuple[str, str]:
 
 
 def load_processor(base: Path):
-    """The Idefics3 processor of `base`: its image processor and tokenizer, image tokens per image from the config."""
-    from transformers import AutoTokenizer, Idefics3ImageProcessor, Idefics3Processor
+    """The Idefics3 processor of `base` (export.vlm.load_processor: the export's reference uses the same)."""
+    from edgesight.errors import ExportError
+    from edgesight.export.vlm import load_processor as load
 
-    cfg = json.loads((base / "config.json").read_text(encoding="utf-8"))
-    vc = cfg.get("vision_config", {})
-    seq = (int(vc.get("image_size", 512)) // int(vc.get("patch_size", 16))) ** 2 // int(cfg.get("scale_factor", 2)) ** 2
-    tok = AutoTokenizer.from_pretrained(base)
-    if not getattr(tok, "chat_template", None):
-        raise TrainingError(f"{base}: the tokenizer has no chat template; the runtime renders prompts with it")
-    return Idefics3Processor(image_processor=Idefics3ImageProcessor.from_pretrained(base), tokenizer=tok,
-                             image_seq_len=seq), tok
+    try:
+        return load(base)
+    except ExportError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def encode_rows(rows: list[Row], processor, tok, max_length: int) -> list[dict]:

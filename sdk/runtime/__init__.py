@@ -4,11 +4,13 @@
     session.run({"pixel_values": x})                                       # -> [outputs...]
     lm = open_text_model(bundle, threads=2, device="auto")                 # a text generator
     lm.generate(["<prompt>"], GenerationConfig())                          # -> [["continuation"]]
+    vlm = open_vlm(bundle, threads=2)                                      # a VLM bundle (kind "vlm", issue 15)
+    vlm.generate(image, "What is shown in this image?")                   # -> Generation(text, tokens, ...)
 
 `RUNTIMES` says which bundle formats each runtime reads, which protocols it serves, which devices it
 can use and what to install for them. A runtime is one module here (onnxruntime.py, llamacpp.py,
 torch.py) with `devices()`, and `open_session(path, threads, device, arena)` and/or
-`load_text_model(bundle, threads, device, **kw)`. Tasks never import a runtime module: they ask this
+`load_text_model(bundle, threads, device, **kw)` and/or `load_vlm(bundle, threads, device, **kw)`. Tasks never import a runtime module: they ask this
 layer, so a new runtime (OpenVINO reading the same .onnx files, say) is one file plus one row.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 from ..errors import BackendError, DeviceError, InputError
 from ..generation import GenerationConfig
@@ -35,15 +37,16 @@ class RuntimeSpec:
     sessions: bool            # serves open_session (tensor graphs: encoders, taggers, BLIP, CLIP)
     text: bool                # serves open_text_model
     cuda_hint: str            # what makes device="cuda" work
+    vlm: bool = False         # serves open_vlm (image + prompt -> text: bundles of kind "vlm")
 
     def load(self):
         return importlib.import_module(f"{__name__}.{self.module}")
 
 
 RUNTIMES: dict[str, RuntimeSpec] = {r.name: r for r in [
-    RuntimeSpec("onnx", "onnxruntime", ("onnx",), None, None, sessions=True, text=True,
+    RuntimeSpec("onnx", "onnxruntime", ("onnx",), None, None, sessions=True, text=True, vlm=True,
                 cuda_hint="pip uninstall -y onnxruntime && pip install 'edgesight[gpu]' (onnxruntime-gpu, CUDA 12)"),
-    RuntimeSpec("gguf", "llamacpp", ("gguf",), "gguf", "llama_cpp", sessions=False, text=True,
+    RuntimeSpec("gguf", "llamacpp", ("gguf",), "gguf", "llama_cpp", sessions=False, text=True, vlm=True,
                 cuda_hint="CMAKE_ARGS='-DGGML_CUDA=on' pip install --force-reinstall --no-binary :all: llama-cpp-python==0.3.36"),
     RuntimeSpec("torch", "torch", ("torch",), "export", "torch", sessions=False, text=True,
                 cuda_hint="a CUDA build of torch==2.13.0 (pip install torch --index-url <the PyTorch CUDA index>)"),
@@ -76,6 +79,26 @@ class TextModel(Protocol):
 
     @property
     def context_length(self) -> int: ...
+
+
+@dataclass
+class Generation:
+    """One answer of a VisionTextModel: the text, how many tokens it took, why it stopped ("stop" | "length")."""
+    text: str
+    tokens: int
+    finish_reason: str = ""
+
+
+@runtime_checkable
+class VisionTextModel(Protocol):
+    """A loaded VLM bundle (kind "vlm"): an image and a prompt in, generated text out."""
+
+    backend: str
+    supports_grammar: bool       # `grammar` (GBNF) is honoured; otherwise passing one raises BackendError
+
+    def generate(self, image: Any, prompt: str, *, max_new_tokens: int | None = None, temperature: float = 0.0,
+                 top_p: float = 1.0, top_k: int = 0, seed: int | None = None, grammar: str | None = None) -> Generation:
+        ...
 
 
 class BaseTextModel:
@@ -192,3 +215,13 @@ def open_text_model(bundle, backend: str | None = None, threads: int | None = No
         raise BackendError(f"{bundle.path}: the {spec.name} runtime runs tensor graphs only, not text models")
     device, _ = resolve_device(spec, device)
     return _module(spec).load_text_model(bundle, threads=default_threads(threads), device=device, **kwargs)
+
+
+def open_vlm(bundle, backend: str | None = None, threads: int | None = None, device: str = "cpu",
+             **kwargs) -> VisionTextModel:
+    """The vision-language model of a bundle of kind "vlm" (GGUF text + mmproj, or ONNX graphs) on its runtime."""
+    spec = runtime_for(bundle, backend)
+    if not spec.vlm:
+        raise BackendError(f"{bundle.path}: the {spec.name} runtime does not run vision-language models")
+    device, _ = resolve_device(spec, device)
+    return _module(spec).load_vlm(bundle, threads=default_threads(threads), device=device, **kwargs)

@@ -126,7 +126,7 @@ class OnnxCausalLM(_TextModel):
         self._cache = None
 
     # -- Decoder protocol --
-    def prefill(self, prompts: list[list[int]]):
+    def prefill(self, prompts: list[list[int]], image_features=None):
         n = len(prompts)
         cache = self._cache if self.prefix_cache else None   # one snapshot: other threads may replace it
         c = self.reused_tokens = _common_prefix(cache[0], prompts) if cache else 0
@@ -142,7 +142,7 @@ class OnnxCausalLM(_TextModel):
         else:
             past = [np.zeros((n, self.heads, 0, self.head_dim), self.dtype) for _ in self.past_names]
         mask = np.concatenate([np.ones((n, c), np.int64), new_mask], axis=1)
-        logits, state = self._forward(ids, mask, past)
+        logits, state = self._forward(ids, mask, past, image_features)
         if self.prefix_cache:                          # keep row 0's KV without its padding columns
             keep = np.r_[0:c, c + width - len(rests[0]):c + width]
             self._cache = (prompts[0], [kv[:1, :, keep] for kv in state["past"]])
@@ -156,10 +156,14 @@ class OnnxCausalLM(_TextModel):
         return {"mask": state["mask"][rows], "past": [kv[rows] for kv in state["past"]]}
 
     # -- internals --
-    def _forward(self, ids, mask, past):
+    def _inputs(self, ids, image_features=None) -> dict:
+        """The graph's token input (a VLM's decoder takes embeddings instead: runtime/onnx_vlm.py)."""
+        return {"input_ids": ids}
+
+    def _forward(self, ids, mask, past, image_features=None):
         pos = np.cumsum(mask, axis=1) - 1
         pos[mask == 0] = 1                             # as transformers: pad positions are masked anyway
-        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": pos[:, -ids.shape[1]:],
+        feeds = {**self._inputs(ids, image_features), "attention_mask": mask, "position_ids": pos[:, -ids.shape[1]:],
                  **dict(zip(self.past_names, past))}
         out = self.session.run(feeds)
         logits = np.asarray(out[0][:, -1, :], dtype=np.float32)

@@ -2,6 +2,7 @@
 
     open_session(path, threads=2, device="cpu") -> OrtSession   (the Session protocol)
     load_text_model(bundle, threads=2, device="cpu") -> OnnxCausalLM | OnnxSeq2SeqLM (runtime/onnx_lm.py)
+    load_vlm(bundle, threads=2, device="cpu") -> OnnxVLM (runtime/onnx_vlm.py: vision + embed + decoder graphs)
 """
 from __future__ import annotations
 
@@ -71,3 +72,9 @@ def load_text_model(bundle, *, threads: int, device: str = "cpu", arena: bool = 
 
     return load(bundle, partial(open_session, threads=threads, device=device, arena=arena), prefix_cache=prefix_cache,
                 backend="onnx")
+
+
+def load_vlm(bundle, *, threads: int, device: str = "cpu", arena: bool = True, **_):
+    from .onnx_vlm import OnnxVLM
+
+    return OnnxVLM(bundle, partial(open_session, threads=threads, device=device, arena=arena), backend="onnx")
