@@ -117,7 +117,7 @@ def one_gguf(bundle: Path, threads: int, tokens: int, repeats: int) -> dict:
     vlm = VLMModel.from_pretrained(bundle, threads=threads)
     image = _image()
     first_token_s, _ = _median(lambda: vlm.generate(image, PROMPT, max_new_tokens=1), repeats)   # creates the mtmd context
-    ctx = vlm.handler.mtmd_ctx
+    ctx = vlm.engine.handler.mtmd_ctx
     rgb = image.convert("RGB")
     buf = (ctypes.c_uint8 * (rgb.width * rgb.height * 3)).from_buffer(bytearray(rgb.tobytes()))
     bitmap = M.mtmd_bitmap_init(rgb.width, rgb.height, buf)

@@ -61,8 +61,8 @@ LM_KINDS = ("causal-lm", "seq2seq")
 ALL_KINDS = LM_KINDS + ("token-classifier", "image-encoder")
 FORMATS = {
     "torch":       dict(bundle="torch", precision="fp32", exact=True, tie_tol=0.0, logits=True, kinds=LM_KINDS),
-    "onnx":        dict(bundle="onnx", precision="fp32", exact=True, tie_tol=0.01, logits=True, kinds=ALL_KINDS),
-    "onnx-int8":   dict(bundle="onnx", precision="int8", exact=False, logits=False, kinds=ALL_KINDS),
+    "onnx":        dict(bundle="onnx", precision="fp32", exact=True, tie_tol=0.01, logits=True, kinds=ALL_KINDS + ("vlm",)),
+    "onnx-int8":   dict(bundle="onnx", precision="int8", exact=False, logits=False, kinds=ALL_KINDS + ("vlm",)),
     "onnx-int4":   dict(bundle="onnx", precision="int4", exact=False, logits=False, kinds=("causal-lm",)),
     "gguf-f32":    dict(bundle="gguf", precision="f32", exact=True, tie_tol=0.01, logits=True, kinds=("causal-lm",)),
     "gguf-f16":    dict(bundle="gguf", precision="f16", exact=True, tie_tol=0.1, logits=True, kinds=("causal-lm", "vlm")),
@@ -396,9 +396,10 @@ def _export_encoder(base, adapter, task: str, out: Path, formats, spec: dict, th
 
 def _export_vlm(base, adapter, task: str, out: Path, formats, spec: dict, threads, progress) -> ExportReport:
     """SmolVLM / Idefics3 (issue 15): the adapter of `edgesight train products --family vlm` merged into its
-    base (or a merged / base HF directory as is), converted once (text GGUF per format + mmproj), each
-    text GGUF checked against the merged torch model (greedy tokens on a text-only probe; f16 must match),
-    one bundle of kind "vlm" per format."""
+    base (or a merged / base HF directory as is), then one bundle of kind "vlm" per format. GGUF: converted
+    once (text GGUF per format + mmproj), each text GGUF checked against the merged torch model (greedy tokens
+    on a text-only probe; f16 must match). ONNX (edgesight.export.vlm_onnx): vision + embedding + decoder
+    graphs, each bundle run by the SDK on probe photos against the merged torch model (fp32 must match)."""
     from edgesight.bundle import sha256_file
     from edgesight.progress import bar
     from edgesight.tasks.vlm import SEED_PROMPT
@@ -429,11 +430,18 @@ def _export_vlm(base, adapter, task: str, out: Path, formats, spec: dict, thread
         report = ExportReport(str(out), task, "vlm", str(base), str(adapter) if adapter else None, merge_seconds,
                               {"probe_ids": probe, "new_tokens": n, "outputs": [ref]})
         steps.update()
-        types = [FORMATS[f]["precision"] for f in formats]
-        conv = convert_vlm(merged, work / "gguf", types, (mmproj,), threads)
+        gguf = [f for f in formats if FORMATS[f]["bundle"] == "gguf"]
+        types = [FORMATS[f]["precision"] for f in gguf]
+        conv = convert_vlm(merged, work / "gguf", types, (mmproj,), threads) if gguf else None
         provenance = {"base": str(base), "adapter": str(adapter) if adapter else None,
                       "adapter_sha256": sha256_file(Path(adapter) / "adapter_model.safetensors") if adapter else None}
-        for fmt, qtype in zip(formats, types):
+        onnx = _vlm_onnx(merged, out, [f for f in formats if FORMATS[f]["bundle"] == "onnx"], task, threads, provenance)
+        for fmt in formats:
+            if fmt in onnx:
+                steps.set_postfix_str(fmt)
+                report.formats.append(_bundle_result(fmt, onnx[fmt]))
+                steps.update()
+        for fmt, qtype in zip(gguf, types):
             steps.set_postfix_str(fmt)
 
             def make(fmt=fmt, qtype=qtype):
@@ -450,6 +458,29 @@ def _export_vlm(base, adapter, task: str, out: Path, formats, spec: dict, thread
         steps.close()
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def _vlm_onnx(merged, out: Path, formats, task: str, threads, provenance) -> dict:
+    """{format: make} for the ONNX formats of a VLM export (one graph export shared by fp32 and int8)."""
+    from .vlm_onnx import export_vlm_onnx_bundles
+
+    if not formats:
+        return {}
+    try:
+        made, failed = export_vlm_onnx_bundles(merged, {FORMATS[f]["precision"]: out / f for f in formats}, task=task,
+                                               threads=threads, provenance=provenance), {}
+    except ExportError as exc:
+        if not hasattr(exc, "failed"):
+            raise
+        made, failed = exc.made, exc.failed
+
+    def make(fmt):
+        precision = FORMATS[fmt]["precision"]
+        if precision in failed:
+            raise ExportError(failed[precision])
+        return made[precision].path
+
+    return {f: (lambda f=f: make(f)) for f in formats}
 
 
 def _check_formats(formats, base_dir: Path, adapter) -> None:

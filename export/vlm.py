@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from edgesight.errors import ExportError
-from edgesight.tasks.vlm import PAIR_PREFIX
+from edgesight.runtime.mtmd import PAIR_PREFIX
 
 from .gguf import _run, quantize, staging_file
 

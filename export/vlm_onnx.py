@@ -212,8 +212,9 @@ def export_vlm_onnx_bundles(model_dir, out: dict, *, task: str = "products", ima
                             provenance: dict | None = None, exact: tuple = ("fp32",)) -> dict:
     """Bundles of kind "vlm", format "onnx": `out` maps a precision ("fp32" | "int8") to its bundle directory.
     Each bundle is loaded by the SDK (edgesight.runtime.open_vlm) and its greedy answers on `images` (default:
-    the export's sample photos) compared with the merged torch model; a precision in `exact` that differs raises
-    ExportError (no bundle). Returns {precision: Bundle}."""
+    the export's sample photos) compared with the merged torch model; a precision in `exact` that differs gets no
+    bundle: ExportError after the other precisions are made (`.made`: those, `.failed`: {precision: message}).
+    Returns {precision: Bundle}."""
     from edgesight.bundle import Bundle, BundleWriter
     from edgesight.runtime import open_vlm
     from edgesight.tasks.vlm import SEED_PROMPT
@@ -236,7 +237,7 @@ def export_vlm_onnx_bundles(model_dir, out: dict, *, task: str = "products", ima
     processor, tok = load_processor(model_dir)
     ref = [torch_image_greedy(model, processor, tok, im, prompt, probe_tokens) for im in images]
     del model
-    made = {}
+    made, failed = {}, {}
     with tempfile.TemporaryDirectory(prefix="edgesight-vlm-onnx-") as tmp:
         start = time.perf_counter()
         graphs = {"fp32": export_graphs(model_dir, Path(tmp) / "fp32")}
@@ -246,17 +247,27 @@ def export_vlm_onnx_bundles(model_dir, out: dict, *, task: str = "products", ima
             graphs["int8"] = quantize_graphs(graphs["fp32"], Path(tmp) / "int8")
             seconds["int8"] = round(time.perf_counter() - start, 2)
         for precision, dest in out.items():
-            with BundleWriter(dest, task=task, format="onnx", precision=precision, kind="vlm",
-                              **json.loads(json.dumps(fields))) as w:
+            w = BundleWriter(dest, task=task, format="onnx", precision=precision, kind="vlm", **json.loads(json.dumps(fields)))
+            try:
                 for role, path in graphs[precision].items():
                     w.add_file(path, Path(path).name, role=role)
                 w.add_file(model_dir / "tokenizer.json", "tokenizer.json", role="tokenizer")
                 vlm = open_vlm(Bundle(w.dir, w.manifest), threads=threads)
                 got = [vlm.generate_ids(im, prompt, max_new_tokens=probe_tokens) for im in images]
-                fid = image_fidelity(ref, got) | {"export_seconds": seconds[precision]}
-                if precision in exact and not fid["exact_match"]:
-                    raise ExportError(f"onnx {precision} VLM: greedy answers differ from the merged torch model on "
-                                      f"{len(images)} probe photos (agreed prefix {fid['mean_agreed_prefix']}/{probe_tokens})")
-                w.manifest["fidelity"] = fid
-            made[precision] = Bundle.load(dest)
+                del vlm
+            except BaseException:
+                w.abort()
+                raise
+            fid = image_fidelity(ref, got) | {"export_seconds": seconds[precision]}
+            if precision in exact and not fid["exact_match"]:
+                w.abort()
+                failed[precision] = (f"greedy answers differ from the merged torch model on {len(images)} probe photos "
+                                     f"(agreed prefix {fid['mean_agreed_prefix']}/{probe_tokens})")
+                continue
+            w.manifest["fidelity"] = fid
+            made[precision] = w.commit()
+    if failed:
+        err = ExportError("; ".join(f"onnx {p} VLM: {m}" for p, m in failed.items()))
+        err.made, err.failed = made, failed
+        raise err
     return made

@@ -21,6 +21,10 @@ class BundleNotFoundError(BundleError, FileNotFoundError):
     """No bundle at the given path (or the embedded default was not built yet)."""
 
 
+class VLMPairError(BundleError):
+    """A VLM bundle's mmproj (vision tower + connector) does not belong to its text model."""
+
+
 class IntegrityError(BundleError):
     """A bundle file does not match the sha256 in its manifest (tampered or truncated)."""
 

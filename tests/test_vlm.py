@@ -30,7 +30,8 @@ TRAIN = ("--steps", 8, "--batch-size", 2, "--lr", 5e-3, "--threads", 1, "--save-
 def chain(vlm_dir, tmp_path_factory):
     """The front door on the tiny model, shared by every test here (one training, one conversion):
     a catalogue of 6 generated product photos -> `edgesight train products --family vlm` (stopped at step 3,
-    then the same command resumes) -> `edgesight export --task products --adapter` (f16, q8_0, q4_k_m)."""
+    then the same command resumes) -> `edgesight export --task products --adapter` (GGUF f16, q8_0, q4_k_m and
+    ONNX fp32, int8)."""
     pytest.importorskip("peft")
     from types import SimpleNamespace
 
@@ -44,9 +45,11 @@ def chain(vlm_dir, tmp_path_factory):
                "adapter": (work / "run" / "adapter").exists(), "merged": (work / "run" / "merged").exists()}
     assert run(*argv) == 0
     assert run("export", "--task", "products", "--adapter", work / "run" / "adapter", "--formats",
-               "gguf-f16,gguf-q8_0,gguf-q4_k_m", "--out", work / "bundles", "--threads", 1, "--no-progress") == 0
+               "gguf-f16,gguf-q8_0,gguf-q4_k_m,onnx,onnx-int8", "--out", work / "bundles", "--threads", 1,
+               "--no-progress") == 0
     return SimpleNamespace(work=work, csv=csv, argv=argv, stopped=stopped, run=work / "run", merged=work / "run" / "merged",
-                           bundles={t: work / "bundles" / f"gguf-{t}" for t in ("f16", "q8_0", "q4_k_m")})
+                           bundles={t: work / "bundles" / f"gguf-{t}" for t in ("f16", "q8_0", "q4_k_m")},
+                           onnx={t: work / "bundles" / f for t, f in (("fp32", "onnx"), ("int8", "onnx-int8"))})
 
 
 @pytest.fixture(scope="module")
@@ -287,3 +290,39 @@ def test_bad_catalogue_rows_are_typed_errors_with_their_lines(chain, vlm_dir, tm
     assert "line 9" in capsys.readouterr().err and not out.exists()
     with pytest.raises(CatalogError):
         read_rows(tmp_path / "missing.csv")
+
+
+# --- ONNX bundles of the same export (tests/test_vlm_onnx.py checks them token for token against transformers) ----
+
+def test_export_writes_onnx_vlm_bundles_and_product_recognizer_runs_them(chain, capsys):
+    """`edgesight export --formats ...,onnx,onnx-int8` on the trained adapter: bundles of kind vlm, format onnx, whose
+    fp32 answers on the probe photos equal the merged torch model's; ProductRecognizer / `edgesight products --model`
+    pick the ONNX runtime from the bundle. Without a grammar the trained model's answer is parsed from the raw text."""
+    from edgesight.errors import BackendError
+    from edgesight.tasks.products import ProductRecognizer, ProductResult
+    from edgesight.tasks.vlm import VLMModel, VLMProductRecognizer
+
+    for precision, path in chain.onnx.items():
+        m = json.loads((path / "edgesight.json").read_text())
+        assert (m["kind"], m["format"], m["precision"]) == ("vlm", "onnx", precision) and m["provenance"]["adapter"]
+        assert m["fidelity"]["probes"] == 3 and 0 <= m["fidelity"]["token_agreement"] <= 1
+    assert json.loads((chain.onnx["fp32"] / "edgesight.json").read_text())["fidelity"]["exact_match"] is True
+    report = json.loads((chain.work / "bundles" / "export-report.json").read_text())
+    assert {r["format"]: r["status"] for r in report["formats"]} == {f: "ok" for f in (
+        "gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "onnx", "onnx-int8")}
+    pr = ProductRecognizer.from_pretrained(chain.onnx["fp32"], threads=1)
+    assert isinstance(pr, VLMProductRecognizer) and pr.model.backend == "onnx" and not pr.model.supports_grammar
+    photo = chain.csv.parent / "images" / "0000.png"
+    r = pr(photo)
+    assert isinstance(r, ProductResult) and r.path == "vlm" and isinstance(r.raw, str)
+    if r.unknown:     # no grammar: an answer that does not parse is unknown, the raw text kept
+        assert r.title is None and "does not follow" in r.unknown_reason
+    else:
+        assert r.raw.lstrip().startswith("Product: ") and r.title and isinstance(r.price, float)
+    capsys.readouterr()
+    assert run("products", "--model", chain.onnx["int8"], "--threads", 1, "--json", "--prompt", "what is the price?",
+               photo) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["prompt"] == "what is the price?"
+    with pytest.raises(BackendError):
+        VLMModel.from_pretrained(chain.onnx["fp32"], backend="gguf")
+    assert VLMModel.from_pretrained(chain.bundles["q8_0"], threads=1).supports_grammar

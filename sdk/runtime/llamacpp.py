@@ -201,3 +201,10 @@ def load_text_model(bundle, *, threads: int, device: str = "cpu", lora_path=None
         else:
             model.prefix_state_note = "not loaded (prefix_state=False or another adapter)"
     return model
+
+
+def load_vlm(bundle, *, threads: int, device: str = "cpu", n_ctx: int = 2048, **_):
+    """A vlm bundle (text GGUF + mmproj GGUF) through libmtmd: runtime/mtmd.py."""
+    from .mtmd import MtmdVLM
+
+    return MtmdVLM(bundle, threads=threads, device=device, n_ctx=n_ctx)

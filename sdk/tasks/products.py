@@ -94,8 +94,9 @@ class ProductRecognizer(Task):
         """A bundle of kind "vlm" (issue 15) answers generatively: edgesight.tasks.vlm.VLMProductRecognizer."""
         from .vlm import VLMProductRecognizer, is_vlm_bundle   # here: tasks.vlm imports ProductResult from this module
 
-        if is_vlm_bundle(path):
-            return VLMProductRecognizer.from_pretrained(path, threads=kwargs.get("threads"))
+        if is_vlm_bundle(path):   # the runtime comes from the bundle's format (GGUF: llama.cpp, ONNX: onnxruntime)
+            return VLMProductRecognizer.from_pretrained(path, **{k: kwargs[k] for k in ("threads", "backend", "device")
+                                                                 if kwargs.get(k) is not None})
         return super().from_pretrained(path, *args, **kwargs)
 
     def __init__(self, bundle, backend=None, threads=None, device: str | None = "cpu", catalog=None, ocr: bool = False,
