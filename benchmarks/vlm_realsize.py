@@ -1,5 +1,6 @@
-"""The generative VLM path at real SmolVLM-256M size: llama.cpp (GGUF Q8_0 / Q4_K_M text + f16 mmproj, the
-edgesight runtime) vs transformers fp32 (the seed path) on the same model, same image, same run.
+"""The generative VLM path at real SmolVLM-256M size: llama.cpp (GGUF Q8_0 / Q4_K_M text + f16 mmproj) and
+onnxruntime (ONNX fp32 / dynamic int8 vision + decoder graphs, export/vlm_onnx.py), the edgesight runtimes, vs
+transformers fp32 (the seed path) on the same model, same image, same run.
 
 SmolVLM-256M-Instruct's shape (Idefics3: SigLIP-B/16 at 512 px, 12 layers, pixel shuffle 4 -> 64 tokens per
 tile; Llama text model hidden 576, 30 layers, 9/3 heads, MLP 1536; SmolLM2's 49k vocabulary + the image
@@ -7,11 +8,14 @@ tokens) with random weights: no SmolVLM weights exist offline and speed does not
 EOS row of the tied embeddings is zeroed so greedy answers always run the full `--tokens`.
 
 Per runtime x threads x image setting, each in a fresh process (peak RSS is the process's own):
-  image_encode_s   the vision tower + connector over every tile (mtmd_encode_chunk / get_image_features)
+  image_encode_s   the vision tower + connector over every tile (mtmd_encode_chunk / vision.onnx / get_image_features),
+                   preprocessing excluded
   first_token_s    image + prompt in, the first answer token out (encode + prefill + 1 step)
   full_answer_s    the same with `--tokens` answer tokens;  tokens_per_s = (tokens - 1) / (full - first)
 Image settings: `longest_edge` of the processor (SmolVLM's own 2048 -> 4x4 tiles + overview = 17 x 64 image
-tokens for a square photo; 1024 -> 2x2 + overview = 5 x 64). Both runtimes tile the same way at these sizes.
+tokens for a square photo; 1024 -> 2x2 + overview = 5 x 64). All runtimes tile the same way at these sizes.
+`--prepare` builds the model and every bundle (ONNX: exported per image setting, its greedy answer on the photo
+compared with transformers and kept in the result's `onnx_fidelity`); the measurements reuse them with --work.
 
     python -m benchmarks.vlm_realsize --threads 1 2 --edges 1024 --out benchmarks/results/vlm_realsize_1024.json
     python -m benchmarks.vlm_realsize --threads 2 --edges 2048 --out benchmarks/results/vlm_realsize_2048.json
@@ -32,7 +36,7 @@ from benchmarks.report import header, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "What is shown in this image?"
-RUNTIMES = ("torch-fp32", "gguf-q8_0", "gguf-q4_k_m")
+RUNTIMES = ("torch-fp32", "gguf-q8_0", "gguf-q4_k_m", "onnx-fp32", "onnx-int8")
 
 
 def build_smolvlm_256m(out_dir: Path, seed: int = 0) -> Path:
@@ -144,18 +148,64 @@ def one_gguf(bundle: Path, threads: int, tokens: int, repeats: int) -> dict:
     return res
 
 
+def one_onnx(bundle: Path, threads: int, tokens: int, repeats: int) -> dict:
+    from edgesight.tasks.vlm import VLMModel
+
+    vlm = VLMModel.from_pretrained(bundle, threads=threads)
+    image = _image()
+    first_token_s, _ = _median(lambda: vlm.generate(image, PROMPT, max_new_tokens=1), repeats)
+    pixels, _, _ = vlm.engine.preprocessing(image)
+    res = {"image_tokens": len(pixels) * vlm.engine.image_seq_len, "tiles": len(pixels), "first_token_s": first_token_s}
+    res["image_encode_s"], _ = _median(lambda: vlm.engine.vision.run({"pixel_values": pixels}), repeats)
+    res["full_answer_s"], out = _median(lambda: vlm.generate(image, PROMPT, max_new_tokens=tokens), repeats)
+    res["answer_tokens"] = out.tokens
+    res["bundle_mb"] = round(sum(f.stat().st_size for f in Path(bundle).iterdir()) / 1e6, 1)
+    return res
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS: VmHWM (reset at exec), not ru_maxrss, which a child started by fork + exec
+    inherits from its parent (a parent that exported the ONNX bundles would lend it several GB)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def _child(args) -> None:
     """One measurement in this (fresh) process; prints one JSON line."""
     if args.runtime == "torch-fp32":
         res = one_torch(Path(args.model_dir), args.one_threads, args.tokens, args.repeats)
+    elif args.runtime.startswith("onnx-"):
+        res = one_onnx(Path(args.bundle), args.one_threads, args.tokens, args.repeats)
     else:
         res = one_gguf(Path(args.bundle), args.one_threads, args.tokens, args.repeats)
     n = res["answer_tokens"]
     if n > 1:
         decode = res["full_answer_s"] - res["first_token_s"]
         res["tokens_per_s"] = round((n - 1) / decode, 1) if decode > 0 else None
-    res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    res["peak_rss_mb"] = _peak_rss_mb()
     print("RESULT " + json.dumps(res), flush=True)
+
+
+def _onnx_bundles(model_dir: Path, work: Path, edge: int, precisions: dict, threads: int, result: dict) -> dict:
+    """{runtime: bundle dir} of the ONNX runtimes at this image setting, exported unless --work holds them. The
+    export compares each bundle's greedy answer on the benchmark photo with transformers fp32 (not required to
+    match: random weights put near-ties everywhere); the figures go to result["onnx_fidelity"]."""
+    from edgesight.bundle import Bundle
+    from edgesight.export.vlm_onnx import export_vlm_onnx_bundles
+
+    dirs = {p: work / f"bundle-onnx-{p}-{edge}" for p in precisions}
+    if not all((d / "edgesight.json").is_file() for d in dirs.values()):
+        t0 = time.perf_counter()
+        export_vlm_onnx_bundles(model_dir, dirs, images=[_image()], probe_tokens=8, threads=threads, exact=())
+        result.setdefault("onnx_export_s", {})[str(edge)] = round(time.perf_counter() - t0, 1)
+    for p, d in dirs.items():
+        result.setdefault("onnx_fidelity", {})[f"{precisions[p]} edge{edge}"] = Bundle.load(d, verify=False).get("fidelity")
+    return {precisions[p]: d for p, d in dirs.items()}
 
 
 def main(argv=None) -> dict:
@@ -185,6 +235,7 @@ def main(argv=None) -> dict:
         if not (model_dir / "model.safetensors").exists():
             build_smolvlm_256m(model_dir)
         texts = tuple(r.split("-", 1)[1] for r in args.runtimes if r.startswith("gguf-"))
+        onnx = {r.split("-", 1)[1]: r for r in args.runtimes if r.startswith("onnx-")}
         text_conv = None
         for edge in args.edges:
             set_edge(model_dir, edge)
@@ -201,6 +252,7 @@ def main(argv=None) -> dict:
                     bundles[f"gguf-{t}"] = export_vlm_bundle(model_dir, work / f"bundle-{t}-{edge}", text_type=t,
                                                              mmproj_type="f16", converted=conv).path
                 result.setdefault("convert_s", {})[str(edge)] = round(time.perf_counter() - t0, 1)
+            bundles.update(_onnx_bundles(model_dir, work, edge, onnx, max(args.threads), result))
             for threads in [] if args.prepare else args.threads:
                 for rt in args.runtimes:
                     cmd = [sys.executable, "-m", "benchmarks.vlm_realsize", "--one", rt, "--one-threads", str(threads),
@@ -216,7 +268,7 @@ def main(argv=None) -> dict:
     speed = {}
     for key, run in result["runs"].items():
         ref = result["runs"].get("torch-fp32 " + key.split(" ", 1)[1], {})
-        if key.startswith("gguf") and "full_answer_s" in run and "full_answer_s" in ref:
+        if not key.startswith("torch") and "full_answer_s" in run and "full_answer_s" in ref:
             speed[key] = {m: round(ref[m] / run[m], 2) for m in ("image_encode_s", "first_token_s", "full_answer_s")}
     result["speedup_vs_torch_fp32"] = speed
     if args.out:
