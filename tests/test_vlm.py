@@ -326,3 +326,8 @@ def test_export_writes_onnx_vlm_bundles_and_product_recognizer_runs_them(chain, 
     with pytest.raises(BackendError):
         VLMModel.from_pretrained(chain.onnx["fp32"], backend="gguf")
     assert VLMModel.from_pretrained(chain.bundles["q8_0"], threads=1).supports_grammar
+    from edgesight import Captioner
+
+    cap = Captioner.from_pretrained(chain.onnx["int8"], threads=1, num_samples=1, seed=2)
+    a, b = cap(photo), cap(photo)
+    assert a.caption == b.caption and a.samples == b.samples and len(a.samples) == 1
