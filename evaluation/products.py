@@ -20,7 +20,7 @@ import numpy as np
 from ..catalog import CatalogIndex, Product
 from ..cli import add_runtime_arguments
 from ..errors import InputError
-from ..tasks.products import ProductRecognizer
+from ..tasks.products import QUERY_PHOTOS, ProductRecognizer
 
 OCR_SETTINGS = {"off": [False], "on": [True], "both": [False, True]}
 BENCH_OPTIONS = {"benchmarks": "finegrained,packaged", "splits": "test", "products": 16, "views": 2, "holdout": 4,
@@ -224,9 +224,13 @@ def real_photos():
     return out
 
 
-def _tasks(bundles, csv_path, **kw):
+def _tasks(bundles, csv_path, photos=(), **kw):
+    """(model, recognizer on the catalogue CSV) per bundle; `photos` [(image, title)]: the shop's own photos of listed
+    products, drawn like the benchmark's queries with another seed, set the "unknown" rule (ProductRecognizer.calibrate)."""
     for model in bundles:
         task = ProductRecognizer.from_pretrained(model, catalog=csv_path, **kw)
+        if photos:
+            task.calibrate(photos)
         yield model, task
 
 
@@ -234,15 +238,19 @@ def run_eval(bundle=None, *, threads: int | None = None, backend: str | None = N
              benchmarks: str = "finegrained,packaged,real", splits: str = "test,dev",
              products: int = 40, views: int = 3, holdout: int = 8, ocr: str = "both", seed: int = 0,
              threshold: float | None = None, scaling: bool = False, adapt: int | None = None,
-             index_views: int | None = None, colour_weight: float | None = None, texture: bool | None = None) -> dict:
+             index_views: int | None = None, colour_weight: float | None = None, texture: bool | None = None,
+             query_photos: str | None = None, calibration_photos: int = 0) -> dict:
     """One report per benchmark ("finegrained", "packaged", "real"; comma-separated), one row per bundle (None:
     the default; a list compares several). `packaged`: a rendered catalogue of `products` items (+ `holdout`
     look-alikes left out of it) queried with `views` augmented photos each, per OCR setting ("off", "on", "both").
     `scaling` adds `search_scaling()`. `adapt` STEPS also LoRA-adapts the first bundle's encoder to each fine-grained
-    catalogue's photos (never its queries) and scores the tuned encoder on the same queries."""
+    catalogue's photos (never its queries) and scores the tuned encoder on the same queries. `query_photos` ("shelf",
+    "reshoot") says how the calibration probes are drawn; `calibration_photos` N instead calibrates each catalogue on N
+    photos per listed product drawn by the benchmark's own query generator with another seed (the shop's own photos)."""
     import tempfile
 
-    from ..training.data.products import catalog_products, queries, reshoot, write_catalog, write_garment_catalog
+    from ..training.data.products import (catalog_products, garment_queries, queries, reshoot, write_catalog,
+                                          write_garment_catalog)
 
     chosen = [b.strip() for b in benchmarks.split(",") if b.strip()]
     unknown_names = sorted(set(chosen) - {"finegrained", "packaged", "real"})
@@ -252,13 +260,15 @@ def run_eval(bundle=None, *, threads: int | None = None, backend: str | None = N
         raise InputError(f"ocr must be one of {', '.join(OCR_SETTINGS)}, got {ocr!r}")
     bundles = list(bundle) if isinstance(bundle, (list, tuple)) else [bundle]
     kw = dict(backend=backend, threads=threads, device=device, threshold=threshold, views=index_views,
-              colour_weight=colour_weight, texture=texture)
+              colour_weight=colour_weight, texture=texture, query_photos=query_photos)
+    n_photos = int(calibration_photos or 0)
 
     def row(model, task):
         return {"model": str(model or "default"), "encoder": task.bundle.get("name"), "precision": task.bundle.precision,
                 "threshold": round(task.threshold, 4), "threshold_source": task.threshold_source,
                 "calibration": task.catalog.calibration, "views": task.catalog.views,
                 "colour_weight": task.catalog.features.get("colour_weight", 0.0),
+                "calibrated_on": task.catalog.calibration.get("probes_from"),
                 "texture_weight": task.catalog.features.get("texture_weight", 0.0)}
 
     report = {}
@@ -268,7 +278,10 @@ def run_eval(bundle=None, *, threads: int | None = None, backend: str | None = N
             for split in [s.strip() for s in splits.split(",") if s.strip()]:
                 listed, known, unknown, digest = finegrained_split(split)
                 csv_path = write_garment_catalog(f"{tmp}/fine-{split}", listed)
-                rows = [{**row(m, t), **evaluate(t, known, unknown, family=_garment_family)} for m, t in _tasks(bundles, csv_path, **kw)]
+                seed_photos = FINEGRAINED[split]["query_seed"] + 7000     # the shop's own photos: another seed
+                photos = [(im, g.title) for im, g in garment_queries(listed, n_photos, seed_photos)] if n_photos else ()
+                rows = [{**row(m, t), **evaluate(t, known, unknown, family=_garment_family)}
+                        for m, t in _tasks(bundles, csv_path, photos, **kw)]
                 if adapt:
                     import time
 
@@ -277,7 +290,7 @@ def run_eval(bundle=None, *, threads: int | None = None, backend: str | None = N
                     tuned = lora_adapt(csv_path, f"{tmp}/adapt-{split}", adapt, threads=threads, progress=False)
                     took = round(time.perf_counter() - t0, 1)
                     rows += [{**row(f"adapted ({adapt} steps)", t), "adapt_s": took, **evaluate(t, known, unknown, family=_garment_family)}
-                             for _, t in _tasks([tuned], csv_path, **kw)]
+                             for _, t in _tasks([tuned], csv_path, photos, **kw)]
                 fine[split] = {"listed": len(listed), "unlisted": len({g.title for _, g in unknown}), "sha256": digest,
                                "frozen": digest == FROZEN.get(split), "results": rows}
             report["finegrained"] = fine
@@ -306,9 +319,11 @@ def run_eval(bundle=None, *, threads: int | None = None, backend: str | None = N
                     return [(reshoot(Image.fromarray(arr).convert("RGB").resize((SIZE, SIZE)), rng),
                              truth.get(name, Product(name, "photo", 0.0))) for name, arr in items for _ in range(n)]
                 known_r, unknown_r = shots(listed, 3), shots(unlisted, 2)
+                rng = random.Random(8)    # the shop's own photos: other re-shoots
+                photos = [(im, t.title) for im, t in shots(listed, n_photos)] if n_photos else ()
                 report["real"] = {"listed": len(listed), "unlisted": len(unlisted),
                                   "results": [{**row(m, t), **evaluate(t, known_r, unknown_r)}
-                                              for m, t in _tasks(bundles, folder / "catalog.csv", **kw)]}
+                                              for m, t in _tasks(bundles, folder / "catalog.csv", photos, **kw)]}
             else:
                 report["real"] = {"skipped": "scikit-image / scikit-learn sample photos not installed (pip install 'edgesight[dev]')"}
         if "packaged" in chosen:
@@ -323,7 +338,8 @@ def run_eval(bundle=None, *, threads: int | None = None, backend: str | None = N
                 others = []
             rows = []
             csv_path = write_catalog(f"{tmp}/packaged", listed)
-            for model, task in _tasks(bundles, csv_path, **kw):
+            photos = [(im, p.title) for im, p in queries(listed, views=n_photos, seed=seed + 3000)] if n_photos else ()
+            for model, task in _tasks(bundles, csv_path, photos, **kw):
                 for with_ocr in OCR_SETTINGS[ocr]:
                     rows.append({**row(model, task), **evaluate(task, known, unknown, ocr=with_ocr, non_products=others)})
             report["catalogue"] = {"products": len(listed), "views": views, "held_out": len(held_out), "seed": seed}
@@ -350,6 +366,11 @@ def add_eval_arguments(p) -> None:
     p.add_argument("--colour-weight", type=float, default=None, help="colour weight in the score (ablation; 0 = embedding only)")
     p.add_argument("--texture", choices=["on", "off"], default=None,
                    help="texture (pattern) descriptor for the 'unknown' check (ablation; default: the SDK's, off)")
+    p.add_argument("--query-photos", choices=list(QUERY_PHOTOS), default=None,
+                   help="how the 'unknown' calibration probes are drawn (default: the SDK's, shelf); see docs/products.md")
+    p.add_argument("--calibration-photos", type=int, default=0, metavar="N",
+                   help="calibrate each catalogue on N photos per listed product drawn like its queries with another seed "
+                        "(the shop's own photos) instead of synthetic probes")
     p.add_argument("--adapt", type=int, default=None, metavar="STEPS",
                    help="fine-grained: also LoRA-adapt the encoder to each catalogue's photos for STEPS steps and score it")
     p.add_argument("--scaling", action="store_true",
@@ -361,4 +382,5 @@ def from_args(args) -> dict:
                     splits=args.splits, products=args.products, views=args.views, holdout=args.holdout, ocr=args.ocr,
                     seed=args.seed, threshold=args.threshold, scaling=args.scaling, adapt=args.adapt,
                     index_views=args.index_views, colour_weight=args.colour_weight,
-                    texture=None if args.texture is None else args.texture == "on")
+                    texture=None if args.texture is None else args.texture == "on", query_photos=args.query_photos,
+                    calibration_photos=args.calibration_photos)

@@ -335,3 +335,48 @@ def test_http_route_recognises_a_product_on_a_real_server(default_bundle, catalo
         assert bad.status_code == 400 and "products request" in bad.json()["error"]
     finally:
         stop_server(proc)
+
+
+def test_reshoot_query_photos_calibrate_on_documented_reshoots(default_bundle, catalog):
+    """query_photos="reshoot": the calibration probes are re-shoots on the catalogue's own background (the documented
+    query conditions), 4 per item, a listed item flagged costing 3 look-alikes; they score their own item higher than
+    the shelf probes (other backgrounds, occluders), so the cuts the catalogue derives sit higher."""
+    csv_path, listed, _ = catalog
+    shelf, reshoot = (ProductRecognizer.from_pretrained(default_bundle, catalog=csv_path, threads=1, views=2, query_photos=q)
+                      for q in ("shelf", "reshoot"))
+    a, b = shelf.catalog.calibration, reshoot.catalog.calibration
+    assert (a["probes_from"], a["probes"], a["listed_cost"]) == ("shelf", 2 * len(listed), 2.0)
+    assert (b["probes_from"], b["probes"], b["listed_cost"]) == ("reshoot", 4 * len(listed), 3.0)
+    assert b["listed_median"] > a["listed_median"]
+    assert reshoot.threshold == b["threshold"] and reshoot.threshold_source == "catalogue"
+    with pytest.raises(InputError, match="query_photos"):
+        ProductRecognizer.from_pretrained(default_bundle, threads=1, query_photos="studio")
+
+
+def test_shop_photos_set_the_unknown_rule_and_bad_rows_are_reported(default_bundle, catalog, tmp_path, capsys):
+    import csv
+
+    from edgesight.cli import main
+
+    csv_path, listed, held_out = catalog
+    rows = [("title", "local_image_path")]
+    for i, (img, p) in enumerate(photo_queries(listed, views=2, seed=77)):
+        img.save(tmp_path / f"{i}.jpg")
+        rows.append((p.title, f"{i}.jpg"))
+    rows += [(held_out[0].title, "0.jpg"), (listed[0].title, "missing.jpg")]   # lines 34 and 35
+    with open(tmp_path / "photos.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    pr = ProductRecognizer.from_pretrained(default_bundle, catalog=csv_path, threads=1, views=2)
+    synthetic = dict(pr.catalog.calibration)
+    got = pr.calibrate(tmp_path / "photos.csv")
+    assert got["probes_from"] == "photos" and got["photos"] == 2 * len(listed) and got["probes"] == 2 * len(listed)
+    assert [(i["row"], i["title"]) for i in got["issues"]] == [(34, held_out[0].title), (35, listed[0].title)]
+    assert pr.threshold == got["threshold"] and pr.catalog.calibration["probes_from"] == "photos" != synthetic["probes_from"]
+    pr.catalog.save(tmp_path / "idx")
+    assert CatalogIndex.load(tmp_path / "idx").calibration == pr.catalog.calibration
+    with pytest.raises(CatalogError, match="at least 3 listed products"):
+        pr.calibrate([(render(listed[0]), listed[0].title), (render(listed[1]), listed[1].title)])
+    assert main(["products", "--model", str(default_bundle), "--catalog", str(csv_path), "--views", "2",
+                 "--calibration-photos", str(tmp_path / "photos.csv"), "--threads", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["calibration"]["probes_from"] == "photos" and len(out["calibration"]["issues"]) == 2

@@ -101,14 +101,16 @@ class ProductRecognizer(Task):
 
     def __init__(self, bundle, backend=None, threads=None, device: str | None = "cpu", catalog=None, ocr: bool = False,
                  threshold: float | None = None, top_k: int = 5, progress: bool | None = None,
-                 views: int | None = None, colour_weight: float | None = None, texture: bool | None = None):
+                 views: int | None = None, colour_weight: float | None = None, texture: bool | None = None,
+                 query_photos: str | None = None):
         super().__init__(bundle, backend, threads, device)
         self.encoder = ImageEncoder.from_task(self)
         self._threshold = None if threshold is None else check_number(threshold, "threshold", -1.0, 1.0)
         self.matching = {"views": int(check_number(MATCHING["views"] if views is None else views, "views", 1, 256)),
                          "colour_weight": check_number(MATCHING["colour_weight"] if colour_weight is None else colour_weight,
                                                        "colour_weight", 0.0, 0.95),
-                         "texture": MATCHING["texture"] if texture is None else bool(texture)}
+                         "texture": MATCHING["texture"] if texture is None else bool(texture),
+                         "query_photos": _query_photos(MATCHING["query_photos"] if query_photos is None else query_photos)}
         self.top_k, self.use_ocr, self.progress = int(top_k), bool(ocr), progress
         self._ocr_engine, self._ocr_lock = None, threading.Lock()
         self.report: IngestReport | None = None
@@ -220,6 +222,36 @@ class ProductRecognizer(Task):
     def set_price(self, title: str, price) -> None:
         self._require_catalog().set_price(title, price)
 
+    def calibrate(self, photos) -> dict:
+        """Re-derive the catalogue's "unknown" rule from the shop's own photos of listed products: a CSV (title +
+        image path columns, several rows per title allowed, paths relative to the CSV) or [(image, title)]. Each photo
+        is scored as a listed case (its own item) and, with its item left out, as a look-alike case (calibrate());
+        the rule replaces the one from synthetic probes, is saved with the index, and the recogniser uses it. Rows
+        whose title is not listed or whose image does not open are reported in the result's `issues`."""
+        catalog = self._require_catalog()
+        if isinstance(photos, (str, os.PathLike)):
+            rows, issues = read_photo_rows(photos)
+        else:
+            rows, issues = [(image, title, i) for i, (image, title) in enumerate(photos)], []
+        images, items = [], []
+        for image, title, where in rows:
+            if title not in catalog:
+                issues.append({"row": where, "title": title, "problem": "not a listed title; photos calibrate listed products only"})
+                continue
+            try:
+                images.append(_open_photo(image, self.encoder.preprocessing.size))
+            except ImageError as exc:
+                issues.append({"row": where, "title": title, "problem": f"image cannot be used ({exc})"})
+                continue
+            items.append(catalog._row(title))
+        if len(set(items)) < 3:
+            raise CatalogError(f"calibration needs photos of at least 3 listed products, got {len(set(items))} "
+                               f"({len(issues)} rows skipped{': ' + issues[0]['problem'] if issues else ''})")
+        probes = np.concatenate([describe(self.encoder, images[i:i + 32], catalog.features) for i in range(0, len(images), 32)])
+        catalog.calibration = calibrate(catalog, probes, np.array(items), listed_cost=PHOTOS_LISTED_COST, source="photos")
+        self._use_catalog_threshold()
+        return {**catalog.calibration, "photos": len(items), "issues": sorted(issues, key=lambda i: i["row"])}
+
     def _require_catalog(self, allow_empty: bool = False) -> CatalogIndex:
         if self.catalog is None:
             if not allow_empty:
@@ -296,15 +328,21 @@ class ProductRecognizer(Task):
 # catalogue photo is indexed as several views (flips, tilts, crops of the item, light, blur) and every row
 # and query is the embedding fused with a colour histogram in CIELAB: concatenating sqrt(1-w)*embedding and
 # sqrt(w)*colour makes one inner product score (1-w)*cosine + w*colour similarity, so faiss searches it as is.
-MATCHING = {"views": 16, "colour_weight": 0.3, "texture": False}   # tuned on the fine-grained dev split (docs/products.md);
-                                                                   # texture: opt-in, it did not earn its cost (same page)
+MATCHING = {"views": 16, "colour_weight": 0.3, "texture": False, "query_photos": "shelf"}   # tuned on the fine-grained dev split (docs/products.md);
+                                                                   # texture: opt-in, it did not earn its cost (same page);
+                                                                   # query_photos: a key of QUERY_PHOTOS
 COLOUR_BINS = (4, 8, 8)        # L x a* x b* bins; a*, b* over -64..64
 TEXTURE = {"side": 128, "scales": 3, "orientations": 6, "floor": 2.0}   # texture_descriptor's settings
 TEXTURE_WEIGHT = 0.02          # the texture part rides in each row (stored, saved and searched with it) at a weight too
                                # small to move the ranking; it is read back for the "unknown" check (agreement())
-PROBES = 2                     # calibration photos per catalogue item
+QUERY_CONDITIONS = {"tilt": 12, "crop": (0.7, 0.95), "light": (0.7, 1.3), "blur": 1.5, "jpeg": (35, 75)}  # re-shoots as
+                               # docs/products.md documents them (tilt deg, item crop, brightness, blur radius, JPEG quality)
+QUERY_PHOTOS = {               # what the shop's query photos look like -> the calibration probes drawn per catalogue item
+    "shelf": {"view": "probe_view", "probes": 2, "listed_cost": 2.0},     # other backgrounds, hands / shelf edges (default)
+    "reshoot": {"view": "query_view", "probes": 4, "listed_cost": 3.0}}   # the item on its own background (QUERY_CONDITIONS)
+PHOTOS_LISTED_COST = 3.0       # calibrate_with_photos: the shop's own photos, like re-shoot probes, are not pessimistic
 CALIBRATION_ITEMS = 512        # items whose probes set the threshold (a sample of a big catalogue)
-LISTED_COST = 2.0              # calibration: flagging a listed item costs as much as missing two new products
+LISTED_COST = QUERY_PHOTOS["shelf"]["listed_cost"]   # calibration: a listed item flagged costs two new products missed
 MARGINS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06)   # leads over the runner-up product the calibration considers
 
 
@@ -400,28 +438,48 @@ def _item_box(image) -> tuple[int, int, int, int]:
     return mask.getbbox() or (0, 0) + image.size
 
 
+def _reshoot(image, rng: random.Random, tilt: float, crop: tuple, light: tuple):
+    """One re-shoot of a catalogue photo: tilt +-`tilt` deg, a square crop of `crop` (fractions) of the item's extent
+    resized back, brightness x`light`."""
+    from PIL import Image, ImageEnhance
+
+    (w, h), bg = image.size, image.getpixel((0, 0))
+    v = image.rotate(rng.uniform(-tilt, tilt), resample=Image.BILINEAR, fillcolor=bg)
+    x0, y0, x1, y1 = _item_box(v)
+    side = max(8, int(rng.uniform(*crop) * max(x1 - x0, y1 - y0)))
+    cx = rng.randint(x0 + side // 2, max(x0 + side // 2, x1 - side // 2))
+    cy = rng.randint(y0 + side // 2, max(y0 + side // 2, y1 - side // 2))
+    v = v.crop((cx - side // 2, cy - side // 2, cx + side // 2, cy + side // 2)).resize((w, h), Image.BILINEAR)
+    return ImageEnhance.Brightness(v).enhance(rng.uniform(*light))
+
+
 def catalogue_views(image, n: int, seed: int) -> list:
     """The photo, its mirror image and n-2 seeded re-shoots: tilt +-10 deg, a square crop of 60-95 % of the
     item, light x0.75-1.25, a mirror half the time, a slight blur half the time."""
-    from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+    from PIL import ImageFilter, ImageOps
 
     rng = random.Random(seed)
-    out, (w, h) = [image, ImageOps.mirror(image)][:n], image.size
-    bg = image.getpixel((0, 0))
+    out = [image, ImageOps.mirror(image)][:n]
     while len(out) < n:
-        v = image.rotate(rng.uniform(-10, 10), resample=Image.BILINEAR, fillcolor=bg)
-        x0, y0, x1, y1 = _item_box(v)
-        side = max(8, int(rng.uniform(0.6, 0.95) * max(x1 - x0, y1 - y0)))
-        cx = rng.randint(x0 + side // 2, max(x0 + side // 2, x1 - side // 2))
-        cy = rng.randint(y0 + side // 2, max(y0 + side // 2, y1 - side // 2))
-        v = v.crop((cx - side // 2, cy - side // 2, cx + side // 2, cy + side // 2)).resize((w, h), Image.BILINEAR)
-        v = ImageEnhance.Brightness(v).enhance(rng.uniform(0.75, 1.25))
+        v = _reshoot(image, rng, 10, (0.6, 0.95), (0.75, 1.25))
         if rng.random() < 0.5:
             v = ImageOps.mirror(v)
         if rng.random() < 0.5:
             v = v.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
         out.append(v)
     return out
+
+
+def query_view(image, rng: random.Random, conditions: dict = None):
+    """A calibration photo taken under the query conditions this product documents (QUERY_CONDITIONS,
+    docs/products.md "Photo conditions"): tilt, a square crop of the item, blur, light, JPEG. Drawn from the
+    catalogue photo with the index's own seed, never from any query."""
+    from PIL import ImageFilter
+
+    c = QUERY_CONDITIONS if conditions is None else conditions
+    v = _reshoot(image, rng, c["tilt"], c["crop"], c["light"])
+    v = v.filter(ImageFilter.GaussianBlur(rng.uniform(0, c["blur"])))
+    return jpeg_roundtrip(v, rng.randint(*c["jpeg"]))
 
 
 def probe_view(image, rng: random.Random):
@@ -498,7 +556,8 @@ def agreement(index: CatalogIndex, queries: np.ndarray, products) -> np.ndarray:
     return out
 
 
-def calibrate(index: CatalogIndex, probes: np.ndarray, items: np.ndarray) -> dict:
+def calibrate(index: CatalogIndex, probes: np.ndarray, items: np.ndarray, *, listed_cost: float = LISTED_COST,
+              source: str = "shelf") -> dict:
     """The catalogue's own "unknown" rule: a photo is unknown when its best product's score is below `threshold`,
     beats the runner-up by less than `margin`, or (colour fused) agrees with it in embedding below `embedding_min`
     or in colour below `colour_min` (a new colourway scores high on shape, a new pattern in a listed colour high on
@@ -534,7 +593,7 @@ def calibrate(index: CatalogIndex, probes: np.ndarray, items: np.ndarray) -> dic
             out |= fj.reshape([len(grids[k]) if k == j else 1 for k in range(len(grids))] + [len(x)])
         return out
     passed, flagged = 1 - flags(np.nan_to_num(pos, nan=1.0)).mean(-1), flags(np.nan_to_num(neg, nan=1.0)).mean(-1)
-    value = LISTED_COST * passed + flagged
+    value = listed_cost * passed + flagged
     # the agreement cuts may add flagged look-alikes, never flagged listed probes beyond the threshold + margin rule's
     base = np.unravel_index(np.argmax(value[(slice(None),) * 2 + (0,) * len(AGREEMENT)]), value.shape[:2]) + (0,) * len(AGREEMENT)
     value = np.where(passed >= passed[base] - 1e-9, value, -np.inf)
@@ -545,18 +604,23 @@ def calibrate(index: CatalogIndex, probes: np.ndarray, items: np.ndarray) -> dic
             "probes": int(len(probes)), "items": int(len(np.unique(items))), "listed_pass_rate": round(float(passed[best]), 4),
             "lookalike_flag_rate": round(float(flagged[best]), 4), "listed_median": round(float(np.median(pos[:, 0])), 4),
             "lookalike_median": round(float(np.median(neg[:, 0])), 4),
-            "method": "probe photos of listed items: own item (score, lead over the runner-up, embedding, colour and texture "
-                      "agreement) "
-                      "vs the same photo with its item left out; the cuts that separate them best "
-                      f"(a listed item flagged costs {LISTED_COST:g} look-alikes missed)"}
+            "probes_from": source, "listed_cost": listed_cost,
+            "method": f"photos of listed items ({PROBE_SOURCES.get(source, source)}): own item (score, lead over the runner-up, "
+                      "embedding, colour and texture agreement) vs the same photo with its item left out; the cuts that separate "
+                      f"them best (a listed item flagged costs {listed_cost:g} look-alikes missed)"}
+
+
+PROBE_SOURCES = {"shelf": "synthetic shelf photos: other backgrounds, occluders, light, blur, JPEG",
+                 "reshoot": "synthetic re-shoots on the catalogue background: crops, tilt, blur, light, JPEG",
+                 "photos": "the shop's own photos"}
 
 
 class IndexBuilder:
     """Catalogue photos -> the rows of a CatalogIndex (views x fused descriptors) + calibration probes."""
 
     def __init__(self, encoder: ImageEncoder, views: int = MATCHING["views"], colour_weight: float = MATCHING["colour_weight"],
-                 texture: bool = MATCHING["texture"]):
-        self.encoder, self.views = encoder, max(1, int(views))
+                 texture: bool = MATCHING["texture"], query_photos: str = MATCHING["query_photos"]):
+        self.encoder, self.views, self.query_photos = encoder, max(1, int(views)), _query_photos(query_photos)
         self.features = {"embedding": encoder.dim, "views": self.views, "colour_weight": float(colour_weight),
                          **({"colour_bins": list(COLOUR_BINS)} if colour_weight else {}),
                          **({"texture_weight": TEXTURE_WEIGHT, "texture": dict(TEXTURE)} if texture else {})}
@@ -581,9 +645,11 @@ class IndexBuilder:
         self.rows.append(self.rows_of(images))
         sample = [(first + i, im) for i, im in enumerate(images) if first + i < CALIBRATION_ITEMS]
         if sample:
-            probes = [probe_view(im, self._rng) for _, im in sample for _ in range(PROBES)]
+            how = QUERY_PHOTOS[self.query_photos]
+            view = {"probe_view": probe_view, "query_view": query_view}[how["view"]]
+            probes = [view(im, self._rng) for _, im in sample for _ in range(how["probes"])]
             self.probes.append(describe(self.encoder, probes, self.features))
-            self.probe_items += [i for i, _ in sample for _ in range(PROBES)]
+            self.probe_items += [i for i, _ in sample for _ in range(how["probes"])]
         return self.rows[-1]
 
     def finish(self, products: list[Product], fingerprint: dict) -> CatalogIndex:
@@ -591,12 +657,51 @@ class IndexBuilder:
         index = CatalogIndex(rows, products, fingerprint, items=np.repeat(np.arange(len(products)), self.views),
                              features=self.features)
         if self.probes:
-            index.calibration = calibrate(index, np.concatenate(self.probes), np.array(self.probe_items))
+            index.calibration = calibrate(index, np.concatenate(self.probes), np.array(self.probe_items),
+                                          listed_cost=QUERY_PHOTOS[self.query_photos]["listed_cost"], source=self.query_photos)
         return index
 
     @property
     def dim(self) -> int:
         return _parts(self.features, self.encoder.dim)[-1][2]
+
+
+def _query_photos(value: str) -> str:
+    if value not in QUERY_PHOTOS:
+        raise InputError(f"query_photos must be one of {', '.join(QUERY_PHOTOS)}, got {value!r}")
+    return value
+
+
+def read_photo_rows(path) -> tuple[list, list]:
+    """([(image path, title, CSV line)], issues) of a calibration-photo CSV: a title column and an image column (the catalogue
+    CSV's names), paths relative to the CSV; rows without a title or an existing image are issues, not errors."""
+    import csv
+
+    from ..catalog import IMAGE_COLUMNS, TITLE_COLUMNS, _column, _read_text
+
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"{path}: calibration photo CSV not found; pass a CSV with columns title, local_image_path")
+    rows = list(csv.reader(io.StringIO(_read_text(path)[0], newline="")))
+    header = rows[0] if rows else []
+    cols = [_column(header, names) for names in (TITLE_COLUMNS, IMAGE_COLUMNS)]
+    if None in cols:
+        raise CatalogError(f"{path}: a calibration photo CSV needs a title and an image column "
+                           f"(header: {', '.join(header) or 'empty'})")
+    ti, ii = (header.index(c) for c in cols)
+    pairs, issues = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        title, image = (row[ti].strip() if len(row) > ti else ""), (row[ii].strip() if len(row) > ii else "")
+        image_path = Path(image) if Path(image).is_absolute() else path.parent / image
+        try:
+            found = bool(title and image) and image_path.is_file()
+        except (OSError, ValueError):   # a NUL byte or a name too long for the file system
+            found = False
+        if not found:
+            issues.append({"row": line, "title": title, "problem": f"no title or no image file ({image_path})"})
+            continue
+        pairs.append((str(image_path), title, line))
+    return pairs, issues
 
 
 def _open_photo(image, min_side: int):
@@ -678,6 +783,13 @@ def add_cli_arguments(p) -> None:
                    help=f"weight of colour similarity in the score, 0 = embedding only (default {MATCHING['colour_weight']})")
     p.add_argument("--texture", choices=["on", "off"], default=None,
                    help="index a texture (pattern) descriptor for the 'unknown' check (default off: see docs/products.md)")
+    p.add_argument("--query-photos", choices=list(QUERY_PHOTOS), default=None,
+                   help="what your photos to recognise look like, for the 'unknown' calibration of a --catalog CSV: shelf "
+                        "(other backgrounds, hands or shelf edges; default) or reshoot (the item on its catalogue background: "
+                        "crops, tilt, blur, light, JPEG); see docs/products.md")
+    p.add_argument("--calibration-photos", default=None, metavar="CSV",
+                   help="a CSV (title, local_image_path) of your own photos of listed products: the 'unknown' rule is derived "
+                        "from them instead (saved with --save-index)")
     p.add_argument("--adapt", type=int, default=None, metavar="STEPS",
                    help="first LoRA-adapt the encoder to the catalogue CSV's photos for STEPS steps (needs edgesight[train] "
                         "and --save-index DIR: writes DIR/encoder and DIR/index)")
@@ -689,6 +801,9 @@ def run_cli(task: ProductRecognizer, args):
     from .vlm import VLMProductRecognizer
 
     if isinstance(task, VLMProductRecognizer):   # --model names a vlm bundle (issue 15)
+        given = [f"--{n.replace('_', '-')}" for n in ("query_photos", "calibration_photos") if getattr(args, n, None)]
+        if given:
+            raise InputError(f"{', '.join(given)}: catalogue options; a vlm bundle answers from the photo alone")
         return task.run_cli(args)
     if getattr(args, "prompt", None) is not None:   # the Python API builds args without it
         raise InputError("--prompt is for vlm bundles (edgesight train products --family vlm); a retrieval bundle "
@@ -701,12 +816,16 @@ def run_cli(task: ProductRecognizer, args):
         task.matching["colour_weight"] = check_number(args.colour_weight, "--colour-weight", 0.0, 0.95)
     if getattr(args, "texture", None) is not None:
         task.matching["texture"] = args.texture == "on"
+    if getattr(args, "query_photos", None) is not None:
+        task.matching["query_photos"] = _query_photos(args.query_photos)
     out = {}
     if args.adapt is not None:
         task, out["adapted"] = _adapted(task, args)
     if args.catalog:
         report = task.set_catalog(args.catalog)
         out["catalog"] = {"items": len(task.catalog), **(report.to_dict() if report else {})}
+    if getattr(args, "calibration_photos", None):
+        out["calibration"] = task.calibrate(args.calibration_photos)
     if args.save_index:
         index_dir = Path(args.save_index) / "index" if args.adapt is not None else args.save_index
         task._require_catalog().save(index_dir, source=args.catalog)
@@ -739,6 +858,6 @@ def _adapted(task: ProductRecognizer, args) -> tuple[ProductRecognizer, dict]:
     tuned = ProductRecognizer.from_pretrained(str(encoder_dir), threads=task.threads, device=task.device, ocr=task.use_ocr,
                                               threshold=task._threshold, top_k=task.top_k, progress=task.progress,
                                               views=task.matching["views"], colour_weight=task.matching["colour_weight"],
-                                              texture=task.matching["texture"])
+                                              texture=task.matching["texture"], query_photos=task.matching["query_photos"])
     return tuned, {"steps": args.adapt, "encoder": str(encoder_dir),
                    "use": f"edgesight products PHOTO --model {encoder_dir} --catalog {Path(args.save_index) / 'index'}"}
