@@ -340,7 +340,7 @@ QUERY_CONDITIONS = {"tilt": 12, "crop": (0.7, 0.95), "light": (0.7, 1.3), "blur"
 QUERY_PHOTOS = {               # what the shop's query photos look like -> the calibration probes drawn per catalogue item
     "shelf": {"view": "probe_view", "probes": 2, "listed_cost": 2.0},     # other backgrounds, hands / shelf edges (default)
     "reshoot": {"view": "query_view", "probes": 4, "listed_cost": 3.0}}   # the item on its own background (QUERY_CONDITIONS)
-PHOTOS_LISTED_COST = 3.0       # calibrate_with_photos: the shop's own photos, like re-shoot probes, are not pessimistic
+PHOTOS_LISTED_COST = 3.0       # ProductRecognizer.calibrate: the shop's own photos, like re-shoot probes, are not pessimistic
 CALIBRATION_ITEMS = 512        # items whose probes set the threshold (a sample of a big catalogue)
 LISTED_COST = QUERY_PHOTOS["shelf"]["listed_cost"]   # calibration: a listed item flagged costs two new products missed
 MARGINS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06)   # leads over the runner-up product the calibration considers
@@ -564,7 +564,7 @@ def calibrate(index: CatalogIndex, probes: np.ndarray, items: np.ndarray, *, lis
     colour: the fused score lets one make up for the other). Each probe (an unseen photo of a listed item) gives a
     listed case (its own item) and a look-alike case (the same photo with its item left out: the best *other* item,
     what a new product one detail away from listed ones looks like). The cuts that best separate the two are kept
-    (from a grid of quantiles of the listed probes' values), a listed item wrongly flagged costing LISTED_COST
+    (from a grid of quantiles of the listed probes' values), a listed item wrongly flagged costing `listed_cost`
     look-alikes missed."""
     if len(index) < 3 or not len(probes):
         return {}
