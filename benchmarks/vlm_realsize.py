@@ -11,7 +11,10 @@ Per runtime x threads x image setting, each in a fresh process (peak RSS is the 
   image_encode_s   the vision tower + connector over every tile (mtmd_encode_chunk / vision.onnx / get_image_features),
                    preprocessing excluded
   first_token_s    image + prompt in, the first answer token out (encode + prefill + 1 step)
-  full_answer_s    the same with `--tokens` answer tokens;  tokens_per_s = (tokens - 1) / (full - first)
+  full_answer_s    the same with `--tokens` answer tokens
+  decode_tokens_per_s  answer tokens per second of the one-token decode steps alone (timed around each step;
+                   full - first is no rate: the encode's run-to-run noise is larger than the whole decode)
+Each figure is the median of `--repeats` calls in the same process (the first call's warm-up drops out).
 Image settings: `longest_edge` of the processor (SmolVLM's own 2048 -> 4x4 tiles + overview = 17 x 64 image
 tokens for a square photo; 1024 -> 2x2 + overview = 5 x 64). All runtimes tile the same way at these sizes.
 `--prepare` builds the model and every bundle (ONNX: exported per image setting, its greedy answer on the photo
@@ -23,6 +26,7 @@ compared with transformers and kept in the result's `onnx_fidelity`); the measur
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -36,7 +40,39 @@ from benchmarks.report import header, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "What is shown in this image?"
-RUNTIMES = ("torch-fp32", "gguf-q8_0", "gguf-q4_k_m", "onnx-fp32", "onnx-int8")
+# gguf-TEXT is the text GGUF at TEXT with the export's default f16 mmproj; gguf-TEXT+mmproj_q8_0 the same text
+# model with a Q8_0 mmproj (the vision tower quantised too).
+RUNTIMES = ("torch-fp32", "gguf-q8_0", "gguf-q4_k_m", "gguf-q8_0+mmproj_q8_0", "gguf-q4_k_m+mmproj_q8_0",
+            "onnx-fp32", "onnx-int8")
+
+
+def gguf_types(runtime: str) -> tuple[str, str]:
+    """"gguf-q4_k_m+mmproj_q8_0" -> ("q4_k_m", "q8_0"); "gguf-q8_0" -> ("q8_0", "f16")."""
+    text, _, mmproj = runtime.split("-", 1)[1].partition("+mmproj_")
+    return text, mmproj or "f16"
+
+
+class _StepClock:
+    """Wall time of the single-token decode steps only: the decode rate without the image encoding and prefill,
+    whose run-to-run noise is larger than the whole decode (so (full - first) / tokens is no rate)."""
+
+    def __init__(self):
+        self.n, self.s = 0, 0.0
+
+    def wrap(self, fn, one_token=lambda *a, **k: True):
+        @functools.wraps(fn)   # generate() reads forward's signature (logits_to_keep)
+        def timed(*a, **k):
+            if not one_token(*a, **k):
+                return fn(*a, **k)
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            self.s += time.perf_counter() - t0
+            self.n += 1
+            return out
+        return timed
+
+    def rate(self):
+        return round(self.n / self.s, 1) if self.s > 0 else None
 
 
 def build_smolvlm_256m(out_dir: Path, seed: int = 0) -> Path:
@@ -78,6 +114,14 @@ def _image():
     return Image.fromarray(data.chelsea()).resize((640, 640))   # a square photo: 4x4 tiles at 2048
 
 
+def _after(fn, hook):
+    def wrapped(*a, **k):
+        out = fn(*a, **k)
+        hook()
+        return out
+    return wrapped
+
+
 def _median(fn, repeats: int):
     times, out = [], None
     for _ in range(repeats):
@@ -100,14 +144,20 @@ def one_torch(model_dir: Path, threads: int, tokens: int, repeats: int) -> dict:
     head = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
     enc = processor(text=[head], images=[[_image()]], add_special_tokens=False, return_tensors="pt")
     gen = dict(do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    with torch.no_grad():   # no separate warm-up: at this size one call is tens of seconds, the first costs little more
+    with torch.no_grad():   # no separate warm-up: medians of `repeats` calls drop the first call's extra cost
         res = {"image_tokens": int((enc["input_ids"] == model.config.image_token_id).sum()),
                "tiles": int(enc["pixel_values"].shape[1])}
         res["first_token_s"], _ = _median(lambda: model.generate(**enc, max_new_tokens=1, **gen), repeats)
         res["image_encode_s"], _ = _median(lambda: model.model.get_image_features(enc["pixel_values"]), repeats)
         res["full_answer_s"], out = _median(lambda: model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens,
                                                                     **gen), repeats)
+        # decode rate: the model's forward on one new token with the KV cache (logits included), as generate calls it
+        clock = _StepClock()
+        model.forward = clock.wrap(model.forward, lambda *a, **k: k.get("input_ids") is not None
+                                   and k["input_ids"].shape[1] == 1)
+        model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, **gen)
     res["answer_tokens"] = int(out.shape[1] - enc["input_ids"].shape[1])
+    res["decode_tokens_per_s"] = clock.rate()
     return res
 
 
@@ -142,6 +192,14 @@ def one_gguf(bundle: Path, threads: int, tokens: int, repeats: int) -> dict:
     res["image_encode_s"], _ = _median(encode, repeats)
     res["full_answer_s"], out = _median(lambda: vlm.generate(image, PROMPT, max_new_tokens=tokens), repeats)
     res["answer_tokens"] = out.tokens
+    # Llama.generate feeds each sampled token back through eval([token]); evals before the first sample are the
+    # prompt's (mtmd's text chunks can be one token long too)
+    llm, clock, sampled = vlm.engine.llm, _StepClock(), [False]
+    llm.eval = clock.wrap(llm.eval, lambda tokens: sampled[0])
+    llm.sample = _after(llm.sample, lambda: sampled.__setitem__(0, True))
+    llm.reset = _after(llm.reset, lambda: sampled.__setitem__(0, False))
+    vlm.generate(image, PROMPT, max_new_tokens=tokens)
+    res["decode_tokens_per_s"] = clock.rate()
     M.mtmd_input_chunks_free(chunks)
     M.mtmd_bitmap_free(bitmap)
     res["bundle_mb"] = round(sum(f.stat().st_size for f in Path(bundle).iterdir()) / 1e6, 1)
@@ -159,6 +217,10 @@ def one_onnx(bundle: Path, threads: int, tokens: int, repeats: int) -> dict:
     res["image_encode_s"], _ = _median(lambda: vlm.engine.vision.run({"pixel_values": pixels}), repeats)
     res["full_answer_s"], out = _median(lambda: vlm.generate(image, PROMPT, max_new_tokens=tokens), repeats)
     res["answer_tokens"] = out.tokens
+    clock = _StepClock()   # the generation loop's one-token step with the KV cache (OnnxCausalLM.step)
+    vlm.engine.step = clock.wrap(vlm.engine.step)
+    vlm.generate(image, PROMPT, max_new_tokens=tokens)
+    res["decode_tokens_per_s"] = clock.rate()
     res["bundle_mb"] = round(sum(f.stat().st_size for f in Path(bundle).iterdir()) / 1e6, 1)
     return res
 
@@ -183,10 +245,6 @@ def _child(args) -> None:
         res = one_onnx(Path(args.bundle), args.one_threads, args.tokens, args.repeats)
     else:
         res = one_gguf(Path(args.bundle), args.one_threads, args.tokens, args.repeats)
-    n = res["answer_tokens"]
-    if n > 1:
-        decode = res["full_answer_s"] - res["first_token_s"]
-        res["tokens_per_s"] = round((n - 1) / decode, 1) if decode > 0 else None
     res["peak_rss_mb"] = _peak_rss_mb()
     print("RESULT " + json.dumps(res), flush=True)
 
@@ -214,7 +272,7 @@ def main(argv=None) -> dict:
     p.add_argument("--edges", type=int, nargs="+", default=[2048, 1024], help="processor longest_edge settings (multiples of 512)")
     p.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), choices=RUNTIMES)
     p.add_argument("--tokens", type=int, default=25)
-    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3, help="calls per figure; the median is reported")
     p.add_argument("--work", default=None, help="keep the model and bundles here (default: a temp dir)")
     p.add_argument("--out", default=None)
     p.add_argument("--prepare", action="store_true", help="build the model and bundles in --work, measure nothing")
@@ -234,23 +292,24 @@ def main(argv=None) -> dict:
         model_dir = work / "smolvlm-256m"
         if not (model_dir / "model.safetensors").exists():
             build_smolvlm_256m(model_dir)
-        texts = tuple(r.split("-", 1)[1] for r in args.runtimes if r.startswith("gguf-"))
+        pairs = {r: gguf_types(r) for r in args.runtimes if r.startswith("gguf-")}
+        texts = tuple(dict.fromkeys(t for t, _ in pairs.values()))
+        mmprojs = tuple(dict.fromkeys(m for _, m in pairs.values()))
         onnx = {r.split("-", 1)[1]: r for r in args.runtimes if r.startswith("onnx-")}
         text_conv = None
         for edge in args.edges:
             set_edge(model_dir, edge)
             bundles = {}
-            if texts and all((work / f"bundle-{t}-{edge}" / "edgesight.json").is_file() for t in texts):
-                bundles = {f"gguf-{t}": work / f"bundle-{t}-{edge}" for t in texts}   # --work kept from a run before
-            elif texts:   # text GGUFs once; the mmproj records the image setting, so it is converted per edge
+            bundles = {r: work / f"bundle-{t}-{m}-{edge}" for r, (t, m) in pairs.items()}
+            if not all((b / "edgesight.json").is_file() for b in bundles.values()):   # else kept from a run before
+                # text GGUFs once; the mmproj records the image setting, so it is converted per edge
                 t0 = time.perf_counter()
-                conv = convert_vlm(model_dir, work / f"gguf-{edge}", () if text_conv else texts, ("f16",),
+                conv = convert_vlm(model_dir, work / f"gguf-{edge}", () if text_conv else texts, mmprojs,
                                    threads=max(args.threads))
                 text_conv = text_conv or conv["text"]
                 conv["text"] = text_conv
-                for t in texts:
-                    bundles[f"gguf-{t}"] = export_vlm_bundle(model_dir, work / f"bundle-{t}-{edge}", text_type=t,
-                                                             mmproj_type="f16", converted=conv).path
+                for r, (t, m) in pairs.items():
+                    export_vlm_bundle(model_dir, bundles[r], text_type=t, mmproj_type=m, converted=conv)
                 result.setdefault("convert_s", {})[str(edge)] = round(time.perf_counter() - t0, 1)
             bundles.update(_onnx_bundles(model_dir, work, edge, onnx, max(args.threads), result))
             for threads in [] if args.prepare else args.threads:

@@ -331,3 +331,48 @@ def test_export_writes_onnx_vlm_bundles_and_product_recognizer_runs_them(chain, 
     cap = Captioner.from_pretrained(chain.onnx["int8"], threads=1, num_samples=1, seed=2)
     a, b = cap(photo), cap(photo)
     assert a.caption == b.caption and a.samples == b.samples and len(a.samples) == 1
+
+
+def test_serve_and_batch_answer_with_vlm_bundles(chain, tmp_path):
+    """`edgesight serve --model products=VLM_BUNDLE` (a real uvicorn server) answers /v1/products with the
+    generated answer, bad photos get a 400 with the reason and the server keeps serving; `edgesight batch`
+    runs an ONNX vlm bundle over a folder, the broken file becoming its own error row."""
+    import base64
+    import shutil
+
+    import httpx
+
+    from benchmarks.serve_load import start_server, stop_server
+    from edgesight.batch import read_output, run_batch
+    from edgesight.tasks.products import ProductRecognizer
+
+    photo = chain.csv.parent / "images" / "0000.png"
+    expected = ProductRecognizer.from_pretrained(chain.bundles["q8_0"], threads=1)(photo)
+    proc, url = start_server(["--model", f"products={chain.bundles['q8_0']}", "--threads", "1"],
+                             env={"EDGESIGHT_HOME": str(tmp_path / "home")})
+    try:
+        r = httpx.post(url + "/v1/products", json={"image": base64.b64encode(photo.read_bytes()).decode()}, timeout=120)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["path"] == "vlm" and body["raw"] == expected.raw and body["title"] == expected.title
+        bad = httpx.post(url + "/v1/products", json={"image": base64.b64encode(b"not an image").decode()}, timeout=60)
+        assert bad.status_code == 400 and bad.json()["type"] == "ImageError" and bad.json()["error"], bad.text
+        assert httpx.post(url + "/v1/products", json={"image": base64.b64encode(photo.read_bytes()).decode()},
+                          timeout=120).json()["raw"] == expected.raw
+    finally:
+        stop_server(proc)
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        shutil.copy(chain.csv.parent / "images" / f"000{i}.png", folder / f"{i}.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    summary = run_batch("products", folder, tmp_path / "out.jsonl", model=chain.onnx["fp32"], threads=1, batch_size=3,
+                        progress=False)
+    rows = {r["id"]: r for r in read_output(tmp_path / "out.jsonl")}
+    assert set(rows) == {"0.png", "1.png", "broken.jpg"} and summary.errors == 1
+    assert rows["broken.jpg"]["error"]["type"] == "ImageError"
+    onnx = ProductRecognizer.from_pretrained(chain.onnx["fp32"], threads=1)
+    for i in range(2):
+        assert rows[f"{i}.png"]["ok"] and rows[f"{i}.png"]["result"]["path"] == "vlm"
+        assert rows[f"{i}.png"]["result"]["raw"] == onnx(folder / f"{i}.png").raw

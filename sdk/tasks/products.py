@@ -801,9 +801,6 @@ def run_cli(task: ProductRecognizer, args):
     from .vlm import VLMProductRecognizer
 
     if isinstance(task, VLMProductRecognizer):   # --model names a vlm bundle (issue 15)
-        given = [f"--{n.replace('_', '-')}" for n in ("query_photos", "calibration_photos") if getattr(args, n, None)]
-        if given:
-            raise InputError(f"{', '.join(given)}: catalogue options; a vlm bundle answers from the photo alone")
         return task.run_cli(args)
     if getattr(args, "prompt", None) is not None:   # the Python API builds args without it
         raise InputError("--prompt is for vlm bundles (edgesight train products --family vlm); a retrieval bundle "

@@ -124,7 +124,9 @@ class VLMProductRecognizer:
         return cls(VLMModel.from_pretrained(path, **kw))
 
     def __call__(self, image, prompt: str | None = None, *, temperature: float = 0.0, seed: int | None = None,
-                 max_new_tokens: int | None = None) -> VLMProductResult:
+                 max_new_tokens: int | None = None) -> VLMProductResult | list[VLMProductResult]:
+        if isinstance(image, (list, tuple)):   # a batch (edgesight batch, serve): one generation per photo
+            return [self(i, prompt, temperature=temperature, seed=seed, max_new_tokens=max_new_tokens) for i in image]
         constrained = prompt is None and self.model.supports_grammar
         # under the grammar the answer is at most ~180 tokens (a 120-character title, a 40-character code, a
         # price); a trained model ends it far earlier, but a cut answer would not parse
@@ -138,7 +140,8 @@ class VLMProductRecognizer:
         return VLMProductResult(parsed["title"], parsed["category"], parsed["price"], 0.0, False, [], raw=gen.text,
                                 prompt=prompt or SEED_PROMPT)
 
-    RETRIEVAL_OPTIONS = ("catalog", "save_index", "ocr", "threshold", "views", "colour_weight", "texture", "adapt")
+    RETRIEVAL_OPTIONS = ("catalog", "save_index", "ocr", "threshold", "views", "colour_weight", "texture", "adapt",
+                         "query_photos", "calibration_photos")
 
     def run_cli(self, args) -> dict:
         """`edgesight products --model VLM_BUNDLE photo.jpg [--prompt TEXT]`: one result per photo."""
