@@ -299,7 +299,6 @@ def main(argv=None) -> dict:
         text_conv = None
         for edge in args.edges:
             set_edge(model_dir, edge)
-            bundles = {}
             bundles = {r: work / f"bundle-{t}-{m}-{edge}" for r, (t, m) in pairs.items()}
             if not all((b / "edgesight.json").is_file() for b in bundles.values()):   # else kept from a run before
                 # text GGUFs once; the mmproj records the image setting, so it is converted per edge

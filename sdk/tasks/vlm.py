@@ -126,7 +126,8 @@ class VLMProductRecognizer:
     def __call__(self, image, prompt: str | None = None, *, temperature: float = 0.0, seed: int | None = None,
                  max_new_tokens: int | None = None) -> VLMProductResult | list[VLMProductResult]:
         if isinstance(image, (list, tuple)):   # a batch (edgesight batch, serve): one generation per photo
-            return [self(i, prompt, temperature=temperature, seed=seed, max_new_tokens=max_new_tokens) for i in image]
+            images = [load_image(i) for i in image]   # every photo checked before any generation (a bad one costs none)
+            return [self(i, prompt, temperature=temperature, seed=seed, max_new_tokens=max_new_tokens) for i in images]
         constrained = prompt is None and self.model.supports_grammar
         # under the grammar the answer is at most ~180 tokens (a 120-character title, a 40-character code, a
         # price); a trained model ends it far earlier, but a cut answer would not parse
