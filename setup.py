@@ -40,9 +40,10 @@ setup(
               "edgesight.training.data", "edgesight.evaluation"],
     package_data={"edgesight": ["data/*", "adapters/*/*", "static/*"]},   # static: the serve console (/ui)
     # faiss-cpu: the product catalogue's index (exact and approximate search, its own serialisation); core, not an
-    # extra, because products is a core task and one search path beats a numpy fallback; imported on first search
+    # extra, because products is a core task and one search path beats a numpy fallback; imported on first search.
+    # llguidance: grammar-constrained decoding on the ONNX runtime (GBNF/Lark -> token masks; edgesight.grammar)
     install_requires=["numpy>=1.26", "pillow>=10", "onnxruntime>=1.18", "tokenizers>=0.19", "tqdm>=4.66", "rapidfuzz>=3",
-                      "faiss-cpu>=1.8"],
+                      "faiss-cpu>=1.8", "llguidance>=1.9"],
     extras_require=extras,
     entry_points={"console_scripts": ["edgesight=edgesight.cli:main"]},
 )

@@ -41,14 +41,20 @@ from benchmarks.report import header, write_json
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "What is shown in this image?"
 # gguf-TEXT is the text GGUF at TEXT with the export's default f16 mmproj; gguf-TEXT+mmproj_q8_0 the same text
-# model with a Q8_0 mmproj (the vision tower quantised too).
+# model with a Q8_0 mmproj (the vision tower quantised too). "+grammar": the answer generated under the product
+# grammar, as ProductRecognizer does (GBNF on llama.cpp, its Lark twin through llguidance on ONNX).
 RUNTIMES = ("torch-fp32", "gguf-q8_0", "gguf-q4_k_m", "gguf-q8_0+mmproj_q8_0", "gguf-q4_k_m+mmproj_q8_0",
-            "onnx-fp32", "onnx-int8")
+            "onnx-fp32", "onnx-int8", "gguf-q8_0+grammar", "onnx-int8+grammar")
+
+
+def base_runtime(runtime: str) -> str:
+    """The runtime without "+grammar" (the same bundle)."""
+    return runtime.removesuffix("+grammar")
 
 
 def gguf_types(runtime: str) -> tuple[str, str]:
     """"gguf-q4_k_m+mmproj_q8_0" -> ("q4_k_m", "q8_0"); "gguf-q8_0" -> ("q8_0", "f16")."""
-    text, _, mmproj = runtime.split("-", 1)[1].partition("+mmproj_")
+    text, _, mmproj = base_runtime(runtime).split("-", 1)[1].partition("+mmproj_")
     return text, mmproj or "f16"
 
 
@@ -161,14 +167,15 @@ def one_torch(model_dir: Path, threads: int, tokens: int, repeats: int) -> dict:
     return res
 
 
-def one_gguf(bundle: Path, threads: int, tokens: int, repeats: int) -> dict:
+def one_gguf(bundle: Path, threads: int, tokens: int, repeats: int, grammar: bool = False) -> dict:
     import ctypes
 
     from llama_cpp import mtmd_cpp as M
 
-    from edgesight.tasks.vlm import VLMModel
+    from edgesight.tasks.vlm import VLMModel, product_grammar
 
     vlm = VLMModel.from_pretrained(bundle, threads=threads)
+    g = product_grammar(vlm) if grammar else None
     image = _image()
     first_token_s, _ = _median(lambda: vlm.generate(image, PROMPT, max_new_tokens=1), repeats)   # creates the mtmd context
     ctx = vlm.engine.handler.mtmd_ctx
@@ -190,15 +197,15 @@ def one_gguf(bundle: Path, threads: int, tokens: int, repeats: int) -> dict:
     res = {"image_tokens": sum(M.mtmd_input_chunk_get_n_tokens(c) for c in images), "tiles": len(images)}
     res["first_token_s"] = first_token_s
     res["image_encode_s"], _ = _median(encode, repeats)
-    res["full_answer_s"], out = _median(lambda: vlm.generate(image, PROMPT, max_new_tokens=tokens), repeats)
-    res["answer_tokens"] = out.tokens
+    res["full_answer_s"], out = _median(lambda: vlm.generate(image, PROMPT, max_new_tokens=tokens, grammar=g), repeats)
+    res["answer_tokens"], res["answer"] = out.tokens, out.text
     # Llama.generate feeds each sampled token back through eval([token]); evals before the first sample are the
     # prompt's (mtmd's text chunks can be one token long too)
     llm, clock, sampled = vlm.engine.llm, _StepClock(), [False]
     llm.eval = clock.wrap(llm.eval, lambda tokens: sampled[0])
     llm.sample = _after(llm.sample, lambda: sampled.__setitem__(0, True))
     llm.reset = _after(llm.reset, lambda: sampled.__setitem__(0, False))
-    vlm.generate(image, PROMPT, max_new_tokens=tokens)
+    vlm.generate(image, PROMPT, max_new_tokens=tokens, grammar=g)
     res["decode_tokens_per_s"] = clock.rate()
     M.mtmd_input_chunks_free(chunks)
     M.mtmd_bitmap_free(bitmap)
@@ -206,20 +213,21 @@ def one_gguf(bundle: Path, threads: int, tokens: int, repeats: int) -> dict:
     return res
 
 
-def one_onnx(bundle: Path, threads: int, tokens: int, repeats: int) -> dict:
-    from edgesight.tasks.vlm import VLMModel
+def one_onnx(bundle: Path, threads: int, tokens: int, repeats: int, grammar: bool = False) -> dict:
+    from edgesight.tasks.vlm import VLMModel, product_grammar
 
     vlm = VLMModel.from_pretrained(bundle, threads=threads)
+    g = product_grammar(vlm) if grammar else None
     image = _image()
     first_token_s, _ = _median(lambda: vlm.generate(image, PROMPT, max_new_tokens=1), repeats)
     pixels, _, _ = vlm.engine.preprocessing(image)
     res = {"image_tokens": len(pixels) * vlm.engine.image_seq_len, "tiles": len(pixels), "first_token_s": first_token_s}
     res["image_encode_s"], _ = _median(lambda: vlm.engine.vision.run({"pixel_values": pixels}), repeats)
-    res["full_answer_s"], out = _median(lambda: vlm.generate(image, PROMPT, max_new_tokens=tokens), repeats)
-    res["answer_tokens"] = out.tokens
+    res["full_answer_s"], out = _median(lambda: vlm.generate(image, PROMPT, max_new_tokens=tokens, grammar=g), repeats)
+    res["answer_tokens"], res["answer"] = out.tokens, out.text
     clock = _StepClock()   # the generation loop's one-token step with the KV cache (OnnxCausalLM.step)
     vlm.engine.step = clock.wrap(vlm.engine.step)
-    vlm.generate(image, PROMPT, max_new_tokens=tokens)
+    vlm.generate(image, PROMPT, max_new_tokens=tokens, grammar=g)
     res["decode_tokens_per_s"] = clock.rate()
     res["bundle_mb"] = round(sum(f.stat().st_size for f in Path(bundle).iterdir()) / 1e6, 1)
     return res
@@ -242,9 +250,9 @@ def _child(args) -> None:
     if args.runtime == "torch-fp32":
         res = one_torch(Path(args.model_dir), args.one_threads, args.tokens, args.repeats)
     elif args.runtime.startswith("onnx-"):
-        res = one_onnx(Path(args.bundle), args.one_threads, args.tokens, args.repeats)
+        res = one_onnx(Path(args.bundle), args.one_threads, args.tokens, args.repeats, args.runtime.endswith("+grammar"))
     else:
-        res = one_gguf(Path(args.bundle), args.one_threads, args.tokens, args.repeats)
+        res = one_gguf(Path(args.bundle), args.one_threads, args.tokens, args.repeats, args.runtime.endswith("+grammar"))
     res["peak_rss_mb"] = _peak_rss_mb()
     print("RESULT " + json.dumps(res), flush=True)
 
@@ -292,10 +300,10 @@ def main(argv=None) -> dict:
         model_dir = work / "smolvlm-256m"
         if not (model_dir / "model.safetensors").exists():
             build_smolvlm_256m(model_dir)
-        pairs = {r: gguf_types(r) for r in args.runtimes if r.startswith("gguf-")}
+        pairs = {r: gguf_types(r) for r in dict.fromkeys(map(base_runtime, args.runtimes)) if r.startswith("gguf-")}
         texts = tuple(dict.fromkeys(t for t, _ in pairs.values()))
         mmprojs = tuple(dict.fromkeys(m for _, m in pairs.values()))
-        onnx = {r.split("-", 1)[1]: r for r in args.runtimes if r.startswith("onnx-")}
+        onnx = {r.split("-", 1)[1]: r for r in dict.fromkeys(map(base_runtime, args.runtimes)) if r.startswith("onnx-")}
         text_conv = None
         for edge in args.edges:
             set_edge(model_dir, edge)
@@ -315,8 +323,8 @@ def main(argv=None) -> dict:
                 for rt in args.runtimes:
                     cmd = [sys.executable, "-m", "benchmarks.vlm_realsize", "--one", rt, "--one-threads", str(threads),
                            "--tokens", str(args.tokens), "--repeats", str(args.repeats), "--model-dir", str(model_dir)]
-                    if rt in bundles:
-                        cmd += ["--bundle", str(bundles[rt])]
+                    if base_runtime(rt) in bundles:
+                        cmd += ["--bundle", str(bundles[base_runtime(rt)])]
                     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
                     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
                     run = json.loads(line[-1][7:]) if line else {"error": out.stderr[-2000:]}

@@ -14,7 +14,7 @@ Deliberate differences from transformers:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class GenerationConfig(Record):
     num_return_sequences: int = 1
     repetition_penalty: float = 1.0
     eos_token_ids: list[int] = field(default_factory=list)  # empty = the model's own
-    grammar: str | None = None  # GBNF, GGUF backend only
+    grammar: str | None = None  # GBNF (gguf and onnx; onnx also llguidance Lark: edgesight.grammar); not torch
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "GenerationConfig":
@@ -88,12 +88,17 @@ class Decoder(Protocol):
 
 
 def generate_ids(decoder: Decoder, prompts: Sequence[Sequence[int]], config: GenerationConfig, *,
-                 eos_token_ids: Sequence[int], decoder_start_token_id: int | None = None) -> list[list[list[int]]]:
+                 eos_token_ids: Sequence[int], decoder_start_token_id: int | None = None,
+                 grammar: Callable[[int], Any] | None = None) -> list[list[list[int]]]:
     """For each prompt, `num_return_sequences` lists of generated token ids (a final eos included).
 
     `decoder_start_token_id` marks an encoder-decoder model: the logits processors then see the
-    decoder tokens (start token + generated), not the encoder prompt, as transformers does."""
+    decoder tokens (start token + generated), not the encoder prompt, as transformers does.
+    `grammar(vocab_size)` -> a CompiledGrammar (edgesight.grammar): only tokens it allows are picked
+    (greedy and sampling; the grammar's mask comes first, then the logits processors)."""
     config.validate()
+    if grammar is not None and config.num_beams > 1:
+        raise InputError("a grammar constrains greedy decoding and sampling, not beam search; set num_beams=1")
     prompts = [list(map(int, p)) for p in prompts]
     if not prompts:
         return []
@@ -103,7 +108,7 @@ def generate_ids(decoder: Decoder, prompts: Sequence[Sequence[int]], config: Gen
         return [[[] for _ in range(config.num_return_sequences)] for _ in prompts]
     if config.num_beams > 1:
         return _beam_search(decoder, prompts, contexts, config, eos)
-    return _greedy_or_sample(decoder, prompts, contexts, config, eos)
+    return _greedy_or_sample(decoder, prompts, contexts, config, eos, grammar)
 
 
 # --- logits processors (transformers' order: repetition, n-gram ban, then sampling warpers) ---------
@@ -170,10 +175,11 @@ def _draw(rng: np.random.Generator, scores: np.ndarray) -> int:
 
 # --- greedy and multinomial sampling ---------------------------------------------------------------
 
-def _greedy_or_sample(decoder, prompts, contexts, config, eos) -> list[list[list[int]]]:
+def _greedy_or_sample(decoder, prompts, contexts, config, eos, grammar=None) -> list[list[list[int]]]:
     k = config.num_return_sequences
     logits, state = decoder.prefill(prompts)
     rows = np.repeat(np.arange(len(prompts)), k)
+    constraint = grammar(logits.shape[-1]).start(len(rows)) if grammar is not None else None
     if k > 1:
         state, logits = decoder.select(state, rows), logits[rows]
     rngs = [r for _ in prompts for r in _rngs(config, k)]
@@ -181,7 +187,10 @@ def _greedy_or_sample(decoder, prompts, contexts, config, eos) -> list[list[list
     out: list[list[int]] = [[] for _ in rows]
     live = np.arange(len(rows))                       # rows (of `out`) still generating, in state order
     for t in range(config.max_new_tokens):
-        scores = _process(np.array(logits, dtype=np.float32), [ctx[r] for r in live], config, 1)
+        scores = np.array(logits, dtype=np.float32)
+        if constraint is not None:
+            constraint.mask(scores, live)
+        scores = _process(scores, [ctx[r] for r in live], config, 1)
         if config.do_sample:
             tokens = np.array([_draw(rngs[r], s) for r, s in zip(live, scores)], dtype=np.int64)
         else:
@@ -190,6 +199,8 @@ def _greedy_or_sample(decoder, prompts, contexts, config, eos) -> list[list[list
             out[r].append(tok)
             ctx[r].append(tok)
         going = ~_is_eos(tokens, eos)
+        if constraint is not None and going.any():
+            constraint.advance(live[going], tokens[going])
         if t + 1 == config.max_new_tokens or not going.any():
             break
         if not going.all():                           # finished rows leave the batch

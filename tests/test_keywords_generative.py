@@ -15,7 +15,7 @@ pytest.importorskip("llama_cpp")
 
 
 @pytest.fixture(scope="module")
-def gguf_bundle(tmp_path_factory):
+def kw_bundles(tmp_path_factory):
     from kit import tiny_llama
 
     from edgesight.export import export
@@ -27,8 +27,14 @@ def gguf_bundle(tmp_path_factory):
                      config=TrainConfig(steps=2, batch_size=4, rank=4, alpha=8, threads=1, save_every=0,
                                         system=kwdata.SYSTEM, max_length=96),
                      format_example=kwdata.format_generative, progress=False)
-    export(base, rep.adapter_dir, task="keywords", out=work / "bundles", formats=["gguf-f32"], threads=1, progress=False)
-    return work / "bundles" / "gguf-f32"
+    export(base, rep.adapter_dir, task="keywords", out=work / "bundles", formats=["gguf-f32", "onnx"], threads=1,
+           progress=False)
+    return {fmt: work / "bundles" / fmt for fmt in ("gguf-f32", "onnx")}
+
+
+@pytest.fixture(scope="module")
+def gguf_bundle(kw_bundles):
+    return kw_bundles["gguf-f32"]
 
 
 def test_generative_bundle_carries_the_training_prompt(gguf_bundle):
@@ -54,21 +60,27 @@ def test_random_model_output_is_parsed_never_raised(gguf_bundle):
     assert all(isinstance(n, str) for names in out for n in names)
 
 
-def test_vocabulary_becomes_a_grammar_on_gguf(gguf_bundle):
-    kw = KeywordExtractor.from_pretrained(gguf_bundle, threads=1, vocabulary=["Cat", "Dog", "Umbrella"])
+@pytest.mark.parametrize("fmt", ["gguf-f32", "onnx"])   # llama.cpp's GBNF / llguidance on the numpy loop
+def test_vocabulary_becomes_a_grammar(kw_bundles, fmt):
+    kw = KeywordExtractor.from_pretrained(kw_bundles[fmt], threads=1, vocabulary=["Cat", "Dog", "Umbrella"])
     for names in kw(["Segment cats, dogs, but not humans", "find the umbrellas", "hello"]):
         assert set(names) <= {"Cat", "Dog", "Umbrella"}
     assert 'item ::= "Cat" | "Dog" | "Umbrella"' in kw.vocabulary.grammar()
 
 
-def test_grammar_constrains_the_raw_generation(gguf_bundle):
+@pytest.mark.parametrize("fmt", ["gguf-f32", "onnx"])
+def test_grammar_constrains_the_raw_generation(kw_bundles, fmt):
     from dataclasses import replace
 
     from edgesight.lexicon import LabelMap
-    kw = KeywordExtractor.from_pretrained(gguf_bundle, threads=1)
+    kw = KeywordExtractor.from_pretrained(kw_bundles[fmt], threads=1)
     labels = ["Cat", "Dog", "Umbrella"]
     gen = kw._model
-    config = replace(gen.config, grammar=LabelMap(labels).grammar(), max_new_tokens=12)
-    raw = gen.model.generate([gen.prefix + "Segment the cats" + gen.suffix], config)[0][0]
-    items = raw.split(", ")
-    assert raw == "None" or all(i in labels for i in items[:-1]) and any(lab.startswith(items[-1]) for lab in labels), raw
+    prompt = [gen.prefix + "Segment the cats" + gen.suffix]
+
+    def in_language(raw):   # labels joined by ", " (the last one possibly cut by max_new_tokens) or "None"
+        items = raw.split(", ")
+        return raw == "None" or all(i in labels for i in items[:-1]) and any(lab.startswith(items[-1]) for lab in labels)
+    assert not in_language(gen.model.generate(prompt, replace(gen.config, max_new_tokens=12))[0][0])
+    raw = gen.model.generate(prompt, replace(gen.config, grammar=LabelMap(labels).grammar(), max_new_tokens=12))[0][0]
+    assert in_language(raw), raw

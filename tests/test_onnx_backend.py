@@ -113,8 +113,29 @@ def test_input_errors(llama):
         onnx_model.generate(["cat " * 600], GenerationConfig())
     with pytest.raises(InputError, match="list of prompts"):
         onnx_model.generate("a cat", GenerationConfig())
-    with pytest.raises(BackendError, match="gguf"):
-        onnx_model.generate(["a cat"], GenerationConfig(grammar='root ::= "cat"'))
+
+
+def test_grammar_constrains_greedy_and_sampled_output(llama, t5):
+    """GBNF through llguidance on the numpy loop (the gguf backend's test, on ONNX; decoder-only models): once the grammar is complete only
+    eos is allowed, so every output is a whole sentence of the language; unconstrained, the tiny model writes none."""
+    import re
+
+    grammar = 'root ::= item (", " item)?\nitem ::= "cat" | "dog" | "bottle"'
+    sentence = re.compile(r"(cat|dog|bottle)(, (cat|dog|bottle))?")
+    for model in (llama[2],):
+        free = model.generate(PROMPTS, GenerationConfig(max_new_tokens=12))
+        assert not any(sentence.fullmatch(outs[0].strip()) for outs in free)
+        for cfg in (dict(), dict(do_sample=True, temperature=1.5, top_p=0.9, seed=4, num_return_sequences=3)):
+            for outs in model.generate(PROMPTS, GenerationConfig(max_new_tokens=24, grammar=grammar, **cfg)):
+                for text in outs:
+                    assert sentence.fullmatch(text.strip()), text
+    with pytest.raises(InputError, match="beam search"):
+        llama[2].generate(PROMPTS[:1], GenerationConfig(grammar=grammar, num_beams=2))
+    with pytest.raises(InputError, match="grammar"):
+        llama[2].generate(PROMPTS[:1], GenerationConfig(grammar="root ::= ( unbalanced"))
+    assert not t5[2].supports_grammar
+    with pytest.raises(BackendError, match="encoder-decoder"):
+        t5[2].generate(PROMPTS[:1], GenerationConfig(grammar=grammar))
 
 
 def test_session_errors_name_the_file(tmp_path, tiny_llama_onnx):

@@ -127,17 +127,22 @@ def test_bad_images_are_typed_errors(bundles):
             m.generate(bad, "What is this product?", max_new_tokens=2)
 
 
-def test_seeded_sampling_reproducible_and_grammar_always_parses(bundles):
+@pytest.mark.parametrize("fmt", ["gguf-q8_0", "onnx-int8"])
+def test_seeded_sampling_reproducible_and_grammar_always_parses(bundles, chain, fmt):
+    """GGUF takes PRODUCT_GRAMMAR (llama.cpp GBNF), ONNX its Lark twin (llguidance): both always parse."""
     from edgesight.tasks.products import ProductResult
-    from edgesight.tasks.vlm import VLMModel, VLMProductRecognizer
+    from edgesight.tasks.vlm import VLMModel, VLMProductRecognizer, parse_answer
 
-    m = VLMModel.from_pretrained(bundles["q8_0"], threads=1)
+    m = VLMModel.from_pretrained(bundles["q8_0"] if fmt == "gguf-q8_0" else chain.onnx["int8"], threads=1)
     a = m.generate(_image(2), "Describe.", temperature=1.0, seed=7, max_new_tokens=12).text
     b = m.generate(_image(2), "Describe.", temperature=1.0, seed=7, max_new_tokens=12).text
     assert a == b
+    free = [m.generate(_image(s), "What is shown in this image?", temperature=1.5, seed=s, max_new_tokens=60).text
+            for s in range(3)]
+    assert not all(parse_answer(t) for t in free)   # sampled hot without the grammar, the answer need not parse
     rec = VLMProductRecognizer(m)
-    for seed in range(3):   # random weights: only the grammar makes this parse
-        r = rec(_image(seed), temperature=1.0, seed=seed, max_new_tokens=60)
+    for seed in range(3):   # sampled hot: only the grammar makes this parse
+        r = rec(_image(seed), temperature=1.5, seed=seed, max_new_tokens=60 if fmt == "gguf-q8_0" else 192)
         assert isinstance(r, ProductResult) and r.path == "vlm" and r.raw.lstrip().startswith("Product: ")
         assert r.title and r.category and isinstance(r.price, float) and not r.unknown, r
         assert json.loads(json.dumps(r.to_dict()))["raw"] == r.raw
@@ -297,7 +302,7 @@ def test_bad_catalogue_rows_are_typed_errors_with_their_lines(chain, vlm_dir, tm
 def test_export_writes_onnx_vlm_bundles_and_product_recognizer_runs_them(chain, capsys):
     """`edgesight export --formats ...,onnx,onnx-int8` on the trained adapter: bundles of kind vlm, format onnx, whose
     fp32 answers on the probe photos equal the merged torch model's; ProductRecognizer / `edgesight products --model`
-    pick the ONNX runtime from the bundle. Without a grammar the trained model's answer is parsed from the raw text."""
+    pick the ONNX runtime from the bundle; the answer grammar's Lark twin (llguidance) makes its answer parse."""
     from edgesight.errors import BackendError
     from edgesight.tasks.products import ProductRecognizer, ProductResult
     from edgesight.tasks.vlm import VLMModel, VLMProductRecognizer
@@ -311,14 +316,11 @@ def test_export_writes_onnx_vlm_bundles_and_product_recognizer_runs_them(chain, 
     assert {r["format"]: r["status"] for r in report["formats"]} == {f: "ok" for f in (
         "gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "onnx", "onnx-int8")}
     pr = ProductRecognizer.from_pretrained(chain.onnx["fp32"], threads=1)
-    assert isinstance(pr, VLMProductRecognizer) and pr.model.backend == "onnx" and not pr.model.supports_grammar
+    assert isinstance(pr, VLMProductRecognizer) and pr.model.backend == "onnx" and pr.model.grammar_syntax == "lark"
     photo = chain.csv.parent / "images" / "0000.png"
     r = pr(photo)
     assert isinstance(r, ProductResult) and r.path == "vlm" and isinstance(r.raw, str)
-    if r.unknown:     # no grammar: an answer that does not parse is unknown, the raw text kept
-        assert r.title is None and "does not follow" in r.unknown_reason
-    else:
-        assert r.raw.lstrip().startswith("Product: ") and r.title and isinstance(r.price, float)
+    assert not r.unknown and r.raw.lstrip().startswith("Product: ") and r.title and isinstance(r.price, float), r
     capsys.readouterr()
     assert run("products", "--model", chain.onnx["int8"], "--threads", 1, "--json", "--prompt", "what is the price?",
                photo) == 0
@@ -376,3 +378,31 @@ def test_serve_and_batch_answer_with_vlm_bundles(chain, tmp_path):
     for i in range(2):
         assert rows[f"{i}.png"]["ok"] and rows[f"{i}.png"]["result"]["path"] == "vlm"
         assert rows[f"{i}.png"]["result"]["raw"] == onnx(folder / f"{i}.png").raw
+
+
+def test_product_grammar_twins_accept_what_parse_answer_reads(chain):
+    """PRODUCT_LARK (ONNX, llguidance) takes the answers PRODUCT_GRAMMAR (GGUF) allows and parse_answer reads:
+    commas in a title, an optional leading space; it refuses what the GBNF refuses. The GBNF itself, converted by
+    llguidance, lexes the title greedily and never lets it end: why the Lark twin exists."""
+    from tokenizers import Tokenizer
+
+    from edgesight.grammar import TokenGrammars
+    from edgesight.tasks.vlm import PRODUCT_GRAMMAR, PRODUCT_LARK, parse_answer
+
+    text = (chain.onnx["int8"] / "tokenizer.json").read_text(encoding="utf-8")
+    eos = json.loads((chain.onnx["int8"] / "edgesight.json").read_text())["tokens"]["eos"]
+    grammars, vocab = TokenGrammars(text), Tokenizer.from_str(text).get_vocab_size()
+
+    def accepts(grammar, answer):
+        g = grammars.compile(grammar, vocab, eos)
+        m = g.start(1).matchers[0]
+        return m.consume_tokens(g.tokenizer.tokenize_str(answer)) and m.is_accepting()
+
+    good = ["Product: Trench coat, beige, Category: COAT_1, Full Price: 1290.5", " Product: x, Category: y, Full Price: 1"]
+    bad = ["Product: Shoe, Category: SH_1, Full Price: 12.555", "Product: a\nb, Category: SH_1, Full Price: 1",
+           "Product: Shoe, Category: SH,1, Full Price: 1", "Product: " + "x" * 121 + ", Category: a, Full Price: 1"]
+    for answer in good:
+        assert accepts(PRODUCT_LARK, answer) and parse_answer(answer), answer
+    for answer in bad:
+        assert not accepts(PRODUCT_LARK, answer), answer
+    assert not accepts(PRODUCT_GRAMMAR, good[0])

@@ -113,7 +113,8 @@ def test_onnx_vlm_bundle_opens_on_its_runtime_and_refuses_bad_input(bundles):
 
     bundle = Bundle.load(bundles["fp32"])
     vlm = open_vlm(bundle, threads=1)
-    assert isinstance(vlm, VisionTextModel) and vlm.backend == "onnx" and not vlm.supports_grammar
+    assert isinstance(vlm, VisionTextModel) and vlm.backend == "onnx" and vlm.supports_grammar
+    assert vlm.grammar_syntax == "lark"
     assert RUNTIMES["onnx"].vlm and RUNTIMES["gguf"].vlm and not RUNTIMES["torch"].vlm
     with pytest.raises(BackendError):
         open_vlm(bundle, backend="gguf")
@@ -122,8 +123,8 @@ def test_onnx_vlm_bundle_opens_on_its_runtime_and_refuses_bad_input(bundles):
             vlm.generate(bad, "What?", max_new_tokens=2)
     with pytest.raises(InputError, match="image tokens"):
         vlm.generate(random_photo(0), "look: <image>", max_new_tokens=2)
-    with pytest.raises(BackendError, match="grammar"):
-        vlm.generate(random_photo(0), "What?", grammar='root ::= "a"')
+    with pytest.raises(InputError, match="grammar"):
+        vlm.generate(random_photo(0), "What?", grammar='root ::= ( "a"')
     with pytest.raises(InputError):
         vlm.generate(random_photo(0), 7)
     a = vlm.generate(random_photo(1), "Describe.", temperature=1.0, seed=3, max_new_tokens=8)

@@ -94,7 +94,8 @@ class VisionTextModel(Protocol):
     """A loaded VLM bundle (kind "vlm"): an image and a prompt in, generated text out."""
 
     backend: str
-    supports_grammar: bool       # `grammar` (GBNF) is honoured; otherwise passing one raises BackendError
+    supports_grammar: bool       # `grammar` is honoured; otherwise passing one raises BackendError
+    grammar_syntax: str          # "gbnf" (llama.cpp) or "lark" (llguidance: GBNF too, but see edgesight.grammar)
 
     def generate(self, image: Any, prompt: str, *, max_new_tokens: int | None = None, temperature: float = 0.0,
                  top_p: float = 1.0, top_k: int = 0, seed: int | None = None, grammar: str | None = None) -> Generation:

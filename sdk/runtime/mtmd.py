@@ -105,7 +105,7 @@ class MtmdVLM:
     """A loaded GGUF VLM bundle. One llama.cpp context, guarded by a lock (calls are serialised)."""
 
     backend = "gguf"
-    supports_grammar = True
+    supports_grammar, grammar_syntax = True, "gbnf"
 
     def __init__(self, bundle, *, threads: int, device: str = "cpu", n_ctx: int = 2048):
         if bundle.kind != "vlm":

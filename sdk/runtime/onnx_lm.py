@@ -49,6 +49,8 @@ class _TextModel(BaseTextModel):
     """Tokenizer, special tokens and the TextModel methods shared by both model kinds."""
 
     default_context = 2048
+    supports_grammar = True   # GBNF or llguidance Lark, via llguidance over the bundle's tokenizer.json
+    grammar_syntax = "lark"   # what a task's own grammar should be written in (edgesight.grammar: why)
 
     def __init__(self, bundle, backend: str = "onnx"):
         self.bundle, self.backend = bundle, backend
@@ -63,6 +65,21 @@ class _TextModel(BaseTextModel):
         self._context = int(bundle.get("context_length") or self.default_context)
         if bundle.get("max_input_tokens"):   # longer inputs are cut, as the model's own tokenizer call did
             self.tokenizer.tokenizer.enable_truncation(int(bundle.get("max_input_tokens")))
+        self._grammars = None   # edgesight.grammar.TokenGrammars, built on the first grammar
+
+    def grammar(self, text: str | None, eos):
+        """The generation loop's `grammar` argument for GBNF/Lark `text` (None: unconstrained)."""
+        if not text:
+            return None
+        if not self.supports_grammar:
+            raise BackendError(f"{self.bundle.path}: grammars constrain decoder-only models here (onnx causal-lm and "
+                               "vlm bundles, gguf); drop `grammar` for this encoder-decoder model")
+        if self._grammars is None:
+            from pathlib import Path
+
+            from ..grammar import TokenGrammars
+            self._grammars = TokenGrammars(Path(self.bundle.file("tokenizer")).read_text(encoding="utf-8"))
+        return lambda vocab_size: self._grammars.compile(text, vocab_size, list(eos))
 
     @property
     def context_length(self) -> int:
@@ -76,9 +93,6 @@ class _TextModel(BaseTextModel):
 
     def generate_ids(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[list[int]]]:
         """Token ids instead of text (tests compare these with transformers)."""
-        if config.grammar:
-            raise BackendError("grammar-constrained generation needs the gguf backend; "
-                               "use a GGUF bundle or drop `grammar`")
         self.check_prompts(prompts)
         ids = [self.encode(p) for p in prompts]
         for p, i in zip(prompts, ids):
@@ -88,7 +102,7 @@ class _TextModel(BaseTextModel):
                 raise InputError(f"prompt of {len(i)} tokens + max_new_tokens {config.max_new_tokens} exceeds "
                                  f"the model's context of {self.context_length} tokens; shorten the prompt")
         eos = config.eos_token_ids or self.eos
-        return generate_ids(self, ids, config, eos_token_ids=eos,
+        return generate_ids(self, ids, config, eos_token_ids=eos, grammar=self.grammar(config.grammar, eos),
                             decoder_start_token_id=self.tokens.get("decoder_start") if self.is_seq2seq else None)
 
     def _prompt_budget(self, ids) -> int:
@@ -173,6 +187,8 @@ class OnnxCausalLM(_TextModel):
 class OnnxSeq2SeqLM(_TextModel):
     """Encoder + decoder (merged with use_cache_branch, or decoder + decoder_with_past)."""
 
+    # no grammar: T5's SentencePiece (Metaspace) tokenizer is one llguidance 1.9 cannot read, and no task needs one
+    supports_grammar, grammar_syntax = False, None
     is_seq2seq = True
     default_context = 512
 

@@ -12,15 +12,14 @@ template rendered around "<image>" and "{prompt}"), image_token_id, image_seq_le
 
 One call: the image is preprocessed and encoded, the prompt rendered and its "<image>" expanded to the tile
 layout's tokens (as Idefics3Processor), the embeddings of those tokens replaced by the image features (as
-Idefics3's inputs_merger), then greedy or seeded sampling. No grammar: `supports_grammar` is False, and the
-caller parses the raw text (VLMProductRecognizer answers `unknown` when it does not parse). No prefix KV cache:
-the image tokens of two prompts have the same ids but not the same features.
+Idefics3's inputs_merger), then greedy or seeded sampling, optionally under a grammar (GBNF or llguidance Lark:
+edgesight.grammar). No prefix KV cache: the image tokens of two prompts have the same ids but not the same features.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..errors import BackendError, BundleError, InputError
+from ..errors import BundleError, InputError
 from ..generation import GenerationConfig, generate_ids
 from ..idefics3 import Idefics3Preprocessing, expand_image
 from ..images import load_image
@@ -29,8 +28,6 @@ from .onnx_lm import OnnxCausalLM
 
 
 class OnnxVLM(OnnxCausalLM):
-    supports_grammar = False
-
     def __init__(self, bundle, opener, backend: str = "onnx"):
         if bundle.kind != "vlm":
             raise BundleError(f"{bundle.path}: bundle kind {bundle.kind!r} is not 'vlm'")
@@ -77,9 +74,6 @@ class OnnxVLM(OnnxCausalLM):
                      top_p: float = 1.0, top_k: int = 0, seed: int | None = None, grammar: str | None = None) -> list[int]:
         if not isinstance(prompt, str):
             raise InputError(f"prompt must be a string, not {type(prompt).__name__}")
-        if grammar:
-            raise BackendError("grammar-constrained generation needs a GGUF vlm bundle (llama.cpp); the ONNX runtime "
-                               "generates freely (parse the text, or export gguf-q8_0)")
         features, rows, cols = self.encode_image(image)
         ids = self.prompt_ids(prompt, rows, cols)
         n = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
@@ -88,7 +82,8 @@ class OnnxVLM(OnnxCausalLM):
                              f"context of {self.context_length} tokens; shorten the prompt or use a smaller image setting")
         config = GenerationConfig(max_new_tokens=n, do_sample=temperature > 0, temperature=temperature or 1.0,
                                   top_p=top_p, top_k=top_k, seed=seed if seed is not None else 0)
-        return generate_ids(_WithImage(self, features), [ids], config, eos_token_ids=self.eos)[0][0]
+        return generate_ids(_WithImage(self, features), [ids], config, eos_token_ids=self.eos,
+                            grammar=self.grammar(grammar, self.eos))[0][0]
 
     def generate(self, image, prompt: str, **kw) -> Generation:
         ids = self.generate_ids(image, prompt, **kw)

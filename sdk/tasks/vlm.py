@@ -5,7 +5,7 @@ onnxruntime and the numpy generation loop (runtime/onnx_vlm.py).
     vlm = VLMModel.from_pretrained(bundle)                     # backend= / device= / threads= as every task
     vlm.generate(image, "What is this product?")               # greedy
     vlm.generate(image, prompt, temperature=0.7, seed=3)         # seeded sampling (reproducible)
-    vlm.generate(image, prompt, grammar=PRODUCT_GRAMMAR)         # constrained (GGUF only: vlm.supports_grammar)
+    vlm.generate(image, prompt, grammar=product_grammar(vlm))    # constrained (GBNF on gguf, Lark on onnx)
 
 Beam search is not available on llama.cpp's Python binding: greedy and sampling only (the same on ONNX).
 """
@@ -37,6 +37,7 @@ class VLMModel:
         self.bundle = bundle
         self.engine = open_vlm(bundle, backend=backend, threads=threads, device=device, **kw)
         self.backend, self.supports_grammar = self.engine.backend, self.engine.supports_grammar
+        self.grammar_syntax = self.engine.grammar_syntax
         self.max_new_tokens = self.engine.max_new_tokens
 
     @classmethod
@@ -63,8 +64,25 @@ title ::= [^\n] [^\n]{0,119}
 code ::= [A-Za-z0-9_ /&-]{1,40}
 price ::= [0-9]{1,6} ("." [0-9]{1,2})?
 """
+# The same answer for llguidance (the ONNX runtime): it lexes a character-only rule greedily, so a GBNF title
+# of "[^\n]" characters would swallow ", Category: " and never end; the lazy title ends at the first
+# ", Category: " (as parse_answer reads it) and may hold commas, like the GBNF one.
+PRODUCT_LARK = r"""%llguidance {}
+start: " "? "Product: " title CODE ", Full Price: " PRICE
+title[lazy]: /[^\n]{1,120}, Category: /
+CODE: /[A-Za-z0-9_ \/&-]{1,40}/
+PRICE: /[0-9]{1,6}(\.[0-9]{1,2})?/
+"""
+
 TITLE_MAX, CODE_RE, PRICE_MAX = 120, re.compile(r"[A-Za-z0-9_ /&-]{1,40}"), 999_999.99
 ANSWER_MAX_TOKENS = 192
+
+
+def product_grammar(model) -> str | None:
+    """The seed-answer grammar in the syntax `model` (a VLMModel or runtime) takes; None if it takes none."""
+    if not model.supports_grammar:
+        return None
+    return PRODUCT_LARK if model.grammar_syntax == "lark" else PRODUCT_GRAMMAR
 
 
 def format_price(price: float) -> str:
@@ -76,6 +94,8 @@ def answer_problem(title: str, category: str, price: float) -> str | None:
     """Why (title, category, price) cannot be the generated answer under PRODUCT_GRAMMAR, or None."""
     if not title or "\n" in title or len(title) > TITLE_MAX:
         return f"title must be one line of 1-{TITLE_MAX} characters"
+    if ", Category: " in title:   # the answer would parse at the first one (and the Lark twin ends the title there)
+        return "title must not contain ', Category: '"
     if not CODE_RE.fullmatch(category or ""):
         return "category3_code must be 1-40 characters of letters, digits, space and _ / & -"
     if price is None or not 0 <= price <= PRICE_MAX:
@@ -110,10 +130,9 @@ class VLMProductResult(ProductResult):
 
 
 class VLMProductRecognizer:
-    """ProductRecognizer's VLM path: the seed's answer string, generated under PRODUCT_GRAMMAR where the runtime
-    takes a grammar (GGUF: it always parses), parsed into title / category / price, the raw text kept. The ONNX
-    runtime has no grammar: it generates freely and an answer that does not parse is `unknown` (raw text kept).
-    A free-form prompt (e.g. "what is the price in 6.5?") is answered without the grammar (raw text; parsed
+    """ProductRecognizer's VLM path: the seed's answer string, generated under the product grammar (GBNF on GGUF,
+    its Lark twin on ONNX: it always parses unless max_new_tokens cuts it), parsed into title / category / price,
+    the raw text kept; an answer that does not parse is `unknown`. A free-form prompt (e.g. "what is the price in 6.5?") is answered without the grammar (raw text; parsed
     fields when it happens to follow the format)."""
 
     def __init__(self, model: VLMModel):
@@ -128,10 +147,9 @@ class VLMProductRecognizer:
         if isinstance(image, (list, tuple)):   # a batch (edgesight batch, serve): one generation per photo
             images = [load_image(i) for i in image]   # every photo checked before any generation (a bad one costs none)
             return [self(i, prompt, temperature=temperature, seed=seed, max_new_tokens=max_new_tokens) for i in images]
-        constrained = prompt is None and self.model.supports_grammar
         # under the grammar the answer is at most ~180 tokens (a 120-character title, a 40-character code, a
         # price); a trained model ends it far earlier, but a cut answer would not parse
-        gen = self.model.generate(image, prompt or SEED_PROMPT, grammar=PRODUCT_GRAMMAR if constrained else None,
+        gen = self.model.generate(image, prompt or SEED_PROMPT, grammar=product_grammar(self.model) if prompt is None else None,
                                   temperature=temperature, seed=seed,
                                   max_new_tokens=max_new_tokens or (ANSWER_MAX_TOKENS if prompt is None else 64))
         parsed = parse_answer(gen.text)
