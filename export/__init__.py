@@ -124,11 +124,12 @@ class ExportReport:
 
 def export(base=None, adapter=None, *, task: str, out, formats=None, probes: list[str] | None = None,
            max_new_tokens: int | None = None, prompt=None, generation: dict | None = None, per_channel: bool = False,
-           threads: int | None = None, progress: bool | None = None) -> ExportReport:
+           mmproj: str | None = None, threads: int | None = None, progress: bool | None = None) -> ExportReport:
     """Merge `adapter` into `base` (HF directory or .gguf file; an image encoder name for image
     encoders; None = the real weights of the adapter's model kind, see default_base), export every
     format in `formats` (None: those of DEFAULT_FORMATS that serve the kind) with what the task's
-    export spec adds, validate each against the merged torch model, and write OUT/<format>."""
+    export spec adds, validate each against the merged torch model, and write OUT/<format>.
+    `mmproj`: the vision projector type of GGUF VLM bundles, "f16" (default) or "q8_0" (smaller, not faster)."""
     from edgesight.runtime import default_threads
 
     from .validate import default_probes
@@ -147,6 +148,12 @@ def export(base=None, adapter=None, *, task: str, out, formats=None, probes: lis
 
         spec = prompts.apply(spec, task, prompt, base, kind, TASKS[task].hook("SAMPLE_INPUTS") or [])
         prompt = None
+    if mmproj is not None:
+        if kind != "vlm":
+            raise ExportError(f"--mmproj applies to vision-language (vlm) exports; this adapter/base is a {kind} model")
+        if mmproj not in ("f16", "q8_0"):
+            raise ExportError(f"--mmproj {mmproj!r}: choose f16 or q8_0 (llama.cpp's mmproj types)")
+        spec = {**spec, "mmproj_type": mmproj}
     if base is None and kind != "vlm":   # a VLM adapter names its base in its recipe
         base = default_base(kind)
     if formats is None:

@@ -46,6 +46,8 @@ def add_cli_arguments(p) -> None:
                         "\"generation\", \"parser\", \"input\", \"max_input_tokens\"}) or text; without it a "
                         "base directory's llm_config.json (seed 001) is read. See docs/seed-models.md")
     p.add_argument("--per-channel", action="store_true", help="per-channel int8 weights for onnx-int8")
+    p.add_argument("--mmproj", choices=["f16", "q8_0"], default=None,
+                   help="vision projector of GGUF vlm bundles: f16 (default) or q8_0 (a smaller bundle, not a faster one: docs/vlm.md)")
     p.add_argument("--threads", type=threads_arg, default=None, help="threads for torch, onnxruntime and llama.cpp")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
@@ -90,7 +92,7 @@ def main(args):
         report = export(args.base, args.adapter, task=args.task, out=args.out,
                         formats=None if args.formats is None else [f.strip() for f in args.formats.split(",") if f.strip()],
                         probes=_read_probes(args.probes), max_new_tokens=args.max_new_tokens,
-                        prompt=_read_prompt(args.prompt), per_channel=args.per_channel, threads=args.threads,
+                        prompt=_read_prompt(args.prompt), per_channel=args.per_channel, mmproj=args.mmproj, threads=args.threads,
                         progress=False if args.no_progress else None)
     except ExportError as exc:
         report = getattr(exc, "report", None)

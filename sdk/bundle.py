@@ -138,6 +138,10 @@ class Bundle:
         path = Path(path)
         mpath = path / MANIFEST
         if not mpath.is_file():
+            inside = sorted(p.name for p in path.iterdir() if (p / MANIFEST).is_file()) if path.is_dir() else []
+            if inside:   # `edgesight export --out DIR` writes one bundle per format under DIR
+                raise BundleNotFoundError(f"{path}: not an edgesight bundle but a folder of them; pass one: "
+                                          + ", ".join(str(path / n) for n in inside))
             raise BundleNotFoundError(f"{path}: not an edgesight bundle (no {MANIFEST}); "
                                       "create one with `edgesight export` or pass a bundle directory")
         try:

@@ -101,6 +101,9 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_bundle(tmp_path):
 def test_not_a_bundle_and_corrupt_manifest(tmp_path):
     with pytest.raises(BundleNotFoundError, match="not an edgesight bundle"):
         Bundle.load(tmp_path)
+    make_bundle(tmp_path / "exported" / "onnx-int8")   # what `edgesight export --out exported` leaves
+    with pytest.raises(BundleNotFoundError, match=r"a folder of them; pass one: .*exported/onnx-int8"):
+        Bundle.load(tmp_path / "exported")
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(BundleError, match="not valid JSON"):
         Bundle.load(tmp_path)

@@ -130,6 +130,7 @@ def test_bad_images_are_typed_errors(bundles):
 @pytest.mark.parametrize("fmt", ["gguf-q8_0", "onnx-int8"])
 def test_seeded_sampling_reproducible_and_grammar_always_parses(bundles, chain, fmt):
     """GGUF takes PRODUCT_GRAMMAR (llama.cpp GBNF), ONNX its Lark twin (llguidance): both always parse."""
+    from edgesight.errors import InputError
     from edgesight.tasks.products import ProductResult
     from edgesight.tasks.vlm import VLMModel, VLMProductRecognizer, parse_answer
 
@@ -137,6 +138,8 @@ def test_seeded_sampling_reproducible_and_grammar_always_parses(bundles, chain, 
     a = m.generate(_image(2), "Describe.", temperature=1.0, seed=7, max_new_tokens=12).text
     b = m.generate(_image(2), "Describe.", temperature=1.0, seed=7, max_new_tokens=12).text
     assert a == b
+    with pytest.raises(InputError, match="grammar does not parse"):   # llama.cpp: a NULL sampler would crash
+        m.generate(_image(2), "Describe.", grammar='root ::= ( "a"', max_new_tokens=4)
     free = [m.generate(_image(s), "What is shown in this image?", temperature=1.5, seed=s, max_new_tokens=60).text
             for s in range(3)]
     assert not all(parse_answer(t) for t in free)   # sampled hot without the grammar, the answer need not parse
@@ -406,3 +409,22 @@ def test_product_grammar_twins_accept_what_parse_answer_reads(chain):
     for answer in bad:
         assert not accepts(PRODUCT_LARK, answer), answer
     assert not accepts(PRODUCT_GRAMMAR, good[0])
+
+
+def test_cli_export_takes_a_q8_0_mmproj(chain, tmp_path):
+    """`edgesight export --mmproj q8_0` (the smaller vision projector) from the merged training output; the
+    bundle answers; --mmproj on a model that is no VLM is refused before anything is written."""
+    from edgesight.errors import ExportError
+    from edgesight.export import export
+    from edgesight.tasks.vlm import VLMModel
+
+    assert run("export", "--task", "products", "--base", chain.merged, "--formats", "gguf-q8_0", "--mmproj", "q8_0",
+               "--out", tmp_path / "b", "--threads", 1, "--no-progress") == 0
+    manifest = json.loads((tmp_path / "b" / "gguf-q8_0" / "edgesight.json").read_text())
+    assert manifest["vlm"]["mmproj_type"] == "q8_0"
+    f16 = (chain.bundles["q8_0"] / "mmproj.gguf").stat().st_size
+    assert (tmp_path / "b" / "gguf-q8_0" / "mmproj.gguf").stat().st_size < f16   # tiny: mostly f32 norms, ~11 % smaller
+    assert VLMModel.from_pretrained(tmp_path / "b" / "gguf-q8_0", threads=1).generate(_image(1), "Describe.",
+                                                                                       max_new_tokens=4).tokens >= 1
+    with pytest.raises(ExportError, match="vlm"):
+        export(task="describe", out=tmp_path / "k", mmproj="q8_0")

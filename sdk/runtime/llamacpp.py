@@ -166,18 +166,22 @@ class GGUFTextModel(BaseTextModel):
         if not text:
             return None
         if text not in self._grammars:
-            from llama_cpp import LlamaGrammar
-
-            # from_string does not parse, and a NULL sampler would crash the chain: parse it here first.
-            lc = self._llama_cpp
-            probe = lc.llama_sampler_init_grammar(self.vocab, text.encode("utf-8"), b"root")
-            if not probe:
-                raise InputError("the GBNF grammar does not parse; check it against llama.cpp's "
-                                 "grammars/README.md (it needs a `root ::= ...` rule)")
-            lc.llama_sampler_free(probe)
-            grammar = LlamaGrammar.from_string(text, verbose=False)
-            self._grammars[text] = grammar
+            self._grammars[text] = gbnf_grammar(self.vocab, text)
         return self._grammars[text]
+
+
+def gbnf_grammar(vocab, text: str):
+    """A LlamaGrammar for GBNF `text`, parsed against `vocab` first: LlamaGrammar.from_string does not parse,
+    and a NULL sampler would crash the sampler chain (the process), so a bad grammar is an InputError here."""
+    import llama_cpp as lc
+    from llama_cpp import LlamaGrammar
+
+    probe = lc.llama_sampler_init_grammar(vocab, text.encode("utf-8"), b"root")
+    if not probe:
+        raise InputError("the GBNF grammar does not parse; check it against llama.cpp's "
+                         "grammars/README.md (it needs a `root ::= ...` rule)")
+    lc.llama_sampler_free(probe)
+    return LlamaGrammar.from_string(text, verbose=False)
 
 
 def load_text_model(bundle, *, threads: int, device: str = "cpu", lora_path=None, n_ctx: int | None = None,

@@ -128,6 +128,15 @@ class MtmdVLM:
             raise BackendError(f"{bundle.path}: llama.cpp could not load the VLM ({exc})") from exc
         self.max_new_tokens = int((bundle.get("generation") or {}).get("max_new_tokens", 48))
         self._lock = threading.Lock()
+        self._grammars: dict[str, object] = {}
+
+    def _grammar(self, text: str):
+        if text not in self._grammars:
+            import llama_cpp
+
+            from .llamacpp import gbnf_grammar
+            self._grammars[text] = gbnf_grammar(llama_cpp.llama_model_get_vocab(self.llm.model), text)
+        return self._grammars[text]
 
     def image_url(self, image) -> str:
         """Any image edgesight accepts (path, bytes, PIL, array) -> a PNG data URL; bad input -> ImageError."""
@@ -143,9 +152,7 @@ class MtmdVLM:
         url = self.image_url(image)
         kw = {}
         if grammar:
-            from llama_cpp import LlamaGrammar
-
-            kw["grammar"] = LlamaGrammar.from_string(grammar, verbose=False)
+            kw["grammar"] = self._grammar(grammar)
         greedy = temperature <= 0
         msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                               {"type": "text", "text": prompt}]}]
