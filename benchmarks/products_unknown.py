@@ -10,6 +10,11 @@ themselves (a ceiling for the features, never a setting). Per-item thresholds (t
 are scored too.
 
     heavy python -m benchmarks.products_unknown --out /tmp/unknown      # ~40 s of embedding, then numpy
+
+Options for experiments (never the SDK's defaults): `--query-photos reshoot` draws the calibration probes as the SDK's
+`--query-photos reshoot` does; `--pattern hue` puts a brightness-invariant hue/saturation histogram (hue_descriptor,
+defined here only) in the texture part's place; `--splits dev,dev2,dev3` adds dev-like catalogues from other seeds
+(devN: garment seed N, never the frozen test's seed 0).
 """
 from __future__ import annotations
 
@@ -22,19 +27,53 @@ import numpy as np
 FEATURES = ("fused", "lead", "embedding", "colour", "texture")
 
 
-def dump(split: str, out: Path) -> Path:
+HUE_BINS = 36
+
+
+def hue_descriptor(image, **_) -> np.ndarray:
+    """Experiment: a unit vector of the square-rooted hue histogram (HUE_BINS bins, linearly shared, weighted by
+    saturation) plus a grey bin, over item pixels of a 48 px thumbnail. Hue and saturation do not change when the
+    photo's brightness is scaled, so near colours (camel / mustard) stay apart under the light changes of a re-shoot."""
+    from PIL import Image
+
+    from edgesight.tasks.products import _item_weight
+
+    arr = np.asarray(image.convert("RGB").resize((48, 48), Image.BILINEAR))
+    weight = _item_weight(arr)[3]
+    x = arr.astype(np.float32)
+    mx = x.max(-1)
+    sat = (mx - x.min(-1)) / np.maximum(mx, 1.0) * np.clip(mx / 48, 0, 1)   # dark pixels: no reliable hue
+    hue = np.degrees(np.arctan2(np.sqrt(3) * (x[..., 1] - x[..., 2]), 2 * x[..., 0] - x[..., 1] - x[..., 2])) % 360
+    pos = hue / 360 * HUE_BINS
+    lo, frac = np.floor(pos).astype(int) % HUE_BINS, pos - np.floor(pos)
+    w = weight * sat
+    h = np.bincount(lo.ravel(), (w * (1 - frac)).ravel(), HUE_BINS) + \
+        np.bincount(((lo + 1) % HUE_BINS).ravel(), (w * frac).ravel(), HUE_BINS)
+    v = np.sqrt(np.append(h, (weight * (1 - sat)).sum()) / max(weight.sum(), 1e-6))
+    return (v / max(np.linalg.norm(v), 1e-6)).astype(np.float32)
+
+
+def dump(split: str, out: Path, query_photos: str = "shelf", pattern: str = "texture") -> Path:
+    import edgesight.evaluation.products as ev
+    import edgesight.tasks.products as tp
     from edgesight.catalog import read_catalog_csv
-    from edgesight.evaluation.products import finegrained_split
     from edgesight.tasks.products import IndexBuilder, ProductRecognizer, _open_photo, _parts, describe
     from edgesight.training.data.products import write_garment_catalog
 
-    path = out / f"{split}.npz"
+    path = out / f"{split}-{query_photos}-{pattern}.npz"
     if path.exists():
         return path
+    if split not in ev.FINEGRAINED:   # devN: a dev-like catalogue from garment seed N
+        seed = int(split[3:]) if split[:3] == "dev" and split[3:].isdigit() else 0
+        if seed < 1:
+            raise SystemExit(f"split {split!r}: use test, dev or devN with N >= 1 (seed 0 is the frozen test's)")
+        ev.FINEGRAINED[split] = {"seed": seed, "query_seed": 100 + seed, "views": 3, "unlisted_views": 2}
+    if pattern == "hue":   # the texture part's slot carries the hue histogram (the SDK has no such part)
+        tp.texture_descriptor, tp.texture_dims = hue_descriptor, lambda settings: HUE_BINS + 1
     task = ProductRecognizer.from_pretrained(None, threads=1)
-    listed, known, unknown, _ = finegrained_split(split)
+    listed, known, unknown, _ = ev.finegrained_split(split)
     products, _ = read_catalog_csv(write_garment_catalog(out / f"cat-{split}", listed))
-    b = IndexBuilder(task.encoder, texture=True)   # the texture part is opt-in in the SDK; the analysis scores it
+    b = IndexBuilder(task.encoder, texture=True, query_photos=query_photos)   # texture is opt-in in the SDK; scored here
     task.embed_files([p.image for p in products], embed=b.add_images)
     index = b.finish(products, task.fingerprint)
     titles = [p.title for p in products]
@@ -125,11 +164,13 @@ def analyse(path: Path) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/tmp/products-unknown")
-    ap.add_argument("--splits", default="dev,test")
+    ap.add_argument("--splits", default="dev,test", help="test, dev, devN (a dev-like catalogue from seed N >= 1)")
+    ap.add_argument("--query-photos", default="shelf", choices=["shelf", "reshoot"], help="how calibration probes are drawn")
+    ap.add_argument("--pattern", default="texture", choices=["texture", "hue"], help="what the fifth feature measures")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {s: analyse(dump(s, out)) for s in a.splits.split(",")}
+    report = {s: analyse(dump(s, out, a.query_photos, a.pattern)) for s in a.splits.split(",")}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
 
