@@ -44,7 +44,8 @@ PROMPT = "What is shown in this image?"
 # model with a Q8_0 mmproj (the vision tower quantised too). "+grammar": the answer generated under the product
 # grammar, as ProductRecognizer does (GBNF on llama.cpp, its Lark twin through llguidance on ONNX).
 RUNTIMES = ("torch-fp32", "gguf-q8_0", "gguf-q4_k_m", "gguf-q8_0+mmproj_q8_0", "gguf-q4_k_m+mmproj_q8_0",
-            "onnx-fp32", "onnx-int8", "gguf-q8_0+grammar", "onnx-int8+grammar")
+            "onnx-fp32", "onnx-int8", "onnx-int8-vision", "gguf-q8_0+grammar", "onnx-int8+grammar",
+            "onnx-int8-vision+grammar")
 
 
 def base_runtime(runtime: str) -> str:

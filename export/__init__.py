@@ -63,6 +63,7 @@ FORMATS = {
     "torch":       dict(bundle="torch", precision="fp32", exact=True, tie_tol=0.0, logits=True, kinds=LM_KINDS),
     "onnx":        dict(bundle="onnx", precision="fp32", exact=True, tie_tol=0.01, logits=True, kinds=ALL_KINDS + ("vlm",)),
     "onnx-int8":   dict(bundle="onnx", precision="int8", exact=False, logits=False, kinds=ALL_KINDS + ("vlm",)),
+    "onnx-int8-vision": dict(bundle="onnx", precision="int8-vision", exact=False, logits=False, kinds=("vlm",)),
     "onnx-int4":   dict(bundle="onnx", precision="int4", exact=False, logits=False, kinds=("causal-lm",)),
     "gguf-f32":    dict(bundle="gguf", precision="f32", exact=True, tie_tol=0.01, logits=True, kinds=("causal-lm",)),
     "gguf-f16":    dict(bundle="gguf", precision="f16", exact=True, tie_tol=0.1, logits=True, kinds=("causal-lm", "vlm")),
@@ -70,7 +71,7 @@ FORMATS = {
     "gguf-q4_k_m": dict(bundle="gguf", precision="q4_k_m", exact=False, logits=False, kinds=("causal-lm", "vlm")),
     "gguf-lora":   dict(bundle="gguf", precision="f16+lora", exact=False, logits=True, kinds=("causal-lm",)),
 }
-DEFAULT_FORMATS = ("onnx", "onnx-int8", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "gguf-lora")
+DEFAULT_FORMATS = ("onnx", "onnx-int8", "onnx-int8-vision", "gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "gguf-lora")
 ONNX_TASKS = {"causal-lm": "text-generation-with-past", "seq2seq": "text2text-generation-with-past"}
 ONNX_ROLES = {"causal-lm": {"model": "model.onnx"},
               "seq2seq": {"encoder": "encoder_model.onnx", "decoder": "decoder_model_merged.onnx"}}

@@ -11,7 +11,8 @@ edgesight.runtime.onnx_vlm (onnxruntime + the numpy generation loop; no torch at
 The runtime splices the image features into the embeddings at the <image> tokens, as Idefics3's inputs_merger.
 `export_vlm_onnx_bundle` validates what users run (the SDK on the bundle) against the merged torch model on
 probe photos: greedy tokens of the whole image path (preprocessing, prompt, vision, decoder) must be identical
-for fp32; int8 (dynamic, MatMulInteger in vision + decoder) records its agreement.
+for fp32; int8 (dynamic, MatMulInteger in vision + decoder) and int8-vision (the vision graph only) record their
+agreement.
 """
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ from edgesight.errors import ExportError
 
 from .vlm import check_vlm_dir, load_vlm
 
-ONNX_PRECISIONS = ("fp32", "int8")
+ONNX_PRECISIONS = ("fp32", "int8", "int8-vision")
+# the graphs each precision quantizes (dynamic int8, MatMulInteger): "int8-vision" keeps the decoder fp32, so the
+# text is generated at full precision while the image encoder (most of an answer's time) runs in int8
+QUANTIZED = {"int8": ("vision", "model"), "int8-vision": ("vision",)}
 OPSET = 17
 GRAPHS = {"vision": "vision.onnx", "embed": "embed.onnx", "model": "decoder.onnx"}
 
@@ -131,16 +135,19 @@ def export_graphs(model_dir, out_dir) -> dict:
     return paths
 
 
-def quantize_graphs(src: dict, out_dir) -> dict:
-    """int8 variant: dynamic int8 (MatMulInteger) vision and decoder; the embedding table stays fp32 (a lookup)."""
+def quantize_graphs(src: dict, out_dir, roles=QUANTIZED["int8"]) -> dict:
+    """An int8 variant: dynamic int8 (MatMulInteger) of the graphs in `roles`, the others copied; the embedding
+    table always stays fp32 (a lookup)."""
     from .onnx import quantize_int8
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dst = {role: out_dir / Path(p).name for role, p in src.items()}
-    for role in ("vision", "model"):
-        quantize_int8(src[role], dst[role])
-    shutil.copy(src["embed"], dst["embed"])
+    for role, path in src.items():
+        if role in roles:
+            quantize_int8(path, dst[role])
+        else:
+            shutil.copy(path, dst[role])
     return dst
 
 
@@ -242,10 +249,10 @@ def export_vlm_onnx_bundles(model_dir, out: dict, *, task: str = "products", ima
         start = time.perf_counter()
         graphs = {"fp32": export_graphs(model_dir, Path(tmp) / "fp32")}
         seconds = {"fp32": round(time.perf_counter() - start, 2)}
-        if "int8" in out:
+        for precision in (p for p in out if p in QUANTIZED):
             start = time.perf_counter()
-            graphs["int8"] = quantize_graphs(graphs["fp32"], Path(tmp) / "int8")
-            seconds["int8"] = round(time.perf_counter() - start, 2)
+            graphs[precision] = quantize_graphs(graphs["fp32"], Path(tmp) / precision, QUANTIZED[precision])
+            seconds[precision] = round(time.perf_counter() - start, 2)
         for precision, dest in out.items():
             w = BundleWriter(dest, task=task, format="onnx", precision=precision, kind="vlm", **json.loads(json.dumps(fields)))
             try:

@@ -44,12 +44,12 @@ def chain(vlm_dir, tmp_path_factory):
     stopped = {"checkpoint": (work / "run" / "checkpoint" / "trainer_state.json").is_file(),
                "adapter": (work / "run" / "adapter").exists(), "merged": (work / "run" / "merged").exists()}
     assert run(*argv) == 0
-    assert run("export", "--task", "products", "--adapter", work / "run" / "adapter", "--formats",
-               "gguf-f16,gguf-q8_0,gguf-q4_k_m,onnx,onnx-int8", "--out", work / "bundles", "--threads", 1,
-               "--no-progress") == 0
+    assert run("export", "--task", "products", "--adapter", work / "run" / "adapter",   # the README's command: default formats
+               "--out", work / "bundles", "--threads", 1, "--no-progress") == 0
     return SimpleNamespace(work=work, csv=csv, argv=argv, stopped=stopped, run=work / "run", merged=work / "run" / "merged",
                            bundles={t: work / "bundles" / f"gguf-{t}" for t in ("f16", "q8_0", "q4_k_m")},
-                           onnx={t: work / "bundles" / f for t, f in (("fp32", "onnx"), ("int8", "onnx-int8"))})
+                           onnx={t: work / "bundles" / f for t, f in (("fp32", "onnx"), ("int8", "onnx-int8"),
+                                                                      ("int8-vision", "onnx-int8-vision"))})
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +303,7 @@ def test_bad_catalogue_rows_are_typed_errors_with_their_lines(chain, vlm_dir, tm
 # --- ONNX bundles of the same export (tests/test_vlm_onnx.py checks them token for token against transformers) ----
 
 def test_export_writes_onnx_vlm_bundles_and_product_recognizer_runs_them(chain, capsys):
-    """`edgesight export --formats ...,onnx,onnx-int8` on the trained adapter: bundles of kind vlm, format onnx, whose
+    """`edgesight export` (default formats) on the trained adapter: bundles of kind vlm, format onnx, whose
     fp32 answers on the probe photos equal the merged torch model's; ProductRecognizer / `edgesight products --model`
     pick the ONNX runtime from the bundle; the answer grammar's Lark twin (llguidance) makes its answer parse."""
     from edgesight.errors import BackendError
@@ -315,9 +315,13 @@ def test_export_writes_onnx_vlm_bundles_and_product_recognizer_runs_them(chain, 
         assert (m["kind"], m["format"], m["precision"]) == ("vlm", "onnx", precision) and m["provenance"]["adapter"]
         assert m["fidelity"]["probes"] == 3 and 0 <= m["fidelity"]["token_agreement"] <= 1
     assert json.loads((chain.onnx["fp32"] / "edgesight.json").read_text())["fidelity"]["exact_match"] is True
+    files = {p: json.loads((path / "edgesight.json").read_text())["files"] for p, path in chain.onnx.items()}
+    # int8-vision: the vision graph quantized, the decoder the fp32 one byte for byte
+    assert files["int8-vision"]["decoder.onnx"] == files["fp32"]["decoder.onnx"] != files["int8"]["decoder.onnx"]
+    assert files["int8-vision"]["vision.onnx"] == files["int8"]["vision.onnx"] != files["fp32"]["vision.onnx"]
     report = json.loads((chain.work / "bundles" / "export-report.json").read_text())
     assert {r["format"]: r["status"] for r in report["formats"]} == {f: "ok" for f in (
-        "gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "onnx", "onnx-int8")}
+        "gguf-f16", "gguf-q8_0", "gguf-q4_k_m", "onnx", "onnx-int8", "onnx-int8-vision")}
     pr = ProductRecognizer.from_pretrained(chain.onnx["fp32"], threads=1)
     assert isinstance(pr, VLMProductRecognizer) and pr.model.backend == "onnx" and pr.model.grammar_syntax == "lark"
     photo = chain.csv.parent / "images" / "0000.png"
