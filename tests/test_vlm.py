@@ -432,3 +432,36 @@ def test_cli_export_takes_a_q8_0_mmproj(chain, tmp_path):
                                                                                        max_new_tokens=4).tokens >= 1
     with pytest.raises(ExportError, match="vlm"):
         export(task="describe", out=tmp_path / "k", mmproj="q8_0")
+
+
+def test_cli_cascade_answers_the_unknown_photos_with_a_vlm_bundle(chain, tmp_path, capsys):
+    """`edgesight products --catalog CSV --vlm VLM_BUNDLE photos...`: the catalogue answers what it lists, the VLM
+    (the README's recommended onnx-int8-vision bundle, grammar-constrained) what it calls unknown; bad pairings are
+    refused with a reason."""
+    import numpy as np
+    from PIL import Image
+
+    from catalog_kit import make_catalog, photo_queries
+
+    csv, listed, held = make_catalog(tmp_path, n=12, holdout=3)
+    photos = []
+    for name, prods in (("listed", listed[:3]), ("held", held)):
+        for i, (img, _) in enumerate(photo_queries(prods)[:3]):
+            path = tmp_path / f"{name}{i}.png"
+            (img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))).save(path)
+            photos.append((name, path))
+    capsys.readouterr()
+    assert run("products", "--catalog", csv, "--vlm", chain.onnx["int8-vision"], "--threads", 1, "--json",
+               *[p for _, p in photos]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    paths = {}
+    for (name, _), r in zip(photos, results):
+        paths.setdefault(name, []).append(r["path"])
+        if r["path"] == "vlm":
+            assert r["retrieval"]["unknown"] and r["raw"].lstrip().startswith("Product: ") and not r["unknown"], r
+        else:
+            assert r["title"] == r["retrieval"]["title"] and r["raw"] is None
+    assert "retrieval" in paths["listed"] and "vlm" in paths["held"], paths
+    assert run("products", "--catalog", csv, "--vlm", tmp_path, photos[0][1]) == 2          # not a vlm bundle
+    assert run("products", "--model", chain.onnx["int8"], "--vlm", chain.onnx["int8"], photos[0][1]) == 2
+    assert "--vlm" in capsys.readouterr().err

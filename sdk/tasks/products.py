@@ -795,16 +795,21 @@ def add_cli_arguments(p) -> None:
                         "and --save-index DIR: writes DIR/encoder and DIR/index)")
     p.add_argument("--prompt", default=None, help="vlm bundles only: ask this (e.g. 'what is the price in 6.5?') instead of "
                                                  "the seed's question; the answer is then free text, not grammar-constrained")
+    p.add_argument("--vlm", default=None, metavar="VLM_BUNDLE",
+                   help="the cascade: photos the catalogue calls unknown are answered by this vlm bundle (docs/vlm.md); "
+                        "each result's `path` says which answered")
 
 
 def run_cli(task: ProductRecognizer, args):
     from .vlm import VLMProductRecognizer
 
     if isinstance(task, VLMProductRecognizer):   # --model names a vlm bundle (issue 15)
+        if getattr(args, "vlm", None):
+            raise InputError("--vlm adds a vlm bundle behind a retrieval catalogue; --model already names a vlm bundle")
         return task.run_cli(args)
-    if getattr(args, "prompt", None) is not None:   # the Python API builds args without it
-        raise InputError("--prompt is for vlm bundles (edgesight train products --family vlm); a retrieval bundle "
-                         "answers from the catalogue")
+    if getattr(args, "prompt", None) is not None and not getattr(args, "vlm", None):   # the Python API builds args without it
+        raise InputError("--prompt is for vlm bundles (--model VLM_BUNDLE, or --vlm VLM_BUNDLE behind the catalogue); "
+                         "a retrieval bundle answers from the catalogue")
     if args.threshold is not None:
         task.threshold = check_number(args.threshold, "--threshold", -1.0, 1.0)
     if args.views is not None:          # how a --catalog CSV is indexed below
@@ -829,6 +834,14 @@ def run_cli(task: ProductRecognizer, args):
         out["index"] = str(index_dir)
     if args.images:
         results = task(list(args.images), top_k=args.top_k, ocr=args.ocr)
+        if getattr(args, "vlm", None):   # the cascade: the VLM answers what the catalogue calls unknown
+            from .vlm import ProductCascade, is_vlm_bundle
+            if not is_vlm_bundle(args.vlm):
+                raise InputError(f"--vlm {args.vlm}: not a bundle of kind vlm (edgesight export --task products on a "
+                                 "`train products --family vlm` adapter writes them)")
+            cascade = ProductCascade(task, VLMProductRecognizer.from_pretrained(args.vlm, threads=task.threads,
+                                                                                device=task.device))
+            results = [cascade.after(i, r, getattr(args, "prompt", None)) for i, r in zip(args.images, results)]
         out["results"] = [dict(image=str(i), **r.to_dict()) for i, r in zip(args.images, results)]
     if not out:
         raise InputError("nothing to do: give photo paths, --catalog CSV and/or --save-index DIR")

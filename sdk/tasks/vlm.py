@@ -214,7 +214,10 @@ class ProductCascade:
         self.retrieval, self.vlm = retrieval, vlm
 
     def __call__(self, image, prompt: str | None = None, **kw) -> VLMProductResult:
-        r = self.retrieval(image)
+        return self.after(image, self.retrieval(image), prompt, **kw)
+
+    def after(self, image, r: ProductResult, prompt: str | None = None, **kw) -> VLMProductResult:
+        """The cascade's answer for `image` given the catalogue's result `r` (a batch retrieved first: the CLI)."""
         if not r.unknown:
             return VLMProductResult(**{f.name: getattr(r, f.name) for f in fields(ProductResult)}, path="retrieval",
                                     retrieval=r)
