@@ -437,7 +437,7 @@ def test_cli_export_takes_a_q8_0_mmproj(chain, tmp_path):
 def test_cli_cascade_answers_the_unknown_photos_with_a_vlm_bundle(chain, tmp_path, capsys):
     """`edgesight products --catalog CSV --vlm VLM_BUNDLE photos...`: the catalogue answers what it lists, the VLM
     (the README's recommended onnx-int8-vision bundle, grammar-constrained) what it calls unknown; bad pairings are
-    refused with a reason."""
+    refused with a reason; a real server with EDGESIGHT_PRODUCTS_VLM answers the same photos the same way."""
     import numpy as np
     from PIL import Image
 
@@ -465,3 +465,23 @@ def test_cli_cascade_answers_the_unknown_photos_with_a_vlm_bundle(chain, tmp_pat
     assert run("products", "--catalog", csv, "--vlm", tmp_path, photos[0][1]) == 2          # not a vlm bundle
     assert run("products", "--model", chain.onnx["int8"], "--vlm", chain.onnx["int8"], photos[0][1]) == 2
     assert "--vlm" in capsys.readouterr().err
+
+    # the same cascade behind `edgesight serve` (EDGESIGHT_PRODUCTS_VLM, as EDGESIGHT_PRODUCTS_CATALOG)
+    import base64
+
+    import httpx
+
+    from benchmarks.serve_load import start_server, stop_server
+    from edgesight.defaults import default_bundle_dir
+
+    proc, url = start_server(["--model", f"products={default_bundle_dir('products')}", "--threads", "1"],
+                             env={"EDGESIGHT_HOME": str(tmp_path / "home"), "EDGESIGHT_PRODUCTS_CATALOG": str(csv),
+                                  "EDGESIGHT_PRODUCTS_VLM": str(chain.onnx["int8-vision"])})
+    try:
+        for (name, path), r in zip(photos, results):
+            got = httpx.post(url + "/v1/products", json={"image": base64.b64encode(path.read_bytes()).decode()},
+                             timeout=120)
+            assert got.status_code == 200 and got.json()["path"] == r["path"], got.text
+            assert got.json()["title"] == r["title"]
+    finally:
+        stop_server(proc)

@@ -102,7 +102,7 @@ class ProductRecognizer(Task):
     def __init__(self, bundle, backend=None, threads=None, device: str | None = "cpu", catalog=None, ocr: bool = False,
                  threshold: float | None = None, top_k: int = 5, progress: bool | None = None,
                  views: int | None = None, colour_weight: float | None = None, texture: bool | None = None,
-                 query_photos: str | None = None):
+                 query_photos: str | None = None, vlm=None):
         super().__init__(bundle, backend, threads, device)
         self.encoder = ImageEncoder.from_task(self)
         self._threshold = None if threshold is None else check_number(threshold, "threshold", -1.0, 1.0)
@@ -125,6 +125,20 @@ class ProductRecognizer(Task):
                 if p.image and not Path(p.image).is_absolute():
                     p.image = str(bundle.path / p.image)
         self._use_catalog_threshold()
+        self.vlm = None   # the cascade (docs/vlm.md): a vlm bundle answers the photos the catalogue calls unknown
+        vlm = vlm if vlm is not None else os.environ.get("EDGESIGHT_PRODUCTS_VLM") or None   # for `serve` / `batch`
+        if vlm is not None:
+            self.use_vlm(vlm)
+
+    def use_vlm(self, path) -> None:
+        """Answer the photos the catalogue calls `unknown` with the vlm bundle at `path` (results then say which
+        path answered: "retrieval" | "vlm")."""
+        from .vlm import VLMProductRecognizer, is_vlm_bundle
+
+        if not is_vlm_bundle(path):
+            raise InputError(f"vlm {path}: not a bundle of kind vlm (edgesight export --task products on a "
+                             "`train products --family vlm` adapter writes them)")
+        self.vlm = VLMProductRecognizer.from_pretrained(path, threads=self.threads, device=self.device)
 
     @property
     def threshold(self) -> float:
@@ -270,8 +284,13 @@ class ProductRecognizer(Task):
         images = [_open_photo(x, 1024 if use_ocr else self.encoder.preprocessing.size) for x in inputs]
         queries = describe(self.encoder, images, catalog.features)
         idx, sims = catalog.search(queries, RERANK_POOL if use_ocr else max(k, 2))
-        return [self._result(catalog, row_idx, row_sims, self._read(img) if use_ocr else None, k, query)
-                for img, row_idx, row_sims, query in zip(images, idx, sims, queries)]
+        results = [self._result(catalog, row_idx, row_sims, self._read(img) if use_ocr else None, k, query)
+                   for img, row_idx, row_sims, query in zip(images, idx, sims, queries)]
+        if self.vlm is not None:   # the VLM sees the photo as given, not the encoder's thumbnail
+            from .vlm import ProductCascade
+            cascade = ProductCascade(self, self.vlm)
+            results = [cascade.after(x, r) for x, r in zip(inputs, results)]
+        return results
 
     def _result(self, catalog, idx, sims, reading: OcrReading | None, k: int, query=None) -> ProductResult:
         matches = []
@@ -796,8 +815,8 @@ def add_cli_arguments(p) -> None:
     p.add_argument("--prompt", default=None, help="vlm bundles only: ask this (e.g. 'what is the price in 6.5?') instead of "
                                                  "the seed's question; the answer is then free text, not grammar-constrained")
     p.add_argument("--vlm", default=None, metavar="VLM_BUNDLE",
-                   help="the cascade: photos the catalogue calls unknown are answered by this vlm bundle (docs/vlm.md); "
-                        "each result's `path` says which answered")
+                   help="the cascade: photos the catalogue calls unknown are answered by this vlm bundle (docs/vlm.md; "
+                        "serve / batch: EDGESIGHT_PRODUCTS_VLM); each result's `path` says which answered")
 
 
 def run_cli(task: ProductRecognizer, args):
@@ -807,9 +826,9 @@ def run_cli(task: ProductRecognizer, args):
         if getattr(args, "vlm", None):
             raise InputError("--vlm adds a vlm bundle behind a retrieval catalogue; --model already names a vlm bundle")
         return task.run_cli(args)
-    if getattr(args, "prompt", None) is not None and not getattr(args, "vlm", None):   # the Python API builds args without it
-        raise InputError("--prompt is for vlm bundles (--model VLM_BUNDLE, or --vlm VLM_BUNDLE behind the catalogue); "
-                         "a retrieval bundle answers from the catalogue")
+    if getattr(args, "prompt", None) is not None:   # the Python API builds args without it
+        raise InputError("--prompt is for vlm bundles (--model VLM_BUNDLE); a retrieval bundle answers from the "
+                         "catalogue (and --vlm behind it with the seed's question)")
     if args.threshold is not None:
         task.threshold = check_number(args.threshold, "--threshold", -1.0, 1.0)
     if args.views is not None:          # how a --catalog CSV is indexed below
@@ -823,6 +842,8 @@ def run_cli(task: ProductRecognizer, args):
     out = {}
     if args.adapt is not None:
         task, out["adapted"] = _adapted(task, args)
+    if getattr(args, "vlm", None):   # checked before the catalogue is ingested
+        task.use_vlm(args.vlm)
     if args.catalog:
         report = task.set_catalog(args.catalog)
         out["catalog"] = {"items": len(task.catalog), **(report.to_dict() if report else {})}
@@ -834,14 +855,6 @@ def run_cli(task: ProductRecognizer, args):
         out["index"] = str(index_dir)
     if args.images:
         results = task(list(args.images), top_k=args.top_k, ocr=args.ocr)
-        if getattr(args, "vlm", None):   # the cascade: the VLM answers what the catalogue calls unknown
-            from .vlm import ProductCascade, is_vlm_bundle
-            if not is_vlm_bundle(args.vlm):
-                raise InputError(f"--vlm {args.vlm}: not a bundle of kind vlm (edgesight export --task products on a "
-                                 "`train products --family vlm` adapter writes them)")
-            cascade = ProductCascade(task, VLMProductRecognizer.from_pretrained(args.vlm, threads=task.threads,
-                                                                                device=task.device))
-            results = [cascade.after(i, r, getattr(args, "prompt", None)) for i, r in zip(args.images, results)]
         out["results"] = [dict(image=str(i), **r.to_dict()) for i, r in zip(args.images, results)]
     if not out:
         raise InputError("nothing to do: give photo paths, --catalog CSV and/or --save-index DIR")
