@@ -1,7 +1,8 @@
 """Grammar-constrained decoding for the numpy generation loop (the ONNX runtimes), with llguidance.
 
     grammars = TokenGrammars(tokenizer_json_text)        # one per model (the tokenizer index is built once)
-    generate_ids(decoder, prompts, config, eos_token_ids=eos, grammar=grammars.compile(text))
+    generate_ids(decoder, prompts, config, eos_token_ids=eos,
+                 grammar=lambda vocab_size: grammars.compile(text, vocab_size, eos))   # vocab: the logits' width
 
 `text` is a llama.cpp GBNF grammar (what the gguf runtime takes; llguidance converts it) or a llguidance Lark
 grammar (starts with `%llguidance {}` or has a `start:` rule). One semantic difference: llguidance lexes a rule
@@ -90,7 +91,7 @@ class GrammarRows:
 
     def mask(self, scores: np.ndarray, rows) -> np.ndarray:
         """scores (len(rows), vocab) with every token the grammar forbids set to -inf, in place."""
-        for i, r in enumerate(rows):
+        for r in rows:
             self._lnp.fill_next_token_bitmask(self.matchers[r], self.bitmask, int(r))
         allowed = np.unpackbits(self.bitmask[np.asarray(rows)].view(np.uint8), axis=-1, bitorder="little")
         scores[allowed[:, :scores.shape[-1]] == 0] = -np.inf

@@ -823,8 +823,6 @@ def run_cli(task: ProductRecognizer, args):
     from .vlm import VLMProductRecognizer
 
     if isinstance(task, VLMProductRecognizer):   # --model names a vlm bundle (issue 15)
-        if getattr(args, "vlm", None):
-            raise InputError("--vlm adds a vlm bundle behind a retrieval catalogue; --model already names a vlm bundle")
         return task.run_cli(args)
     if getattr(args, "prompt", None) is not None:   # the Python API builds args without it
         raise InputError("--prompt is for vlm bundles (--model VLM_BUNDLE); a retrieval bundle answers from the "

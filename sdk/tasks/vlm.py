@@ -132,8 +132,8 @@ class VLMProductResult(ProductResult):
 class VLMProductRecognizer:
     """ProductRecognizer's VLM path: the seed's answer string, generated under the product grammar (GBNF on GGUF,
     its Lark twin on ONNX: it always parses unless max_new_tokens cuts it), parsed into title / category / price,
-    the raw text kept; an answer that does not parse is `unknown`. A free-form prompt (e.g. "what is the price in 6.5?") is answered without the grammar (raw text; parsed
-    fields when it happens to follow the format)."""
+    the raw text kept; an answer that does not parse is `unknown`. A free-form prompt (e.g. "what is the price in
+    6.5?") is answered without the grammar (raw text; parsed fields when it happens to follow the format)."""
 
     def __init__(self, model: VLMModel):
         self.model = model
@@ -160,14 +160,14 @@ class VLMProductRecognizer:
                                 prompt=prompt or SEED_PROMPT)
 
     RETRIEVAL_OPTIONS = ("catalog", "save_index", "ocr", "threshold", "views", "colour_weight", "texture", "adapt",
-                         "query_photos", "calibration_photos")
+                         "query_photos", "calibration_photos", "vlm")
 
     def run_cli(self, args) -> dict:
         """`edgesight products --model VLM_BUNDLE photo.jpg [--prompt TEXT]`: one result per photo."""
         given = [f"--{n.replace('_', '-')}" for n in self.RETRIEVAL_OPTIONS if getattr(args, n, None) not in (None, False)]
         if given:
             raise InputError(f"{', '.join(given)}: catalogue options; a vlm bundle answers from the photo alone "
-                             "(ProductCascade combines the two in Python)")
+                             "(the cascade: edgesight products --catalog CSV --vlm VLM_BUNDLE photo.jpg)")
         if not getattr(args, "images", None):
             raise InputError("give photo paths: edgesight products --model VLM_BUNDLE photo.jpg")
         return {"results": [dict(image=str(i), **self(i, getattr(args, "prompt", None)).to_dict()) for i in args.images]}
